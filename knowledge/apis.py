@@ -1,0 +1,254 @@
+from __future__ import annotations
+
+import json
+
+from django.core.paginator import Paginator
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers, status
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+
+from knowledge.models import Document
+from knowledge.selectors import chunk_list, document_get, document_latest_job, document_list, document_totals
+from knowledge.services import document_create, document_delete, document_reprocess
+from tenants.apis import TenantApi
+
+
+class UploadTrainingDataRequestSerializer(serializers.Serializer):
+    file = serializers.FileField(allow_empty_file=True, help_text="PDF, DOCX, CSV, JSON/JSONL, TXT/Markdown or a chat log.")
+    chatbot_id = serializers.IntegerField()
+    content_type = serializers.ChoiceField(choices=Document.ContentType.values, default=Document.ContentType.DOCUMENT)
+    title = serializers.CharField(required=False, allow_blank=True, max_length=300, default="")
+    category = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    user_id = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+    metadata = serializers.JSONField(required=False, default=dict, help_text="A JSON object (may be sent as a string).")
+    replace = serializers.BooleanField(required=False, default=False,
+                                       help_text="Replace the chatbot's document with the same title once this one is ready.")
+
+    def validate_metadata(self, value):
+        if isinstance(value, str):
+            try:
+                value = json.loads(value) if value.strip() else {}
+            except ValueError:
+                raise serializers.ValidationError("must be a JSON object.") from None
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be a JSON object.")
+        if len(json.dumps(value)) > 20_000:
+            raise serializers.ValidationError("must be at most 20 kB of JSON.")
+        return value
+
+
+class UploadTrainingDataResponseSerializer(serializers.Serializer):
+    document_id = serializers.IntegerField()
+    job_id = serializers.IntegerField(allow_null=True)
+    status = serializers.ChoiceField(choices=Document.Status.values)
+    status_url = serializers.CharField()
+    duplicate = serializers.BooleanField(help_text="True when identical content was already uploaded; nothing new was stored.")
+
+
+class DocumentOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    chatbot_id = serializers.IntegerField()
+    title = serializers.CharField()
+    content_type = serializers.CharField()
+    category = serializers.CharField()
+    metadata = serializers.JSONField()
+    original_filename = serializers.CharField()
+    size_bytes = serializers.IntegerField()
+    detected_type = serializers.CharField()
+    status = serializers.ChoiceField(choices=Document.Status.values)
+    progress = serializers.IntegerField(help_text="Percent done, 0-100.")
+    stage = serializers.CharField(allow_null=True)
+    chunks_done = serializers.IntegerField()
+    chunks_total = serializers.IntegerField()
+    chunk_count = serializers.IntegerField()
+    attempts = serializers.IntegerField()
+    error = serializers.CharField(help_text="Why the document failed, for a person to read.")
+    quality = serializers.JSONField()
+    language = serializers.CharField()
+    page_count = serializers.IntegerField(allow_null=True)
+    replaces_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+    processed_at = serializers.DateTimeField(allow_null=True)
+
+
+def document_payload(document: Document, job=None) -> dict:
+    """Document fields plus its latest job's progress (annotated by document_list, or given)."""
+    if job is not None:
+        stage, progress, done, total, attempts = job.stage, job.progress, job.chunks_done, job.chunks_total, job.attempts
+    else:
+        stage = getattr(document, "job_stage", None)
+        progress = getattr(document, "job_progress", None) or 0
+        done = getattr(document, "job_chunks_done", None) or 0
+        total = getattr(document, "job_chunks_total", None) or 0
+        attempts = getattr(document, "job_attempts", None) or 0
+    if document.status == Document.Status.READY:
+        progress = 100
+    return {
+        "id": document.pk, "chatbot_id": document.chatbot_id, "title": document.title,
+        "content_type": document.content_type, "category": document.category, "metadata": document.metadata,
+        "original_filename": document.original_filename, "size_bytes": document.size_bytes,
+        "detected_type": document.detected_type, "status": document.status, "progress": progress,
+        "stage": stage, "chunks_done": done, "chunks_total": total, "chunk_count": document.chunk_count,
+        "attempts": attempts, "error": document.error, "quality": document.quality, "language": document.language,
+        "page_count": document.page_count, "replaces_id": document.replaces_id, "created_at": document.created_at,
+        "processed_at": document.processed_at,
+    }
+
+
+class UploadTrainingDataApi(TenantApi):
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(operation_id="upload_training_data", request=UploadTrainingDataRequestSerializer,
+                   responses={202: UploadTrainingDataResponseSerializer, 200: UploadTrainingDataResponseSerializer},
+                   tags=["training data"],
+                   description="Store a file and queue it for parsing, chunking and embedding. Returns 202 at once; "
+                               "poll `status_url`. Identical content already in the chatbot answers 200 with "
+                               "`duplicate: true`.")
+    def post(self, request):
+        self.require_write()
+        params = UploadTrainingDataRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        chatbot = self.get_chatbot(data["chatbot_id"])
+        result = document_create(
+            tenant=self.tenant, chatbot=chatbot, upload=data["file"], content_type=data["content_type"],
+            title=data["title"], category=data["category"], metadata=data["metadata"],
+            source_user_id=data["user_id"], replace=data["replace"],
+        )
+        body = {
+            "document_id": result.document.pk,
+            "job_id": result.job.pk if result.job else None,
+            "status": result.document.status,
+            "status_url": request.build_absolute_uri(reverse("api-document-status", args=[result.document.pk])),
+            "duplicate": result.duplicate,
+        }
+        return Response(UploadTrainingDataResponseSerializer(body).data,
+                        status=status.HTTP_200_OK if result.duplicate else status.HTTP_202_ACCEPTED)
+
+
+class TrainingDataTotalsSerializer(serializers.Serializer):
+    documents = serializers.IntegerField()
+    chunks = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    queued = serializers.IntegerField()
+    processing = serializers.IntegerField()
+    ready = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class TrainingDataListResponseSerializer(serializers.Serializer):
+    chatbot_id = serializers.IntegerField()
+    documents = DocumentOutputSerializer(many=True)
+    totals = TrainingDataTotalsSerializer()
+
+
+class TrainingDataListApi(TenantApi):
+    @extend_schema(operation_id="training_data_list", responses={200: TrainingDataListResponseSerializer},
+                   parameters=[OpenApiParameter("status", str, enum=Document.Status.values, required=False)],
+                   tags=["training data"])
+    def get(self, request, chatbot_id: int):
+        chatbot = self.get_chatbot(chatbot_id)
+        status_filter = request.query_params.get("status") or None
+        if status_filter and status_filter not in Document.Status.values:
+            return Response({"error": {"code": "invalid", "field": "status",
+                                       "message": f"status must be one of {', '.join(Document.Status.values)}."}},
+                            status=400)
+        documents = document_list(tenant=self.tenant, chatbot=chatbot, status=status_filter)
+        body = {
+            "chatbot_id": chatbot.pk,
+            "documents": [document_payload(d) for d in documents],
+            "totals": document_totals(tenant=self.tenant, chatbot=chatbot),
+        }
+        return Response(TrainingDataListResponseSerializer(body).data)
+
+
+class ChunkOutputSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    position = serializers.IntegerField()
+    text = serializers.CharField()
+    token_count = serializers.IntegerField()
+    kind = serializers.CharField()
+    page = serializers.IntegerField(allow_null=True)
+    page_end = serializers.IntegerField(allow_null=True)
+    heading_path = serializers.ListField(child=serializers.CharField())
+    metadata = serializers.JSONField()
+    duplicate_of_id = serializers.IntegerField(allow_null=True)
+    near_duplicate_of_id = serializers.IntegerField(allow_null=True)
+
+
+class ChunkPageSerializer(serializers.Serializer):
+    page = serializers.IntegerField()
+    page_size = serializers.IntegerField()
+    total = serializers.IntegerField()
+    pages = serializers.IntegerField()
+    results = ChunkOutputSerializer(many=True)
+
+
+class DocumentDetailResponseSerializer(DocumentOutputSerializer):
+    chunks = ChunkPageSerializer()
+
+
+def _positive_int(value, default: int, field: str, maximum: int) -> int:
+    from tenants.errors import DomainError
+
+    if value in (None, ""):
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise DomainError(f"{field} must be a whole number.", field=field) from None
+    if not 1 <= number <= maximum:
+        raise DomainError(f"{field} must be between 1 and {maximum}.", field=field)
+    return number
+
+
+class DocumentDetailApi(TenantApi):
+    @extend_schema(operation_id="document_detail", responses={200: DocumentDetailResponseSerializer},
+                   parameters=[OpenApiParameter("page", int, required=False),
+                               OpenApiParameter("page_size", int, required=False)],
+                   tags=["training data"])
+    def get(self, request, document_id: int):
+        document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
+        page_size = _positive_int(request.query_params.get("page_size"), 50, "page_size", 500)
+        page_number = _positive_int(request.query_params.get("page"), 1, "page", 1_000_000)
+        paginator = Paginator(chunk_list(tenant=self.tenant, document=document), page_size)
+        page = paginator.get_page(page_number)
+        body = document_payload(document, document_latest_job(document=document))
+        body["chunks"] = {"page": page.number, "page_size": page_size, "total": paginator.count,
+                          "pages": paginator.num_pages, "results": list(page.object_list)}
+        return Response(DocumentDetailResponseSerializer(body).data)
+
+    @extend_schema(operation_id="document_delete", responses={204: None}, tags=["training data"])
+    def delete(self, request, document_id: int):
+        self.require_write()
+        document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
+        document_delete(tenant=self.tenant, document=document)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class DocumentStatusApi(TenantApi):
+    @extend_schema(operation_id="document_status", responses={200: DocumentOutputSerializer}, tags=["training data"])
+    def get(self, request, document_id: int):
+        document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
+        return Response(DocumentOutputSerializer(document_payload(document, document_latest_job(document=document))).data)
+
+
+class DocumentReprocessResponseSerializer(serializers.Serializer):
+    document_id = serializers.IntegerField()
+    job_id = serializers.IntegerField()
+    status = serializers.CharField()
+    status_url = serializers.CharField()
+
+
+class DocumentReprocessApi(TenantApi):
+    @extend_schema(operation_id="document_reprocess", request=None,
+                   responses={202: DocumentReprocessResponseSerializer}, tags=["training data"])
+    def post(self, request, document_id: int):
+        self.require_write()
+        document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
+        job = document_reprocess(tenant=self.tenant, document=document)
+        body = {"document_id": document.pk, "job_id": job.pk, "status": job.status,
+                "status_url": request.build_absolute_uri(reverse("api-document-status", args=[document.pk]))}
+        return Response(DocumentReprocessResponseSerializer(body).data, status=status.HTTP_202_ACCEPTED)

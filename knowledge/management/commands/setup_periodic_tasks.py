@@ -1,0 +1,21 @@
+from django.core.management.base import BaseCommand
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+# Every periodic task of the project, in one place: name -> (task, every seconds, expires seconds)
+SCHEDULE = {
+    "Sweep stuck ingestion jobs": ("knowledge.ingestion_jobs_sweep", 60, 55),
+}
+
+
+class Command(BaseCommand):
+    help = "Create or update the django-celery-beat schedule (idempotent)."
+
+    def handle(self, *args, **options):
+        for name, (task, seconds, expires) in SCHEDULE.items():
+            interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
+            PeriodicTask.objects.update_or_create(
+                name=name, defaults={"task": task, "interval": interval, "expire_seconds": expires, "enabled": True},
+            )
+        stale = PeriodicTask.objects.exclude(name__in=SCHEDULE).exclude(name__startswith="celery.")
+        stale.update(enabled=False)
+        self.stdout.write(f"{len(SCHEDULE)} periodic tasks scheduled.")

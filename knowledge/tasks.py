@@ -1,0 +1,33 @@
+"""Celery entry points: ids in, one service call, retry policy."""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.conf import settings
+from django.db import OperationalError
+
+from knowledge.embeddings import ProviderUnavailable
+
+
+@shared_task(bind=True, name="knowledge.ingestion_job_run", acks_late=True, reject_on_worker_lost=True,
+             max_retries=None, soft_time_limit=3600, time_limit=3700)
+def ingestion_job_run_task(self, *, job_id: int) -> str:
+    from knowledge import services
+
+    try:
+        # The Celery task id is the lease: a message redelivered after its worker died may resume.
+        return services.ingestion_job_run(job_id=job_id, lease_token=self.request.id)
+    except ProviderUnavailable as exc:
+        waits = services.ingestion_job_release(job_id=job_id, reason=str(exc))
+        if waits == 0 or waits > settings.INGESTION_PROVIDER_MAX_WAIT_RETRIES:
+            return "failed"
+        raise self.retry(countdown=min(300, 5 * 2 ** (waits - 1)), max_retries=None) from None
+    except OperationalError as exc:  # the database went away: try again shortly
+        raise self.retry(countdown=5, max_retries=20, exc=exc) from None
+
+
+@shared_task(name="knowledge.ingestion_jobs_sweep", expires=120)
+def ingestion_jobs_sweep_task() -> dict:
+    from knowledge.services import ingestion_jobs_sweep
+
+    return ingestion_jobs_sweep()

@@ -1,0 +1,83 @@
+"""Vector SQL needed by ingestion: per-space HNSW indexes and near-duplicate lookups.
+(Search-time vector SQL lives in ``search/selectors.py``.)"""
+
+from __future__ import annotations
+
+from django.db import connection
+
+from knowledge.models import EmbeddingSpace
+
+
+def space_index_name(space: EmbeddingSpace) -> str:
+    return f"chunkemb_hnsw_space_{space.pk}"
+
+
+def space_vector_expr(space: EmbeddingSpace, column: str = "embedding") -> str:
+    """The indexed expression; queries must use exactly this to hit the space's index."""
+    return f"({column}::vector({int(space.dimensions)}))"
+
+
+def ensure_space_index(space: EmbeddingSpace) -> None:
+    """A partial HNSW (cosine) index holding only this space's vectors."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"CREATE INDEX IF NOT EXISTS {space_index_name(space)} ON knowledge_chunkembedding "
+            f"USING hnsw ({space_vector_expr(space)} vector_cosine_ops) "
+            f"WITH (m = 16, ef_construction = 64) WHERE space_id = {int(space.pk)}"
+        )
+
+
+def flag_near_duplicates(*, space: EmbeddingSpace, document_id: int, chatbot_id: int, threshold: float,
+                         exclude_document_id: int | None) -> int:
+    """Point each chunk of the document at an earlier chunk of the chatbot whose vector is within
+    ``threshold`` cosine similarity (exact duplicates are flagged separately)."""
+    vec = space_vector_expr(space, "e.embedding")
+    vec2 = space_vector_expr(space, "o.embedding")
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        cursor.execute(
+            f"""
+            WITH near AS (
+                SELECT e.chunk_id, nn.chunk_id AS other_id, nn.distance
+                FROM knowledge_chunkembedding e
+                JOIN knowledge_chunk c ON c.id = e.chunk_id
+                CROSS JOIN LATERAL (
+                    SELECT o.chunk_id, {vec2} <=> {vec} AS distance
+                    FROM knowledge_chunkembedding o
+                    JOIN knowledge_chunk oc ON oc.id = o.chunk_id
+                    JOIN knowledge_document od ON od.id = oc.document_id
+                    WHERE o.space_id = %(space)s AND o.chatbot_id = %(chatbot)s AND o.chunk_id < e.chunk_id
+                      AND od.status <> 'failed' AND oc.document_id IS DISTINCT FROM %(exclude)s
+                    ORDER BY {vec2} <=> {vec}
+                    LIMIT 1
+                ) nn
+                WHERE e.space_id = %(space)s AND c.document_id = %(document)s AND c.duplicate_of_id IS NULL
+            )
+            UPDATE knowledge_chunk c SET near_duplicate_of_id = near.other_id
+            FROM near WHERE c.id = near.chunk_id AND near.distance <= %(max_distance)s
+            """,
+            {"space": space.pk, "chatbot": chatbot_id, "document": document_id,
+             "exclude": exclude_document_id, "max_distance": 1.0 - threshold},
+        )
+        return cursor.rowcount
+
+
+def flag_exact_duplicates(*, document_id: int, exclude_document_id: int | None) -> int:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            UPDATE knowledge_chunk c SET duplicate_of_id = d.first_id
+            FROM (
+                SELECT c2.id, (
+                    SELECT min(o.id) FROM knowledge_chunk o
+                    JOIN knowledge_document od ON od.id = o.document_id
+                    WHERE o.chatbot_id = c2.chatbot_id AND o.content_hash = c2.content_hash AND o.id < c2.id
+                      AND od.status <> 'failed' AND o.document_id IS DISTINCT FROM %(exclude)s
+                ) AS first_id
+                FROM knowledge_chunk c2 WHERE c2.document_id = %(document)s
+            ) d
+            WHERE c.id = d.id AND d.first_id IS NOT NULL
+            """,
+            {"document": document_id, "exclude": exclude_document_id},
+        )
+        return cursor.rowcount

@@ -1,0 +1,52 @@
+from django.contrib import admin, messages
+
+from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.services import api_key_revoke
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    list_display = ["name", "slug", "plan", "is_active", "created_at"]
+    list_filter = ["plan", "is_active"]
+    search_fields = ["name", "slug"]
+    inlines = [MembershipInline]
+
+
+@admin.register(Membership)
+class MembershipAdmin(admin.ModelAdmin):
+    list_display = ["user", "tenant", "role", "created_at"]
+    list_filter = ["role", "tenant"]
+    search_fields = ["user__username", "tenant__name"]
+    autocomplete_fields = ["user", "tenant"]
+
+
+@admin.register(Chatbot)
+class ChatbotAdmin(admin.ModelAdmin):
+    list_display = ["name", "tenant", "embedding_model", "chunk_size", "chunk_overlap", "content_version", "created_at"]
+    list_filter = ["embedding_model", "tenant"]
+    search_fields = ["name", "tenant__name"]
+    readonly_fields = ["content_version"]
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    list_display = ["name", "prefix", "tenant", "chatbot", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "prefix", "tenant__name"]
+    readonly_fields = ["prefix", "key_hash", "last_used_at", "created_at", "revoked_at"]
+    actions = ["revoke"]
+
+    def has_add_permission(self, request):
+        return False  # keys are issued by the dashboard or create_tenant, which show the secret once
+
+    @admin.action(description="Revoke selected keys")
+    def revoke(self, request, queryset):
+        for key in queryset:
+            api_key_revoke(tenant=key.tenant, api_key_id=key.pk)
+        self.message_user(request, f"Revoked {queryset.count()} keys.", messages.SUCCESS)

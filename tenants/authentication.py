@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+
+from tenants.models import ApiKey
+from tenants.selectors import api_key_find_active
+from tenants.services import api_key_touch
+
+
+@dataclass
+class ApiKeyPrincipal:
+    """request.user for API-key requests: the key acts, not a person."""
+
+    api_key: ApiKey
+    is_authenticated: bool = True
+    is_active: bool = True
+    is_staff: bool = False
+    is_superuser: bool = False
+    pk = None
+    id = None
+
+    def __str__(self) -> str:
+        return f"api-key:{self.api_key.prefix}"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    """``Authorization: Bearer <key>``. Keys are never read from the URL or the body."""
+
+    keyword = "bearer"
+
+    def authenticate(self, request):
+        header = authentication.get_authorization_header(request).decode("latin-1").strip()
+        if not header:
+            return None
+        parts = header.split()
+        if parts[0].lower() != self.keyword:
+            return None
+        if len(parts) != 2:
+            raise exceptions.AuthenticationFailed("Send the header as 'Authorization: Bearer <api key>'.")
+        api_key = api_key_find_active(raw_key=parts[1])
+        if api_key is None:
+            raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
+        api_key_touch(api_key=api_key)
+        return ApiKeyPrincipal(api_key=api_key), api_key
+
+    def authenticate_header(self, request) -> str:
+        return 'Bearer realm="api"'
+
+
+class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    target_class = "tenants.authentication.ApiKeyAuthentication"
+    name = "ApiKeyAuth"
+
+    def get_security_definition(self, auto_schema):
+        return {"type": "http", "scheme": "bearer", "description": "An API key created for the tenant."}

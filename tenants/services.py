@@ -1,0 +1,141 @@
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.utils.text import slugify
+
+from tenants.errors import DomainError
+from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.selectors import api_key_hash
+
+API_KEY_PREFIX = "cbt_"
+
+
+@dataclass(frozen=True)
+class IssuedApiKey:
+    api_key: ApiKey
+    raw_key: str  # shown once, never stored
+
+
+def _unique_slug(name: str) -> str:
+    base = slugify(name)[:60] or "tenant"
+    slug, n = base, 1
+    while Tenant.objects.filter(slug=slug).exists():
+        n += 1
+        slug = f"{base}-{n}"
+    return slug
+
+
+@transaction.atomic
+def tenant_create(*, name: str, plan: str = "standard") -> Tenant:
+    if not name.strip():
+        raise DomainError("A tenant needs a name.", field="name")
+    return Tenant.objects.create(name=name.strip(), slug=_unique_slug(name), plan=plan)
+
+
+@transaction.atomic
+def member_add(*, tenant: Tenant, user, role: str = Membership.Role.VIEWER) -> Membership:
+    membership, _ = Membership.objects.update_or_create(tenant=tenant, user=user, defaults={"role": role})
+    return membership
+
+
+@transaction.atomic
+def chatbot_create(
+    *,
+    tenant: Tenant,
+    name: str,
+    description: str = "",
+    embedding_model: str | None = None,
+    chunk_size: int = 256,
+    chunk_overlap: int = 32,
+) -> Chatbot:
+    if not name.strip():
+        raise DomainError("A chatbot needs a name.", field="name")
+    if Chatbot.objects.for_tenant(tenant).filter(name=name.strip()).exists():
+        raise DomainError(f"A chatbot named {name!r} already exists.", field="name")
+    if not 32 <= chunk_size <= 8192:
+        raise DomainError("chunk_size must be between 32 and 8192 tokens.", field="chunk_size")
+    if not 0 <= chunk_overlap < chunk_size // 2:
+        raise DomainError("chunk_overlap must be at least 0 and less than half of chunk_size.", field="chunk_overlap")
+    return Chatbot.objects.create(
+        tenant=tenant,
+        name=name.strip(),
+        description=description,
+        embedding_model=embedding_model or settings.EMBEDDING_DEFAULT_MODEL,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+    )
+
+
+def chatbot_content_changed(*, chatbot_id: int) -> None:
+    """Bump the content version that caches of higher floors key on."""
+    Chatbot.objects.filter(pk=chatbot_id).update(content_version=F("content_version") + 1)
+
+
+@transaction.atomic
+def api_key_create(
+    *, tenant: Tenant, name: str, chatbot: Chatbot | None = None, created_by=None, expires_at=None
+) -> IssuedApiKey:
+    if chatbot is not None and chatbot.tenant_id != tenant.pk:
+        raise DomainError("That chatbot does not belong to this tenant.", field="chatbot")
+    prefix = secrets.token_hex(4)
+    raw_key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
+    api_key = ApiKey.objects.create(
+        tenant=tenant,
+        name=name or "API key",
+        prefix=API_KEY_PREFIX + prefix,
+        key_hash=api_key_hash(raw_key),
+        chatbot=chatbot,
+        created_by=created_by,
+        expires_at=expires_at,
+    )
+    return IssuedApiKey(api_key=api_key, raw_key=raw_key)
+
+
+def api_key_revoke(*, tenant: Tenant, api_key_id: int) -> ApiKey:
+    api_key = ApiKey.objects.for_tenant(tenant).get(pk=api_key_id)
+    if api_key.revoked_at is None:
+        api_key.revoked_at = timezone.now()
+        api_key.save(update_fields=["revoked_at"])
+    return api_key
+
+
+def api_key_touch(*, api_key: ApiKey) -> None:
+    """Record use, at most once a minute per key (no write on every request)."""
+    now = timezone.now()
+    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
+        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        api_key.last_used_at = now
+
+
+@dataclass(frozen=True)
+class TenantBundle:
+    tenant: Tenant
+    chatbot: Chatbot
+    username: str
+    password: str
+    api_key: str
+
+
+@transaction.atomic
+def tenant_bootstrap(*, name: str, chatbot_name: str, username: str | None = None,
+                     password: str | None = None, embedding_model: str | None = None) -> TenantBundle:
+    """Tenant + owner login + chatbot + API key in one step (the create_tenant command)."""
+    tenant = tenant_create(name=name)
+    username = username or f"{tenant.slug}-owner"
+    password = password or secrets.token_urlsafe(12)
+    User = get_user_model()
+    if User.objects.filter(username=username).exists():
+        raise DomainError(f"User {username!r} already exists.", field="username")
+    user = User.objects.create_user(username=username, password=password)
+    member_add(tenant=tenant, user=user, role=Membership.Role.OWNER)
+    chatbot = chatbot_create(tenant=tenant, name=chatbot_name, embedding_model=embedding_model)
+    issued = api_key_create(tenant=tenant, name=f"{chatbot_name} key", created_by=user)
+    return TenantBundle(tenant=tenant, chatbot=chatbot, username=username, password=password,
+                        api_key=issued.raw_key)

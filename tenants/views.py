@@ -1,0 +1,72 @@
+"""Dashboard pages of the tenants app: switching tenant and managing API keys."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
+
+from tenants.apis import SESSION_TENANT_KEY
+from tenants.errors import DomainError
+from tenants.models import ApiKey, Membership
+from tenants.selectors import api_key_list, chatbot_get, chatbot_list, membership_get
+from tenants.services import api_key_create, api_key_revoke
+
+
+def dashboard_membership(request) -> Membership:
+    """The member the dashboard acts as; 404 for a user in no tenant."""
+    membership = membership_get(user=request.user, tenant_id=request.session.get(SESSION_TENANT_KEY))
+    if membership is None:
+        raise Http404("You are not a member of any tenant. Ask an owner to invite you.")
+    return membership
+
+
+def require_write(request, membership: Membership) -> bool:
+    if membership.can_write:
+        return True
+    messages.error(request, "Your role is 'viewer': ask an owner or admin to make this change.")
+    return False
+
+
+@login_required
+@require_POST
+def tenant_switch(request):
+    membership = membership_get(user=request.user, tenant_id=int(request.POST.get("tenant_id") or 0))
+    if membership is not None:
+        request.session[SESSION_TENANT_KEY] = membership.tenant_id
+    return redirect("dashboard-home")
+
+
+@login_required
+def api_keys(request):
+    membership = dashboard_membership(request)
+    tenant = membership.tenant
+    new_key = None
+    if request.method == "POST" and require_write(request, membership):
+        try:
+            chatbot_id = request.POST.get("chatbot") or None
+            chatbot = chatbot_get(tenant=tenant, chatbot_id=chatbot_id) if chatbot_id else None
+            issued = api_key_create(tenant=tenant, name=request.POST.get("name", "").strip() or "API key",
+                                    chatbot=chatbot, created_by=request.user)
+            new_key = issued.raw_key
+            messages.success(request, "Key created. Copy it now: it is shown only once.")
+        except DomainError as exc:
+            messages.error(request, exc.message)
+    return render(request, "dashboard/api_keys.html", {
+        "keys": api_key_list(tenant=tenant), "chatbots": chatbot_list(tenant=tenant), "new_key": new_key,
+    })
+
+
+@login_required
+@require_POST
+def api_key_revoke_view(request, key_id: int):
+    membership = dashboard_membership(request)
+    if require_write(request, membership):
+        try:
+            key = api_key_revoke(tenant=membership.tenant, api_key_id=key_id)
+        except ApiKey.DoesNotExist:
+            raise Http404("No such key.") from None
+        messages.success(request, f"Key {key.prefix}… revoked; it stops working at once.")
+    return redirect("dashboard-api-keys")
