@@ -11,7 +11,7 @@ from knowledge.parsers import Block
 
 TokenCounter = Callable[[Sequence[str]], list[int]]
 
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]?\s+(?=[\"'(\[]?[A-Z0-9À-Ý])|\n+")
+_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]?[ \t]+(?=[\"'(\[]?[A-Z0-9À-Ý])")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class _Piece:
     text: str
     tokens: int
     page: int | None
-    paragraph_start: bool
+    joiner: str  # what separates it from the piece before: paragraph, line or sentence break
 
 
 def split_sentences(text: str) -> list[str]:
@@ -74,26 +74,28 @@ def chunk_blocks(blocks: Sequence[Block], *, count_tokens: TokenCounter, max_tok
 
 
 def _pieces(blocks: Sequence[Block], count_tokens: TokenCounter, max_tokens: int) -> list[_Piece]:
-    raw: list[tuple[str, int | None, bool]] = []
+    raw: list[tuple[str, int | None, str]] = []
     for block in blocks:
-        for p_index, paragraph in enumerate(re.split(r"\n\s*\n", block.text)):
-            if block.kind in ("row", "table"):
-                sentences = [line for line in paragraph.split("\n") if line.strip()]
-            else:
-                sentences = split_sentences(paragraph)
-            for s_index, sentence in enumerate(sentences):
-                raw.append((sentence, block.page, s_index == 0))
+        for paragraph in re.split(r"\n\s*\n", block.text):
+            joiner = "\n\n"
+            for line in paragraph.split("\n"):
+                if not line.strip():
+                    continue
+                for sentence in split_sentences(line):
+                    raw.append((sentence, block.page, joiner))
+                    joiner = " "
+                joiner = "\n"
     counts = count_tokens([text for text, _, _ in raw]) if raw else []
     pieces: list[_Piece] = []
-    for (text, page, start), tokens in zip(raw, counts):
+    for (text, page, joiner), tokens in zip(raw, counts):
         if tokens <= max_tokens:
-            pieces.append(_Piece(text, tokens, page, start))
+            pieces.append(_Piece(text, tokens, page, joiner))
         else:
-            pieces.extend(_split_long(text, page, start, count_tokens, max_tokens))
+            pieces.extend(_split_long(text, page, joiner, count_tokens, max_tokens))
     return pieces
 
 
-def _split_long(text: str, page, start: bool, count_tokens: TokenCounter, max_tokens: int) -> list[_Piece]:
+def _split_long(text: str, page, joiner: str, count_tokens: TokenCounter, max_tokens: int) -> list[_Piece]:
     """A sentence longer than a chunk: cut at word boundaries into windows that fit."""
     words = text.split()
     per_word = count_tokens(words)
@@ -101,7 +103,7 @@ def _split_long(text: str, page, start: bool, count_tokens: TokenCounter, max_to
     for word, tokens in zip(words, per_word):
         tokens = max(tokens, 1)
         if current and current_tokens + tokens > max_tokens:
-            pieces.append(_Piece(" ".join(current), current_tokens, page, start and not pieces))
+            pieces.append(_Piece(" ".join(current), current_tokens, page, " " if pieces else joiner))
             current, current_tokens = [], 0
         if tokens > max_tokens:  # a single absurd "word": hard cut by characters
             word = word[: max_tokens * 2]
@@ -109,7 +111,7 @@ def _split_long(text: str, page, start: bool, count_tokens: TokenCounter, max_to
         current.append(word)
         current_tokens += tokens
     if current:
-        pieces.append(_Piece(" ".join(current), current_tokens, page, start and not pieces))
+        pieces.append(_Piece(" ".join(current), current_tokens, page, " " if pieces else joiner))
     return pieces
 
 
@@ -159,12 +161,4 @@ def _overlap_tail(chunk: list[_Piece], overlap: int) -> list[_Piece]:
 
 
 def _join(pieces: list[_Piece]) -> str:
-    text = ""
-    for piece in pieces:
-        if not text:
-            text = piece.text
-        elif piece.paragraph_start:
-            text += "\n\n" + piece.text
-        else:
-            text += " " + piece.text
-    return text
+    return "".join(piece.text if i == 0 else piece.joiner + piece.text for i, piece in enumerate(pieces))

@@ -52,9 +52,6 @@ def detect(data: bytes, filename: str = "") -> str:
     """One of pdf, docx, json, jsonl, csv, transcript, markdown, text. Raises ParseError."""
     if not data or not data.strip():
         raise ParseError("The file is empty.")
-    head = data[:1024]
-    if b"%PDF-" in head:
-        return "pdf"
     if data.startswith(b"PK\x03\x04"):
         try:
             names = zipfile.ZipFile(io.BytesIO(data)).namelist()
@@ -65,6 +62,8 @@ def detect(data: bytes, filename: str = "") -> str:
         if any(n.startswith("xl/") for n in names):
             raise ParseError("Excel workbooks are not supported; export the sheet as CSV and upload that.")
         raise ParseError("ZIP archives are not supported; extract the files and upload them one by one.")
+    if b"%PDF-" in data[:1024]:  # PDF allows a little junk before the header
+        return "pdf"
     for signature, what in BINARY_SIGNATURES.items():
         if data.startswith(signature):
             raise ParseError(f"Unsupported file type: this is {what}.")

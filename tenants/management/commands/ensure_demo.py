@@ -1,0 +1,42 @@
+import json
+import secrets
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+from django.utils import timezone
+
+from tenants.models import ApiKey, Chatbot, Tenant
+from tenants.services import api_key_create, tenant_bootstrap
+
+DEMO_TENANT = "Demo Company"
+DEMO_USER = "demo"
+DEMO_KEY_NAME = "make run"
+
+
+class Command(BaseCommand):
+    help = "Create the demo tenant if missing, give its owner a fresh password and a fresh API key, print them."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--json", action="store_true")
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        password = secrets.token_urlsafe(9)
+        tenant = Tenant.objects.filter(name=DEMO_TENANT).first()
+        if tenant is None:
+            bundle = tenant_bootstrap(name=DEMO_TENANT, chatbot_name="Support bot", username=DEMO_USER,
+                                      password=password)
+            tenant, chatbot, raw_key = bundle.tenant, bundle.chatbot, bundle.api_key
+            ApiKey.objects.for_tenant(tenant).update(name=DEMO_KEY_NAME)  # revoked and renewed on the next start
+        else:
+            user = get_user_model().objects.get(username=DEMO_USER)
+            user.set_password(password)
+            user.save(update_fields=["password"])
+            chatbot = Chatbot.objects.for_tenant(tenant).order_by("id").first()
+            ApiKey.objects.for_tenant(tenant).filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
+                revoked_at=timezone.now())
+            raw_key = api_key_create(tenant=tenant, name=DEMO_KEY_NAME, created_by=user).raw_key
+        result = {"tenant_id": tenant.pk, "chatbot_id": chatbot.pk, "api_key": raw_key, "username": DEMO_USER,
+                  "password": password}
+        self.stdout.write(json.dumps(result) if options["json"] else "\n".join(f"{k:>10}: {v}" for k, v in result.items()))

@@ -1,0 +1,201 @@
+"""Fixtures: real embedded PostgreSQL and Redis, the real local embedding model.
+
+Async work: unless a test says it runs a real worker (marker ``worker``), Celery runs eagerly,
+so enqueued ingestion tasks call the task function directly in the test process.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.test import override_settings
+from rest_framework.test import APIClient
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
+DOCS = SHARED / "fixtures" / "documents"
+DATASETS = SHARED / "datasets"
+
+
+def shared_path(*parts: str) -> Path:
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs ../shared/{'/'.join(parts)} (the shared test data sits beside the repository "
+                    "on developer machines and in CI, not in a fresh clone)")
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_media(tmp_path_factory):
+    media = tmp_path_factory.mktemp("media")
+    with override_settings(MEDIA_ROOT=str(media)):
+        yield media
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _eager_celery():
+    from chatbot_training.celery import app
+
+    app.conf.task_always_eager = True
+    app.conf.task_eager_propagates = True
+    yield
+    app.conf.task_always_eager = False
+
+
+@pytest.fixture
+def bundle(db):
+    from tenants.services import tenant_bootstrap
+
+    return tenant_bootstrap(name="Acme", chatbot_name="Acme support", username="acme-owner", password="pw-acme-123")
+
+
+@pytest.fixture
+def other_bundle(db):
+    from tenants.services import tenant_bootstrap
+
+    return tenant_bootstrap(name="Globex", chatbot_name="Globex support", username="globex-owner",
+                            password="pw-globex-123")
+
+
+@pytest.fixture
+def api(bundle):
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
+    return client
+
+
+@pytest.fixture
+def run_jobs(django_capture_on_commit_callbacks):
+    """Run the on-commit callbacks of the block (the enqueue), which with eager Celery calls the
+    ingestion task function directly."""
+    return lambda: django_capture_on_commit_callbacks(execute=True)
+
+
+def make_upload(name: str, content: bytes | str) -> SimpleUploadedFile:
+    if isinstance(content, str):
+        content = content.encode()
+    return SimpleUploadedFile(name, content)
+
+
+def shared_upload(*parts: str) -> SimpleUploadedFile:
+    path = shared_path(*parts)
+    return SimpleUploadedFile(path.name, path.read_bytes())
+
+
+def ingest(bundle, upload, **fields):
+    """Create a document through the service and run its ingestion task directly (in-process)."""
+    from django.test import TestCase
+
+    from knowledge.models import Document
+    from knowledge.services import document_create
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=upload, **fields)
+    return Document.objects.get(pk=result.document.pk)
+
+
+# --- Files the core suite builds itself (no ../shared needed) -----------------------------
+
+def build_pdf(pages: list[str]) -> bytes:
+    """A small valid PDF with one text line block per page (Helvetica, WinAnsi)."""
+    objects: list[bytes] = []
+
+    def add(body: bytes) -> int:
+        objects.append(body)
+        return len(objects)
+
+    font = add(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>")
+    page_ids = []
+    pages_id_placeholder = len(objects) + 1 + 2 * len(pages)
+    for text in pages:
+        lines = [line for line in text.split("\n")]
+        ops = ["BT", "/F1 11 Tf", "14 TL", "72 760 Td"]
+        for line in lines:
+            safe = line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+            ops.append(f"({safe}) Tj T*")
+        ops.append("ET")
+        stream = "\n".join(ops).encode("latin-1")
+        content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+        page_ids.append(add(
+            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+            b"/Contents %d 0 R >>" % (pages_id_placeholder, font, content)))
+    kids = b" ".join(b"%d 0 R" % p for p in page_ids)
+    pages_id = add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(page_ids)))
+    assert pages_id == pages_id_placeholder
+    catalog = add(b"<< /Type /Catalog /Pages %d 0 R >>" % pages_id)
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % number + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
+    for offset in offsets:
+        out.write(b"%010d 00000 n \n" % offset)
+    out.write(b"trailer\n<< /Size %d /Root %d 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, catalog, xref))
+    return out.getvalue()
+
+
+def build_docx(*, heading: str, paragraphs: list[str], table: list[list[str]] | None = None,
+               header: str = "", subheading: str = "") -> bytes:
+    import docx
+
+    document = docx.Document()
+    document.add_heading(heading, level=1)
+    if subheading:
+        document.add_heading(subheading, level=2)
+    for paragraph in paragraphs:
+        document.add_paragraph(paragraph)
+    if table:
+        t = document.add_table(rows=len(table), cols=len(table[0]))
+        for r, row in enumerate(table):
+            for c, value in enumerate(row):
+                t.cell(r, c).text = value
+    if header:
+        document.sections[0].header.paragraphs[0].text = header
+    out = io.BytesIO()
+    document.save(out)
+    return out.getvalue()
+
+
+SAMPLE_FAQ_CSV = (
+    "question,answer,category,product\n"
+    "How do I reset my password?,\"Open Settings, choose Security and press Reset password. A link arrives by email.\",account,web\n"
+    "Can I change my delivery address?,You can change the address until the parcel is dispatched.,shipping,store\n"
+    "What payment methods do you accept?,\"We accept Visa, Mastercard, PayPal and bank transfer.\",billing,store\n"
+)
+
+SAMPLE_CHAT_JSONL = "\n".join(json.dumps(c) for c in [
+    {"messages": [{"role": "system", "content": "You are a support agent."},
+                  {"role": "user", "content": "My router keeps dropping the wifi connection."},
+                  {"role": "assistant", "content": "Please update the firmware from the admin page and restart it."},
+                  {"role": "user", "content": "Thanks, that fixed it."}]},
+    {"messages": [{"role": "user", "content": "How long does a refund take?"},
+                  {"role": "assistant", "content": "Refunds reach your card within 5 business days."}]},
+])
+
+LONG_TEXT = "\n\n".join(
+    f"Section {i}. " + " ".join(
+        f"Sentence {i}.{j} explains how the support team handles case number {i * 100 + j} with care."
+        for j in range(12))
+    for i in range(40)
+)
+
+
+@pytest.fixture
+def worker_env():
+    """Environment for a real Celery worker process attached to the test database."""
+    from django.conf import settings
+    from django.db import connection
+
+    db = connection.settings_dict
+    url = f"postgresql://{db['USER']}:{db['PASSWORD'] or ''}@/{db['NAME']}?host={db['HOST']}"
+    if db.get("PORT"):
+        url += f"&port={db['PORT']}"
+    return {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
+            "MEDIA_ROOT": str(settings.MEDIA_ROOT), "CHATBOT_KEEP_EMBEDDED": "1", "PYTHONUNBUFFERED": "1"}
