@@ -86,6 +86,26 @@ def shared_upload(*parts: str) -> SimpleUploadedFile:
     return SimpleUploadedFile(path.name, path.read_bytes())
 
 
+def shared_subset(*parts: str, items: int) -> SimpleUploadedFile:
+    """The first ``items`` rows / records / lines of a shared dataset file, same format: the
+    behaviour under test does not need the whole file, and CPU embedding is slow."""
+    path = shared_path(*parts)
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        content = json.dumps(json.loads(text)[:items])
+    elif path.suffix in (".csv", ".tsv"):
+        import csv
+
+        delimiter = "\t" if path.suffix == ".tsv" else ","
+        rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))[: items + 1]
+        out = io.StringIO()
+        csv.writer(out, delimiter=delimiter).writerows(rows)
+        content = out.getvalue()
+    else:
+        content = "\n".join(text.splitlines()[:items])
+    return SimpleUploadedFile(path.name, content.encode())
+
+
 def ingest(bundle, upload, **fields):
     """Create a document through the service and run its ingestion task directly (in-process)."""
     from django.test import TestCase
