@@ -213,9 +213,9 @@ def worker_env():
     from django.conf import settings
     from django.db import connection
 
-    db = connection.settings_dict
-    url = f"postgresql://{db['USER']}:{db['PASSWORD'] or ''}@/{db['NAME']}?host={db['HOST']}"
-    if db.get("PORT"):
-        url += f"&port={db['PORT']}"
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(settings.DATABASE_URL)
+    url = urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
     return {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
             "MEDIA_ROOT": str(settings.MEDIA_ROOT), "CHATBOT_KEEP_EMBEDDED": "1", "PYTHONUNBUFFERED": "1"}

@@ -1,0 +1,59 @@
+"""The periodic sweeper (called directly) and the give-up rule for files that keep killing workers."""
+
+from datetime import timedelta
+
+import pytest
+from django.test import TestCase
+from django.utils import timezone
+
+from knowledge.models import IngestionJob
+from knowledge.services import document_create, ingestion_job_run, ingestion_jobs_sweep
+from tests.conftest import SAMPLE_FAQ_CSV, make_upload
+
+pytestmark = pytest.mark.django_db
+
+
+def queued_job(bundle):
+    with TestCase.captureOnCommitCallbacks(execute=False):
+        return document_create(tenant=bundle.tenant, chatbot=bundle.chatbot,
+                               upload=make_upload("faq.csv", SAMPLE_FAQ_CSV)).job
+
+
+def test_silent_processing_jobs_are_requeued_and_finish(bundle, monkeypatch):
+    job = queued_job(bundle)
+    stale = timezone.now() - timedelta(hours=1)
+    IngestionJob.objects.filter(pk=job.pk).update(status="processing", lease_token="dead-worker", heartbeat_at=stale)
+    sent = []
+    monkeypatch.setattr("knowledge.services._enqueue", sent.append)
+    assert ingestion_jobs_sweep() == {"requeued_silent": 1, "requeued_lost": 0}
+    assert sent == [job.pk]
+    assert ingestion_job_run(job_id=job.pk, lease_token="sweeper-message") == "ready"
+    job.refresh_from_db()
+    assert (job.status, job.interruptions, job.document.status) == ("ready", 1, "ready")
+
+
+def test_lost_queued_jobs_are_requeued(bundle, monkeypatch):
+    job = queued_job(bundle)
+    IngestionJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timedelta(hours=1))
+    sent = []
+    monkeypatch.setattr("knowledge.services._enqueue", sent.append)
+    assert ingestion_jobs_sweep() == {"requeued_silent": 0, "requeued_lost": 1}
+    assert sent == [job.pk]
+    assert ingestion_jobs_sweep() == {"requeued_silent": 0, "requeued_lost": 0}  # touched, not resent at once
+
+
+def test_a_file_that_kills_the_worker_every_time_fails_after_three_attempts(bundle):
+    job = queued_job(bundle)
+    for attempt in range(3):
+        claimed = IngestionJob.objects.get(pk=job.pk)
+        if attempt:
+            assert claimed.status == "processing"
+        # a worker claims the job, then dies before finishing (same redelivered message)
+        from knowledge.services import _job_claim
+
+        assert _job_claim(job_id=job.pk, lease_token="poison") is not None
+    assert _job_claim(job_id=job.pk, lease_token="poison") is None
+    job.refresh_from_db()
+    assert job.status == "failed" and job.attempts == 3
+    assert job.error.startswith("Processing was interrupted 3 times")
+    assert job.document.status == "failed" and job.document.error == job.error
