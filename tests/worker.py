@@ -39,11 +39,15 @@ def celery_worker(env: dict, **extra_env):
         yield process
     finally:
         app.conf.task_always_eager, app.conf.task_default_queue = previous
+        children = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
         process.terminate()
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:
             process.kill()
+        _, alive = psutil.wait_procs(children, timeout=10)
+        for child in alive:
+            child.kill()
         log.close()
 
 

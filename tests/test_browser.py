@@ -1,0 +1,74 @@
+"""End to end in a real headless Chromium (Debian's package, driven by Playwright): log in,
+upload files, watch them reach ready or failed. Uploads are processed by a real Celery worker."""
+
+import os
+import shutil
+
+import pytest
+
+from tests.conftest import SAMPLE_FAQ_CSV, build_pdf
+from tests.worker import celery_worker
+
+pytestmark = [pytest.mark.browser, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture
+def browser_page():
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("no Chromium here: install Debian's 'chromium' package (.ci/run does) to run the browser test")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        page = browser.new_page()
+        yield page
+        browser.close()
+
+
+def test_login_upload_and_watch_documents_finish(browser_page, live_server, bundle, worker_env, tmp_path):
+    from django.conf import settings
+
+    page = browser_page
+    good = tmp_path / "store-faq.csv"
+    good.write_text(SAMPLE_FAQ_CSV)
+    guide = tmp_path / "shipping-guide.pdf"
+    guide.write_bytes(build_pdf(["Shipping guide\nParcels leave the warehouse within two business days."]))
+    locked = tmp_path / "scan.pdf"
+    locked.write_bytes(build_pdf(["", ""]))
+
+    with celery_worker(worker_env):
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", bundle.username)
+        page.fill("#id_password", bundle.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        page.click(f"text={bundle.chatbot.name}")
+        page.set_input_files("#id_files", [str(good), str(guide), str(locked)])
+        page.select_option("#id_content_type", "faq")
+        page.fill("#id_category", "shop")
+        page.click("#upload-form button[type=submit]")
+        page.wait_for_selector("text=store-faq.csv: queued for processing.")
+        rows = page.locator("#documents tbody tr")
+        assert rows.count() == 3
+        # The table updates itself from the API while the worker processes the files
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#documents [data-field=status]')]"
+            ".every(e => e.textContent === 'ready' || e.textContent === 'failed')", timeout=120_000)
+        statuses = {page.locator(f"#documents tr:has-text('{name}') [data-field=status]").inner_text()
+                    for name in ("store-faq.csv", "shipping-guide.pdf")}
+        assert statuses == {"ready"}
+        failed_row = page.locator("#documents tr:has-text('scan.pdf')")
+        assert failed_row.locator("[data-field=status]").inner_text() == "failed"
+        assert "No extractable text (scanned PDF; OCR is not supported)." in failed_row.inner_text()
+        assert page.locator("[data-total=ready]").inner_text() == "2"
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-chatbot.png"), full_page=True)
+
+        page.click("#documents a:has-text('store-faq.csv')")
+        page.wait_for_selector("text=Chunks (3)")
+        assert "Q: How do I reset my password?" in page.inner_text("body")
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-document.png"), full_page=True)
