@@ -136,7 +136,7 @@ DATA_UPLOAD_MAX_NUMBER_FILES = DASHBOARD_MAX_FILES
 
 # --- Ingestion and embeddings -----------------------------------------------------------
 EMBEDDING_DEFAULT_MODEL = env("EMBEDDING_DEFAULT_MODEL", default="local:all-MiniLM-L6-v2")
-EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=64)
+EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=256)  # chunks per encode + insert round
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
 OPENAI_TIMEOUT_SECONDS = env.float("OPENAI_TIMEOUT_SECONDS", default=30.0)
