@@ -32,8 +32,12 @@ def multipart(fields: dict, file_name: str, content: bytes) -> tuple[bytes, str]
     parts = []
     for name, value in fields.items():
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
-                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + content + b"\r\n")
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{file_name}"\r\n'
+        f"Content-Type: application/octet-stream\r\n\r\n".encode()
+        + content
+        + b"\r\n"
+    )
     parts.append(f"--{boundary}--\r\n".encode())
     return b"".join(parts), f"multipart/form-data; boundary={boundary}"
 
@@ -68,18 +72,57 @@ def main() -> None:
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute("DROP DATABASE IF EXISTS chatbot_training_bench WITH (FORCE)")
         conn.execute("CREATE DATABASE chatbot_training_bench")
-    env = {**os.environ, "DATABASE_URL": bench_url, "REDIS_URL": settings.REDIS_URL, "CHATBOT_KEEP_EMBEDDED": "1",
-           "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:6]}", "MEDIA_ROOT": str(settings.VAR_DIR / "bench-media"),
-           "DJANGO_DEBUG": "0", "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "DATABASE_URL": bench_url,
+        "REDIS_URL": settings.REDIS_URL,
+        "CHATBOT_KEEP_EMBEDDED": "1",
+        "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:6]}",
+        "MEDIA_ROOT": str(settings.VAR_DIR / "bench-media"),
+        "DJANGO_DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+    }
     manage = [sys.executable, "manage.py"]
     subprocess.run(manage + ["migrate", "-v", "0"], env=env, cwd=ROOT, check=True)
-    tenant = json.loads(subprocess.run(manage + ["create_tenant", "--name", "Bench", "--chatbot", "SciFact", "--json"],
-                                       env=env, cwd=ROOT, check=True, capture_output=True, text=True).stdout)
-    web = subprocess.Popen(manage + ["runserver", f"127.0.0.1:{args.port}", "--noreload", "--skip-checks"],
-                           env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    worker = subprocess.Popen([sys.executable, "-m", "celery", "-A", "chatbot_training", "worker", "-c", "1",
-                               "-Q", env["CELERY_QUEUE"], "-l", "WARNING", "--without-mingle", "--without-gossip"],
-                              env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    tenant = json.loads(
+        subprocess.run(
+            manage + ["create_tenant", "--name", "Bench", "--chatbot", "SciFact", "--json"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    web = subprocess.Popen(
+        manage + ["runserver", f"127.0.0.1:{args.port}", "--noreload", "--skip-checks"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "chatbot_training",
+            "worker",
+            "-c",
+            "1",
+            "-Q",
+            env["CELERY_QUEUE"],
+            "-l",
+            "WARNING",
+            "--without-mingle",
+            "--without-gossip",
+        ],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     api = f"http://127.0.0.1:{args.port}/api"
     key, chatbot = tenant["api_key"], tenant["chatbot_id"]
     try:
@@ -95,11 +138,14 @@ def main() -> None:
         while call(f"{api}/training-data/{chatbot}", key)["totals"]["ready"] < 1:
             time.sleep(0.2)
         lines = CORPUS.read_text(encoding="utf-8").splitlines()[: args.docs]
-        files = [lines[i:i + args.per_file] for i in range(0, len(lines), args.per_file)]
+        files = [lines[i : i + args.per_file] for i in range(0, len(lines), args.per_file)]
         began = time.perf_counter()
         for number, chunk in enumerate(files):
-            body, ctype = multipart({"chatbot_id": chatbot, "content_type": "document"}, f"scifact-{number}.jsonl",
-                                    "\n".join(chunk).encode())
+            body, ctype = multipart(
+                {"chatbot_id": chatbot, "content_type": "document"},
+                f"scifact-{number}.jsonl",
+                "\n".join(chunk).encode(),
+            )
             call(f"{api}/upload-training-data", key, body, ctype)
         upload_seconds = time.perf_counter() - began
         while True:
@@ -115,9 +161,13 @@ def main() -> None:
         web.wait(30)
 
     with psycopg.connect(bench_url) as conn:
-        texts = [row[0] for row in conn.execute(
-            "SELECT c.text FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id "
-            "WHERE d.title LIKE 'scifact-%%' ORDER BY d.id, c.position")]
+        texts = [
+            row[0]
+            for row in conn.execute(
+                "SELECT c.text FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id "
+                "WHERE d.title LIKE 'scifact-%%' ORDER BY d.id, c.position"
+            )
+        ]
     from knowledge.embeddings import LocalProvider
 
     model = LocalProvider().model
@@ -128,7 +178,10 @@ def main() -> None:
     result = {
         "benchmark": "ingest",
         "corpus": "SciFact (../shared/datasets/scifact/corpus.jsonl)",
-        "documents": len(lines), "files": len(files), "chunks": len(texts), "failed_files": totals["failed"],
+        "documents": len(lines),
+        "files": len(files),
+        "chunks": len(texts),
+        "failed_files": totals["failed"],
         "upload_seconds": round(upload_seconds, 2),
         "end_to_end_seconds": round(end_to_end, 2),
         "end_to_end_chunks_per_s": round(len(texts) / end_to_end, 1),

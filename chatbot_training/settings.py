@@ -91,7 +91,7 @@ REDIS_URL = env("REDIS_URL", default="") or embedded.redis_url()
 
 def _kombu_url(url: str) -> str:
     # redis-py says unix:///path, kombu says redis+socket:///path
-    return "redis+socket://" + url[len("unix://"):] if url.startswith("unix://") else url
+    return "redis+socket://" + url[len("unix://") :] if url.startswith("unix://") else url
 
 
 CELERY_BROKER_URL = _kombu_url(REDIS_URL)

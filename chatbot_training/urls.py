@@ -31,7 +31,10 @@ urlpatterns = [
     path("chatbots/<int:chatbot_id>/", knowledge_views.chatbot_detail, name="dashboard-chatbot"),
     path("chatbots/<int:chatbot_id>/upload", knowledge_views.chatbot_upload, name="dashboard-upload"),
     path("documents/<int:document_id>/", knowledge_views.document_detail, name="dashboard-document"),
-    path("documents/<int:document_id>/reprocess", knowledge_views.document_reprocess_view,
-         name="dashboard-document-reprocess"),
+    path(
+        "documents/<int:document_id>/reprocess",
+        knowledge_views.document_reprocess_view,
+        name="dashboard-document-reprocess",
+    ),
     path("documents/<int:document_id>/delete", knowledge_views.document_delete_view, name="dashboard-document-delete"),
 ]

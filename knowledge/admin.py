@@ -2,7 +2,14 @@ from django.contrib import admin, messages
 from django.utils.html import format_html
 
 from knowledge.models import (
-    Chunk, ChunkEmbedding, ChatbotSpace, Conversation, ConversationTurn, Document, EmbeddingSpace, IngestionJob,
+    ChatbotSpace,
+    Chunk,
+    ChunkEmbedding,
+    Conversation,
+    ConversationTurn,
+    Document,
+    EmbeddingSpace,
+    IngestionJob,
     QAPair,
 )
 from knowledge.services import document_delete, document_reprocess
@@ -25,19 +32,52 @@ class IngestionJobInline(admin.TabularInline):
     model = IngestionJob
     extra = 0
     can_delete = False
-    fields = ["status", "stage", "progress", "chunks_done", "chunks_total", "attempts", "interruptions", "error",
-              "created_at", "finished_at"]
+    fields = [
+        "status",
+        "stage",
+        "progress",
+        "chunks_done",
+        "chunks_total",
+        "attempts",
+        "interruptions",
+        "error",
+        "created_at",
+        "finished_at",
+    ]
     readonly_fields = fields
 
 
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["title", "tenant", "chatbot", "content_type", "status_badge", "chunk_count", "detected_type",
-                    "language", "size_bytes", "created_at"]
+    list_display = [
+        "title",
+        "tenant",
+        "chatbot",
+        "content_type",
+        "status_badge",
+        "chunk_count",
+        "detected_type",
+        "language",
+        "size_bytes",
+        "created_at",
+    ]
     list_filter = ["status", "content_type", "detected_type", "language", "tenant"]
     search_fields = ["title", "original_filename", "category", "error", "content_hash"]
-    readonly_fields = ["content_hash", "size_bytes", "detected_type", "status", "error", "quality", "language",
-                       "page_count", "chunk_count", "created_at", "updated_at", "processed_at", "replaces"]
+    readonly_fields = [
+        "content_hash",
+        "size_bytes",
+        "detected_type",
+        "status",
+        "error",
+        "quality",
+        "language",
+        "page_count",
+        "chunk_count",
+        "created_at",
+        "updated_at",
+        "processed_at",
+        "replaces",
+    ]
     inlines = [IngestionJobInline]
     actions = ["reprocess", "delete_with_chunks"]
     date_hierarchy = "created_at"
@@ -69,8 +109,20 @@ class DocumentAdmin(admin.ModelAdmin):
 
 @admin.register(IngestionJob)
 class IngestionJobAdmin(admin.ModelAdmin):
-    list_display = ["id", "document", "tenant", "status", "stage", "progress", "chunks_done", "chunks_total",
-                    "attempts", "interruptions", "heartbeat_at", "created_at"]
+    list_display = [
+        "id",
+        "document",
+        "tenant",
+        "status",
+        "stage",
+        "progress",
+        "chunks_done",
+        "chunks_total",
+        "attempts",
+        "interruptions",
+        "heartbeat_at",
+        "created_at",
+    ]
     list_filter = ["status", "stage", "tenant"]
     search_fields = ["document__title", "error"]
     readonly_fields = [f.name for f in IngestionJob._meta.fields]
@@ -78,8 +130,17 @@ class IngestionJobAdmin(admin.ModelAdmin):
 
 @admin.register(Chunk)
 class ChunkAdmin(admin.ModelAdmin):
-    list_display = ["id", "document", "position", "token_count", "kind", "page", "short_text", "duplicate_of",
-                    "near_duplicate_of"]
+    list_display = [
+        "id",
+        "document",
+        "position",
+        "token_count",
+        "kind",
+        "page",
+        "short_text",
+        "duplicate_of",
+        "near_duplicate_of",
+    ]
     list_filter = ["kind", "tenant", "chatbot"]
     search_fields = ["text", "document__title"]
     readonly_fields = ["search_vector"]

@@ -16,15 +16,20 @@ from tenants.apis import TenantApi
 
 
 class UploadTrainingDataRequestSerializer(serializers.Serializer):
-    file = serializers.FileField(allow_empty_file=True, help_text="PDF, DOCX, CSV, JSON/JSONL, TXT/Markdown or a chat log.")
+    file = serializers.FileField(
+        allow_empty_file=True, help_text="PDF, DOCX, CSV, JSON/JSONL, TXT/Markdown or a chat log."
+    )
     chatbot_id = serializers.IntegerField()
     content_type = serializers.ChoiceField(choices=Document.ContentType.values, default=Document.ContentType.DOCUMENT)
     title = serializers.CharField(required=False, allow_blank=True, max_length=300, default="")
     category = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     user_id = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
     metadata = serializers.JSONField(required=False, default=dict, help_text="A JSON object (may be sent as a string).")
-    replace = serializers.BooleanField(required=False, default=False,
-                                       help_text="Replace the chatbot's document with the same title once this one is ready.")
+    replace = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Replace the chatbot's document with the same title once this one is ready.",
+    )
 
     def validate_metadata(self, value):
         if isinstance(value, str):
@@ -44,7 +49,9 @@ class UploadTrainingDataResponseSerializer(serializers.Serializer):
     job_id = serializers.IntegerField(allow_null=True)
     status = serializers.ChoiceField(choices=Document.Status.values)
     status_url = serializers.CharField()
-    duplicate = serializers.BooleanField(help_text="True when identical content was already uploaded; nothing new was stored.")
+    duplicate = serializers.BooleanField(
+        help_text="True when identical content was already uploaded; nothing new was stored."
+    )
 
 
 class DocumentOutputSerializer(serializers.Serializer):
@@ -76,7 +83,13 @@ class DocumentOutputSerializer(serializers.Serializer):
 def document_payload(document: Document, job=None) -> dict:
     """Document fields plus its latest job's progress (annotated by document_list, or given)."""
     if job is not None:
-        stage, progress, done, total, attempts = job.stage, job.progress, job.chunks_done, job.chunks_total, job.attempts
+        stage, progress, done, total, attempts = (
+            job.stage,
+            job.progress,
+            job.chunks_done,
+            job.chunks_total,
+            job.attempts,
+        )
     else:
         stage = getattr(document, "job_stage", None)
         progress = getattr(document, "job_progress", None) or 0
@@ -86,13 +99,28 @@ def document_payload(document: Document, job=None) -> dict:
     if document.status == Document.Status.READY:
         progress = 100
     return {
-        "id": document.pk, "chatbot_id": document.chatbot_id, "title": document.title,
-        "content_type": document.content_type, "category": document.category, "metadata": document.metadata,
-        "original_filename": document.original_filename, "size_bytes": document.size_bytes,
-        "detected_type": document.detected_type, "status": document.status, "progress": progress,
-        "stage": stage, "chunks_done": done, "chunks_total": total, "chunk_count": document.chunk_count,
-        "attempts": attempts, "error": document.error, "quality": document.quality, "language": document.language,
-        "page_count": document.page_count, "replaces_id": document.replaces_id, "created_at": document.created_at,
+        "id": document.pk,
+        "chatbot_id": document.chatbot_id,
+        "title": document.title,
+        "content_type": document.content_type,
+        "category": document.category,
+        "metadata": document.metadata,
+        "original_filename": document.original_filename,
+        "size_bytes": document.size_bytes,
+        "detected_type": document.detected_type,
+        "status": document.status,
+        "progress": progress,
+        "stage": stage,
+        "chunks_done": done,
+        "chunks_total": total,
+        "chunk_count": document.chunk_count,
+        "attempts": attempts,
+        "error": document.error,
+        "quality": document.quality,
+        "language": document.language,
+        "page_count": document.page_count,
+        "replaces_id": document.replaces_id,
+        "created_at": document.created_at,
         "processed_at": document.processed_at,
     }
 
@@ -100,12 +128,15 @@ def document_payload(document: Document, job=None) -> dict:
 class UploadTrainingDataApi(TenantApi):
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(operation_id="upload_training_data", request=UploadTrainingDataRequestSerializer,
-                   responses={202: UploadTrainingDataResponseSerializer, 200: UploadTrainingDataResponseSerializer},
-                   tags=["training data"],
-                   description="Store a file and queue it for parsing, chunking and embedding. Returns 202 at once; "
-                               "poll `status_url`. Identical content already in the chatbot answers 200 with "
-                               "`duplicate: true`.")
+    @extend_schema(
+        operation_id="upload_training_data",
+        request=UploadTrainingDataRequestSerializer,
+        responses={202: UploadTrainingDataResponseSerializer, 200: UploadTrainingDataResponseSerializer},
+        tags=["training data"],
+        description="Store a file and queue it for parsing, chunking and embedding. Returns 202 at once; "
+        "poll `status_url`. Identical content already in the chatbot answers 200 with "
+        "`duplicate: true`.",
+    )
     def post(self, request):
         self.require_write()
         params = UploadTrainingDataRequestSerializer(data=request.data)
@@ -113,9 +144,15 @@ class UploadTrainingDataApi(TenantApi):
         data = params.validated_data
         chatbot = self.get_chatbot(data["chatbot_id"])
         result = document_create(
-            tenant=self.tenant, chatbot=chatbot, upload=data["file"], content_type=data["content_type"],
-            title=data["title"], category=data["category"], metadata=data["metadata"],
-            source_user_id=data["user_id"], replace=data["replace"],
+            tenant=self.tenant,
+            chatbot=chatbot,
+            upload=data["file"],
+            content_type=data["content_type"],
+            title=data["title"],
+            category=data["category"],
+            metadata=data["metadata"],
+            source_user_id=data["user_id"],
+            replace=data["replace"],
         )
         body = {
             "document_id": result.document.pk,
@@ -124,8 +161,10 @@ class UploadTrainingDataApi(TenantApi):
             "status_url": request.build_absolute_uri(reverse("api-document-status", args=[result.document.pk])),
             "duplicate": result.duplicate,
         }
-        return Response(UploadTrainingDataResponseSerializer(body).data,
-                        status=status.HTTP_200_OK if result.duplicate else status.HTTP_202_ACCEPTED)
+        return Response(
+            UploadTrainingDataResponseSerializer(body).data,
+            status=status.HTTP_200_OK if result.duplicate else status.HTTP_202_ACCEPTED,
+        )
 
 
 class TrainingDataTotalsSerializer(serializers.Serializer):
@@ -145,16 +184,26 @@ class TrainingDataListResponseSerializer(serializers.Serializer):
 
 
 class TrainingDataListApi(TenantApi):
-    @extend_schema(operation_id="training_data_list", responses={200: TrainingDataListResponseSerializer},
-                   parameters=[OpenApiParameter("status", str, enum=Document.Status.values, required=False)],
-                   tags=["training data"])
+    @extend_schema(
+        operation_id="training_data_list",
+        responses={200: TrainingDataListResponseSerializer},
+        parameters=[OpenApiParameter("status", str, enum=Document.Status.values, required=False)],
+        tags=["training data"],
+    )
     def get(self, request, chatbot_id: int):
         chatbot = self.get_chatbot(chatbot_id)
         status_filter = request.query_params.get("status") or None
         if status_filter and status_filter not in Document.Status.values:
-            return Response({"error": {"code": "invalid", "field": "status",
-                                       "message": f"status must be one of {', '.join(Document.Status.values)}."}},
-                            status=400)
+            return Response(
+                {
+                    "error": {
+                        "code": "invalid",
+                        "field": "status",
+                        "message": f"status must be one of {', '.join(Document.Status.values)}.",
+                    }
+                },
+                status=400,
+            )
         documents = document_list(tenant=self.tenant, chatbot=chatbot, status=status_filter)
         body = {
             "chatbot_id": chatbot.pk,
@@ -205,10 +254,12 @@ def _positive_int(value, default: int, field: str, maximum: int) -> int:
 
 
 class DocumentDetailApi(TenantApi):
-    @extend_schema(operation_id="document_detail", responses={200: DocumentDetailResponseSerializer},
-                   parameters=[OpenApiParameter("page", int, required=False),
-                               OpenApiParameter("page_size", int, required=False)],
-                   tags=["training data"])
+    @extend_schema(
+        operation_id="document_detail",
+        responses={200: DocumentDetailResponseSerializer},
+        parameters=[OpenApiParameter("page", int, required=False), OpenApiParameter("page_size", int, required=False)],
+        tags=["training data"],
+    )
     def get(self, request, document_id: int):
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
         page_size = _positive_int(request.query_params.get("page_size"), 50, "page_size", 500)
@@ -216,8 +267,13 @@ class DocumentDetailApi(TenantApi):
         paginator = Paginator(chunk_list(tenant=self.tenant, document=document), page_size)
         page = paginator.get_page(page_number)
         body = document_payload(document, document_latest_job(document=document))
-        body["chunks"] = {"page": page.number, "page_size": page_size, "total": paginator.count,
-                          "pages": paginator.num_pages, "results": list(page.object_list)}
+        body["chunks"] = {
+            "page": page.number,
+            "page_size": page_size,
+            "total": paginator.count,
+            "pages": paginator.num_pages,
+            "results": list(page.object_list),
+        }
         return Response(DocumentDetailResponseSerializer(body).data)
 
     @extend_schema(operation_id="document_delete", responses={204: None}, tags=["training data"])
@@ -232,7 +288,9 @@ class DocumentStatusApi(TenantApi):
     @extend_schema(operation_id="document_status", responses={200: DocumentOutputSerializer}, tags=["training data"])
     def get(self, request, document_id: int):
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
-        return Response(DocumentOutputSerializer(document_payload(document, document_latest_job(document=document))).data)
+        return Response(
+            DocumentOutputSerializer(document_payload(document, document_latest_job(document=document))).data
+        )
 
 
 class DocumentReprocessResponseSerializer(serializers.Serializer):
@@ -243,12 +301,20 @@ class DocumentReprocessResponseSerializer(serializers.Serializer):
 
 
 class DocumentReprocessApi(TenantApi):
-    @extend_schema(operation_id="document_reprocess", request=None,
-                   responses={202: DocumentReprocessResponseSerializer}, tags=["training data"])
+    @extend_schema(
+        operation_id="document_reprocess",
+        request=None,
+        responses={202: DocumentReprocessResponseSerializer},
+        tags=["training data"],
+    )
     def post(self, request, document_id: int):
         self.require_write()
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
         job = document_reprocess(tenant=self.tenant, document=document)
-        body = {"document_id": document.pk, "job_id": job.pk, "status": job.status,
-                "status_url": request.build_absolute_uri(reverse("api-document-status", args=[document.pk]))}
+        body = {
+            "document_id": document.pk,
+            "job_id": job.pk,
+            "status": job.status,
+            "status_url": request.build_absolute_uri(reverse("api-document-status", args=[document.pk])),
+        }
         return Response(DocumentReprocessResponseSerializer(body).data, status=status.HTTP_202_ACCEPTED)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 from knowledge.parsers import Block
 
@@ -46,8 +46,9 @@ def split_sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-def chunk_blocks(blocks: Sequence[Block], *, count_tokens: TokenCounter, max_tokens: int = 256,
-                 overlap: int = 32) -> list[ChunkDraft]:
+def chunk_blocks(
+    blocks: Sequence[Block], *, count_tokens: TokenCounter, max_tokens: int = 256, overlap: int = 32
+) -> list[ChunkDraft]:
     """Atomic blocks (FAQ rows, records, Q&A pairs) become one chunk each when they fit; other
     blocks sharing a heading path are packed together, sentence by sentence."""
     if max_tokens < 16:
@@ -142,11 +143,17 @@ def _pack(blocks: Sequence[Block], count_tokens: TokenCounter, max_tokens: int, 
     drafts = []
     for chunk, text, tokens in zip(chunks, texts, exact):
         pages = [p.page for p in chunk if p.page is not None]
-        drafts.append(ChunkDraft(
-            text=text, token_count=tokens, page=pages[0] if pages else None,
-            page_end=pages[-1] if pages else None, heading_path=first.heading_path, kind=first.kind,
-            metadata=dict(first.metadata) if len(blocks) == 1 else {},
-        ))
+        drafts.append(
+            ChunkDraft(
+                text=text,
+                token_count=tokens,
+                page=pages[0] if pages else None,
+                page_end=pages[-1] if pages else None,
+                heading_path=first.heading_path,
+                kind=first.kind,
+                metadata=dict(first.metadata) if len(blocks) == 1 else {},
+            )
+        )
     return drafts
 
 

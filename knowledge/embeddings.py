@@ -9,8 +9,9 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Protocol
 
 from django.conf import settings
 
@@ -85,8 +86,9 @@ class LocalProvider:
         return self._model
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        vectors = self.model.encode(list(texts), batch_size=32, normalize_embeddings=True,
-                                    convert_to_numpy=True, show_progress_bar=False)
+        vectors = self.model.encode(
+            list(texts), batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
         return vectors.tolist()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -113,21 +115,28 @@ class OpenAIProvider:
 
         if not settings.OPENAI_API_KEY:
             raise ProviderError("OpenAI embeddings need OPENAI_API_KEY to be set.")
-        return OpenAI(api_key=settings.OPENAI_API_KEY, base_url=settings.OPENAI_BASE_URL,
-                      timeout=settings.OPENAI_TIMEOUT_SECONDS, max_retries=settings.OPENAI_MAX_RETRIES)
+        return OpenAI(
+            api_key=settings.OPENAI_API_KEY,
+            base_url=settings.OPENAI_BASE_URL,
+            timeout=settings.OPENAI_TIMEOUT_SECONDS,
+            max_retries=settings.OPENAI_MAX_RETRIES,
+        )
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         import openai
 
         vectors: list[list[float]] = []
         for start in range(0, len(texts), self.batch_size):
-            batch = list(texts[start:start + self.batch_size])
+            batch = list(texts[start : start + self.batch_size])
             began = time.monotonic()
             try:
-                response = self.client.embeddings.create(model=self.model_name, input=batch,
-                                                         encoding_format="float")
-            except (openai.APIConnectionError, openai.APITimeoutError, openai.RateLimitError,
-                    openai.InternalServerError) as exc:
+                response = self.client.embeddings.create(model=self.model_name, input=batch, encoding_format="float")
+            except (
+                openai.APIConnectionError,
+                openai.APITimeoutError,
+                openai.RateLimitError,
+                openai.InternalServerError,
+            ) as exc:
                 raise ProviderUnavailable(f"OpenAI embeddings unavailable: {exc}") from exc
             except openai.APIStatusError as exc:
                 if exc.status_code in (408, 409, 429) or exc.status_code >= 500:

@@ -103,7 +103,11 @@ class Document(TenantOwned):
     page_count = models.PositiveIntegerField(null=True, blank=True)
     chunk_count = models.PositiveIntegerField(default=0)
     replaces = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="replaced_by",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="replaced_by",
         help_text="Document whose chunks this one replaces atomically once it is ready.",
     )
     created_at = models.DateTimeField(default=timezone.now)
@@ -158,7 +162,8 @@ class IngestionJob(TenantOwned):
         indexes = [models.Index(fields=["status", "heartbeat_at"])]
         constraints = [
             models.UniqueConstraint(
-                fields=["document"], condition=models.Q(status__in=["queued", "processing"]),
+                fields=["document"],
+                condition=models.Q(status__in=["queued", "processing"]),
                 name="ingestionjob_one_active_per_document",
             ),
         ]
@@ -177,11 +182,19 @@ class Chunk(TenantOwned):
     metadata = models.JSONField(default=dict, blank=True)
     content_hash = models.CharField(max_length=64)
     duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="Earlier chunk of the chatbot with the same normalised text.",
     )
     near_duplicate_of = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
         help_text="Earlier chunk of the chatbot whose embedding is nearly identical.",
     )
     search_vector = models.GeneratedField(
@@ -254,9 +267,7 @@ class QAPair(TenantOwned):
     answer = models.TextField()
 
     class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["conversation", "question_turn"], name="qapair_unique_question")
-        ]
+        constraints = [models.UniqueConstraint(fields=["conversation", "question_turn"], name="qapair_unique_question")]
 
 
 def new_lease_token() -> str:

@@ -54,8 +54,17 @@ def detect_language(texts: list[str]) -> str:
         return "unknown"
 
 
-def build_report(*, drafts: list[ChunkDraft], dropped: Counter, parse_warnings: list[str], stats: dict,
-                 exact_duplicates: int, near_duplicates: int, language: str, page_count: int | None) -> dict:
+def build_report(
+    *,
+    drafts: list[ChunkDraft],
+    dropped: Counter,
+    parse_warnings: list[str],
+    stats: dict,
+    exact_duplicates: int,
+    near_duplicates: int,
+    language: str,
+    page_count: int | None,
+) -> dict:
     warnings = list(parse_warnings)
     total = len(drafts) + sum(dropped.values())
     if dropped:

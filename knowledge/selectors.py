@@ -18,8 +18,11 @@ def document_list(*, tenant: Tenant, chatbot: Chatbot, status: str | None = None
         Document.objects.for_tenant(tenant)
         .filter(chatbot=chatbot)
         .annotate(
-            job_id=_latest_job("id"), job_progress=_latest_job("progress"), job_stage=_latest_job("stage"),
-            job_chunks_done=_latest_job("chunks_done"), job_chunks_total=_latest_job("chunks_total"),
+            job_id=_latest_job("id"),
+            job_progress=_latest_job("progress"),
+            job_stage=_latest_job("stage"),
+            job_chunks_done=_latest_job("chunks_done"),
+            job_chunks_total=_latest_job("chunks_total"),
             job_attempts=_latest_job("attempts"),
         )
         .order_by("-created_at", "-id")
@@ -30,8 +33,12 @@ def document_list(*, tenant: Tenant, chatbot: Chatbot, status: str | None = None
 
 
 def document_totals(*, tenant: Tenant, chatbot: Chatbot) -> dict:
-    rows = (Document.objects.for_tenant(tenant).filter(chatbot=chatbot).values("status")
-            .annotate(n=Count("id"), chunks=Sum("chunk_count"), size=Sum("size_bytes")))
+    rows = (
+        Document.objects.for_tenant(tenant)
+        .filter(chatbot=chatbot)
+        .values("status")
+        .annotate(n=Count("id"), chunks=Sum("chunk_count"), size=Sum("size_bytes"))
+    )
     totals = {"documents": 0, "chunks": 0, "bytes": 0, **{s: 0 for s in Document.Status.values}}
     for row in rows:
         totals[row["status"]] = row["n"]

@@ -19,8 +19,15 @@ from knowledge import quality, vectors
 from knowledge.chunking import ChunkDraft, chunk_blocks
 from knowledge.embeddings import EmbeddingProvider, ProviderError, ProviderUnavailable, provider_for
 from knowledge.models import (
-    Chunk, ChunkEmbedding, ChatbotSpace, Conversation, ConversationTurn, Document, EmbeddingSpace,
-    IngestionJob, QAPair,
+    ChatbotSpace,
+    Chunk,
+    ChunkEmbedding,
+    Conversation,
+    ConversationTurn,
+    Document,
+    EmbeddingSpace,
+    IngestionJob,
+    QAPair,
 )
 from knowledge.parsers import ParsedConversation, ParseError, parse_file
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
@@ -41,12 +48,17 @@ class LeaseLost(Exception):
 
 # --- Embedding spaces -------------------------------------------------------------------
 
-def embedding_space_get_or_create(*, model_key: str, version: str = "1",
-                                  tenant: Tenant | None = None) -> EmbeddingSpace:
+
+def embedding_space_get_or_create(
+    *, model_key: str, version: str = "1", tenant: Tenant | None = None
+) -> EmbeddingSpace:
     provider = provider_for(model_key)
     with transaction.atomic():
         space, created = EmbeddingSpace.objects.get_or_create(
-            tenant=tenant, provider=provider.provider, model_name=provider.model_name, version=version,
+            tenant=tenant,
+            provider=provider.provider,
+            model_name=provider.model_name,
+            version=version,
             defaults={"dimensions": provider.dimensions},
         )
         if created:
@@ -63,32 +75,37 @@ def chatbot_space_ensure_active(*, chatbot: Chatbot) -> ChatbotSpace:
     space = embedding_space_get_or_create(model_key=chatbot.embedding_model)
     try:
         with transaction.atomic():
-            return ChatbotSpace.objects.create(tenant_id=chatbot.tenant_id, chatbot=chatbot, space=space,
-                                               role=ChatbotSpace.Role.ACTIVE)
+            return ChatbotSpace.objects.create(
+                tenant_id=chatbot.tenant_id, chatbot=chatbot, space=space, role=ChatbotSpace.Role.ACTIVE
+            )
     except IntegrityError:  # created concurrently
         return active.get()
 
 
-def chatbot_space_add(*, chatbot: Chatbot, model_key: str, version: str = "1",
-                      role: str = ChatbotSpace.Role.BUILDING) -> ChatbotSpace:
+def chatbot_space_add(
+    *, chatbot: Chatbot, model_key: str, version: str = "1", role: str = ChatbotSpace.Role.BUILDING
+) -> ChatbotSpace:
     """Hold a second space beside the active one (re-embedding, A/B candidates)."""
     chatbot_space_ensure_active(chatbot=chatbot)
     space = embedding_space_get_or_create(model_key=model_key, version=version)
-    link, _ = ChatbotSpace.objects.get_or_create(tenant_id=chatbot.tenant_id, chatbot=chatbot, space=space,
-                                                 defaults={"role": role})
+    link, _ = ChatbotSpace.objects.get_or_create(
+        tenant_id=chatbot.tenant_id, chatbot=chatbot, space=space, defaults={"role": role}
+    )
     return link
 
 
 def ingestion_spaces(*, chatbot: Chatbot) -> list[EmbeddingSpace]:
     """Spaces new content is embedded into: the active one first, then any being built."""
     chatbot_space_ensure_active(chatbot=chatbot)
-    links = ChatbotSpace.objects.filter(chatbot=chatbot, role__in=[ChatbotSpace.Role.ACTIVE,
-                                                                    ChatbotSpace.Role.BUILDING])
+    links = ChatbotSpace.objects.filter(
+        chatbot=chatbot, role__in=[ChatbotSpace.Role.ACTIVE, ChatbotSpace.Role.BUILDING]
+    )
     links = sorted(links.select_related("space"), key=lambda link: link.role != ChatbotSpace.Role.ACTIVE)
     return [link.space for link in links]
 
 
 # --- Uploads ----------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class UploadResult:
@@ -118,9 +135,18 @@ def ensure_upload_allowed(upload: UploadedFile) -> None:
         raise UploadRejected(f"{upload.name}: the file is empty.", field="file")
 
 
-def document_create(*, tenant: Tenant, chatbot: Chatbot, upload: UploadedFile,
-                    content_type: str = Document.ContentType.DOCUMENT, title: str = "", category: str = "",
-                    metadata: dict | None = None, source_user_id: str = "", replace: bool = False) -> UploadResult:
+def document_create(
+    *,
+    tenant: Tenant,
+    chatbot: Chatbot,
+    upload: UploadedFile,
+    content_type: str = Document.ContentType.DOCUMENT,
+    title: str = "",
+    category: str = "",
+    metadata: dict | None = None,
+    source_user_id: str = "",
+    replace: bool = False,
+) -> UploadResult:
     """Store the file durably with a ``queued`` document and enqueue ingestion after commit.
 
     Identical content already in the chatbot is not stored twice; ``replace`` with the title of an
@@ -130,8 +156,9 @@ def document_create(*, tenant: Tenant, chatbot: Chatbot, upload: UploadedFile,
         raise NotFound("Chatbot not found.", field="chatbot_id")
     ensure_upload_allowed(upload)
     if content_type not in Document.ContentType.values:
-        raise DomainError(f"content_type must be one of: {', '.join(Document.ContentType.values)}.",
-                          field="content_type")
+        raise DomainError(
+            f"content_type must be one of: {', '.join(Document.ContentType.values)}.", field="content_type"
+        )
     filename = _clean_filename(upload.name)
     title = (title or filename).strip()[:300]
     digest = _hash_upload(upload)
@@ -146,9 +173,17 @@ def document_create(*, tenant: Tenant, chatbot: Chatbot, upload: UploadedFile,
             if replace:
                 replaces = documents.filter(title=title, replaced_by__isnull=True).order_by("-created_at").first()
             document = Document(
-                tenant=tenant, chatbot=chatbot, title=title, content_type=content_type, category=category[:200],
-                metadata=metadata or {}, source_user_id=str(source_user_id or "")[:200],
-                original_filename=filename, size_bytes=upload.size, content_hash=digest, replaces=replaces,
+                tenant=tenant,
+                chatbot=chatbot,
+                title=title,
+                content_type=content_type,
+                category=category[:200],
+                metadata=metadata or {},
+                source_user_id=str(source_user_id or "")[:200],
+                original_filename=filename,
+                size_bytes=upload.size,
+                content_hash=digest,
+                replaces=replaces,
             )
             upload.name = f"{uuid.uuid4().hex}/{filename}"
             document.file = upload  # stored durably before the row commits
@@ -182,8 +217,7 @@ def document_reprocess(*, tenant: Tenant, document: Document) -> IngestionJob:
     with transaction.atomic():
         document = Document.objects.for_tenant(tenant).select_for_update().get(pk=document.pk)
         if document.jobs.filter(status__in=[Status.QUEUED, Status.PROCESSING]).exists():
-            raise DomainError("The document is already being processed; wait for it to finish.",
-                              code="conflict")
+            raise DomainError("The document is already being processed; wait for it to finish.", code="conflict")
         document.status = Status.QUEUED
         document.error = ""
         document.save(update_fields=["status", "error", "updated_at"])
@@ -205,6 +239,7 @@ def document_delete(*, tenant: Tenant, document: Document) -> None:
 
 # --- The ingestion state machine --------------------------------------------------------
 
+
 def _stale_before():
     return timezone.now() - timedelta(seconds=settings.INGESTION_STALE_AFTER_SECONDS)
 
@@ -223,9 +258,12 @@ def _job_claim(*, job_id: int, lease_token: str) -> IngestionJob | None:
                 return None
             job.interruptions += 1
             if job.interruptions >= settings.INGESTION_MAX_ATTEMPTS:
-                _fail(job, f"Processing was interrupted {job.interruptions} times (the worker crashed or was "
-                           "stopped while handling this file), so it was given up. The file may be too large "
-                           "or malformed; check it and reprocess.")
+                _fail(
+                    job,
+                    f"Processing was interrupted {job.interruptions} times (the worker crashed or was "
+                    "stopped while handling this file), so it was given up. The file may be too large "
+                    "or malformed; check it and reprocess.",
+                )
                 return None
         now = timezone.now()
         job.status = Status.PROCESSING
@@ -243,8 +281,9 @@ def _job_claim(*, job_id: int, lease_token: str) -> IngestionJob | None:
 def _heartbeat(job: IngestionJob, **fields) -> None:
     fields["heartbeat_at"] = timezone.now()
     fields["updated_at"] = fields["heartbeat_at"]
-    if not IngestionJob.objects.filter(pk=job.pk, lease_token=job.lease_token,
-                                       status=Status.PROCESSING).update(**fields):
+    if not IngestionJob.objects.filter(pk=job.pk, lease_token=job.lease_token, status=Status.PROCESSING).update(
+        **fields
+    ):
         raise LeaseLost()
     for name, value in fields.items():
         setattr(job, name, value)
@@ -252,8 +291,9 @@ def _heartbeat(job: IngestionJob, **fields) -> None:
 
 def _fail(job: IngestionJob, reason: str) -> None:
     now = timezone.now()
-    IngestionJob.objects.filter(pk=job.pk).update(status=Status.FAILED, error=reason, lease_token="",
-                                                  finished_at=now, updated_at=now)
+    IngestionJob.objects.filter(pk=job.pk).update(
+        status=Status.FAILED, error=reason, lease_token="", finished_at=now, updated_at=now
+    )
     Document.objects.filter(pk=job.document_id).update(status=Status.FAILED, error=reason, updated_at=now)
     logger.info("ingestion job %s failed: %s", job.pk, reason)
 
@@ -272,8 +312,7 @@ def ingestion_job_release(*, job_id: int, reason: str) -> int:
             return 0
         job.provider_waits += 1
         if job.provider_waits > settings.INGESTION_PROVIDER_MAX_WAIT_RETRIES:
-            _fail(job, f"The embedding provider stayed unavailable after {job.provider_waits - 1} retries: "
-                       f"{reason}")
+            _fail(job, f"The embedding provider stayed unavailable after {job.provider_waits - 1} retries: {reason}")
             return job.provider_waits
         job.status = Status.QUEUED
         job.stage = Stage.PROVIDER_WAIT
@@ -328,8 +367,9 @@ def _ingest(job: IngestionJob, document: Document) -> None:
 
     _heartbeat(job, stage=Stage.CHUNKING, progress=6)
     max_tokens = min(chatbot.chunk_size, primary.max_tokens)
-    drafts = chunk_blocks(parsed.blocks, count_tokens=primary.count_tokens, max_tokens=max_tokens,
-                          overlap=chatbot.chunk_overlap)
+    drafts = chunk_blocks(
+        parsed.blocks, count_tokens=primary.count_tokens, max_tokens=max_tokens, overlap=chatbot.chunk_overlap
+    )
     drafts, dropped = quality.filter_chunks(drafts)
     if not drafts and not parsed.conversations:
         raise ParseError("No usable text: every part of the file was empty or boilerplate.")
@@ -344,35 +384,61 @@ def _ingest(job: IngestionJob, document: Document) -> None:
     _heartbeat(job, stage=Stage.FINALIZING, progress=EMBED_PROGRESS_TO + 2)
     near = 0
     if drafts:
-        near = vectors.flag_near_duplicates(space=spaces[0], document_id=document.pk, chatbot_id=chatbot.pk,
-                                            threshold=settings.NEAR_DUPLICATE_SIMILARITY,
-                                            exclude_document_id=document.replaces_id)
+        near = vectors.flag_near_duplicates(
+            space=spaces[0],
+            document_id=document.pk,
+            chatbot_id=chatbot.pk,
+            threshold=settings.NEAR_DUPLICATE_SIMILARITY,
+            exclude_document_id=document.replaces_id,
+        )
     language = quality.detect_language([d.text for d in drafts[:40]])
-    report = quality.build_report(drafts=drafts, dropped=dropped, parse_warnings=parsed.warnings,
-                                  stats=parsed.stats, exact_duplicates=exact, near_duplicates=near,
-                                  language=language, page_count=parsed.page_count)
+    report = quality.build_report(
+        drafts=drafts,
+        dropped=dropped,
+        parse_warnings=parsed.warnings,
+        stats=parsed.stats,
+        exact_duplicates=exact,
+        near_duplicates=near,
+        language=language,
+        page_count=parsed.page_count,
+    )
     _finish(job, document, parsed.detected_type, parsed.page_count, len(drafts), report, language)
 
 
-def _chunks_store(job: IngestionJob, document: Document, drafts: list[ChunkDraft],
-                  conversations: list[ParsedConversation]) -> int:
+def _chunks_store(
+    job: IngestionJob, document: Document, drafts: list[ChunkDraft], conversations: list[ParsedConversation]
+) -> int:
     """Write the chunk rows (and conversations) once; a rerun with the same chunking keeps them,
     and their vectors, as they are. Returns the number of exact duplicates flagged."""
     wanted = [(i, d.content_hash) for i, d in enumerate(drafts)]
     with transaction.atomic():
         _heartbeat(job, chunks_total=len(drafts))
-        existing = list(Chunk.objects.filter(document=document).order_by("position")
-                        .values_list("position", "content_hash"))
+        existing = list(
+            Chunk.objects.filter(document=document).order_by("position").values_list("position", "content_hash")
+        )
         if existing == wanted and Conversation.objects.filter(document=document).count() == len(conversations):
             return Chunk.objects.filter(document=document, duplicate_of__isnull=False).count()
         Chunk.objects.filter(document=document).delete()
         Conversation.objects.filter(document=document).delete()
         tenant_id, chatbot_id = document.tenant_id, document.chatbot_id
         Chunk.objects.bulk_create(
-            [Chunk(tenant_id=tenant_id, chatbot_id=chatbot_id, document=document, position=i, text=d.text,
-                   token_count=d.token_count, kind=d.kind, page=d.page, page_end=d.page_end,
-                   heading_path=list(d.heading_path), metadata=d.metadata, content_hash=d.content_hash)
-             for i, d in enumerate(drafts)],
+            [
+                Chunk(
+                    tenant_id=tenant_id,
+                    chatbot_id=chatbot_id,
+                    document=document,
+                    position=i,
+                    text=d.text,
+                    token_count=d.token_count,
+                    kind=d.kind,
+                    page=d.page,
+                    page_end=d.page_end,
+                    heading_path=list(d.heading_path),
+                    metadata=d.metadata,
+                    content_hash=d.content_hash,
+                )
+                for i, d in enumerate(drafts)
+            ],
             batch_size=1000,
         )
         _conversations_store(document, conversations)
@@ -382,39 +448,78 @@ def _chunks_store(job: IngestionJob, document: Document, drafts: list[ChunkDraft
 def _conversations_store(document: Document, conversations: list[ParsedConversation]) -> None:
     tenant_id, chatbot_id = document.tenant_id, document.chatbot_id
     rows = Conversation.objects.bulk_create(
-        [Conversation(tenant_id=tenant_id, chatbot_id=chatbot_id, document=document, position=i,
-                      external_id=c.external_id[:200], metadata=c.metadata, turn_count=len(c.turns))
-         for i, c in enumerate(conversations)],
+        [
+            Conversation(
+                tenant_id=tenant_id,
+                chatbot_id=chatbot_id,
+                document=document,
+                position=i,
+                external_id=c.external_id[:200],
+                metadata=c.metadata,
+                turn_count=len(c.turns),
+            )
+            for i, c in enumerate(conversations)
+        ],
         batch_size=1000,
     )
     turns, pairs = [], []
     for row, conversation in zip(rows, conversations):
-        turns.extend(ConversationTurn(tenant_id=tenant_id, conversation=row, position=i, role=t.role,
-                                      speaker=t.speaker[:200], content=t.content)
-                     for i, t in enumerate(conversation.turns))
-        pairs.extend(QAPair(tenant_id=tenant_id, chatbot_id=chatbot_id, conversation=row, question_turn=q,
-                            answer_turn=a, question=conversation.turns[q].content,
-                            answer=conversation.turns[a].content)
-                     for q, a in conversation.qa_pairs())
+        turns.extend(
+            ConversationTurn(
+                tenant_id=tenant_id,
+                conversation=row,
+                position=i,
+                role=t.role,
+                speaker=t.speaker[:200],
+                content=t.content,
+            )
+            for i, t in enumerate(conversation.turns)
+        )
+        pairs.extend(
+            QAPair(
+                tenant_id=tenant_id,
+                chatbot_id=chatbot_id,
+                conversation=row,
+                question_turn=q,
+                answer_turn=a,
+                question=conversation.turns[q].content,
+                answer=conversation.turns[a].content,
+            )
+            for q, a in conversation.qa_pairs()
+        )
     ConversationTurn.objects.bulk_create(turns, batch_size=2000)
     QAPair.objects.bulk_create(pairs, batch_size=2000)
 
 
-def _embed_missing(job: IngestionJob, document: Document, space: EmbeddingSpace, provider: EmbeddingProvider,
-                   done_before: int, total: int) -> int:
+def _embed_missing(
+    job: IngestionJob,
+    document: Document,
+    space: EmbeddingSpace,
+    provider: EmbeddingProvider,
+    done_before: int,
+    total: int,
+) -> int:
     chunks = Chunk.objects.filter(document=document)
     done = done_before + ChunkEmbedding.objects.filter(chunk__document=document, space=space).count()
     batch_size = settings.EMBEDDING_BATCH_SIZE
     while True:
-        batch = list(chunks.exclude(embeddings__space=space).order_by("position").values_list("id", "text")
-                     [:batch_size])
+        batch = list(
+            chunks.exclude(embeddings__space=space).order_by("position").values_list("id", "text")[:batch_size]
+        )
         if not batch:
             return done
         embeddings = provider.embed([text for _, text in batch])
         ChunkEmbedding.objects.bulk_create(
-            [ChunkEmbedding(tenant_id=document.tenant_id, chatbot_id=document.chatbot_id, chunk_id=chunk_id,
-                            space=space, embedding=vector)
-             for (chunk_id, _), vector in zip(batch, embeddings)],
+            [
+                ChunkEmbedding(
+                    tenant_id=document.tenant_id,
+                    chatbot_id=document.chatbot_id,
+                    chunk_id=chunk_id,
+                    space=space,
+                    embedding=vector,
+                )
+                for (chunk_id, _), vector in zip(batch, embeddings)
+            ],
             ignore_conflicts=True,
         )
         done += len(batch)
@@ -422,13 +527,28 @@ def _embed_missing(job: IngestionJob, document: Document, space: EmbeddingSpace,
         _heartbeat(job, chunks_done=done, progress=EMBED_PROGRESS_FROM + int(span * done / max(total, 1)))
 
 
-def _finish(job: IngestionJob, document: Document, detected_type: str, page_count: int | None,
-            chunk_count: int, report: dict, language: str) -> None:
+def _finish(
+    job: IngestionJob,
+    document: Document,
+    detected_type: str,
+    page_count: int | None,
+    chunk_count: int,
+    report: dict,
+    language: str,
+) -> None:
     """Make the document searchable, and retire the one it replaces, in one transaction."""
     now = timezone.now()
     with transaction.atomic():
-        _heartbeat(job, status=Status.READY, stage=Stage.DONE, progress=100, chunks_done=job.chunks_total,
-                   lease_token="", finished_at=now, error="")
+        _heartbeat(
+            job,
+            status=Status.READY,
+            stage=Stage.DONE,
+            progress=100,
+            chunks_done=job.chunks_total,
+            lease_token="",
+            finished_at=now,
+            error="",
+        )
         if document.replaces_id:
             old = Document.objects.filter(pk=document.replaces_id, chatbot_id=document.chatbot_id).first()
             if old is not None:
@@ -436,8 +556,15 @@ def _finish(job: IngestionJob, document: Document, detected_type: str, page_coun
                 old.delete()
                 transaction.on_commit(lambda: storage.delete(file_name))
         Document.objects.filter(pk=document.pk).update(
-            status=Status.READY, error="", detected_type=detected_type, page_count=page_count,
-            chunk_count=chunk_count, quality=report, language=language, processed_at=now, updated_at=now,
+            status=Status.READY,
+            error="",
+            detected_type=detected_type,
+            page_count=page_count,
+            chunk_count=chunk_count,
+            quality=report,
+            language=language,
+            processed_at=now,
+            updated_at=now,
         )
         chatbot_content_changed(chatbot_id=document.chatbot_id)
 
@@ -446,10 +573,12 @@ def ingestion_jobs_sweep() -> dict:
     """Re-queue jobs whose worker went silent or whose message was lost; the claim then counts
     the interruption and gives up after INGESTION_MAX_ATTEMPTS. Nothing stays 'processing'."""
     stale = _stale_before()
-    silent = list(IngestionJob.objects.filter(status=Status.PROCESSING)
-                  .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True)).values_list("id", flat=True))
-    lost = list(IngestionJob.objects.filter(status=Status.QUEUED, updated_at__lt=stale)
-                .values_list("id", flat=True))
+    silent = list(
+        IngestionJob.objects.filter(status=Status.PROCESSING)
+        .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
+        .values_list("id", flat=True)
+    )
+    lost = list(IngestionJob.objects.filter(status=Status.QUEUED, updated_at__lt=stale).values_list("id", flat=True))
     for job_id in silent + lost:
         IngestionJob.objects.filter(pk=job_id).update(updated_at=timezone.now())
         _enqueue(job_id)

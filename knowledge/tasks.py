@@ -9,8 +9,15 @@ from django.db import OperationalError
 from knowledge.embeddings import ProviderUnavailable
 
 
-@shared_task(bind=True, name="knowledge.ingestion_job_run", acks_late=True, reject_on_worker_lost=True,
-             max_retries=None, soft_time_limit=3600, time_limit=3700)
+@shared_task(
+    bind=True,
+    name="knowledge.ingestion_job_run",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=None,
+    soft_time_limit=3600,
+    time_limit=3700,
+)
 def ingestion_job_run_task(self, *, job_id: int) -> str:
     from knowledge import services
 

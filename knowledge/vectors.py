@@ -27,8 +27,9 @@ def ensure_space_index(space: EmbeddingSpace) -> None:
         )
 
 
-def flag_near_duplicates(*, space: EmbeddingSpace, document_id: int, chatbot_id: int, threshold: float,
-                         exclude_document_id: int | None) -> int:
+def flag_near_duplicates(
+    *, space: EmbeddingSpace, document_id: int, chatbot_id: int, threshold: float, exclude_document_id: int | None
+) -> int:
     """Point each chunk of the document at an earlier chunk of the chatbot whose vector is within
     ``threshold`` cosine similarity (exact duplicates are flagged separately)."""
     vec = space_vector_expr(space, "e.embedding")
@@ -56,8 +57,13 @@ def flag_near_duplicates(*, space: EmbeddingSpace, document_id: int, chatbot_id:
             UPDATE knowledge_chunk c SET near_duplicate_of_id = near.other_id
             FROM near WHERE c.id = near.chunk_id AND near.distance <= %(max_distance)s
             """,
-            {"space": space.pk, "chatbot": chatbot_id, "document": document_id,
-             "exclude": exclude_document_id, "max_distance": 1.0 - threshold},
+            {
+                "space": space.pk,
+                "chatbot": chatbot_id,
+                "document": document_id,
+                "exclude": exclude_document_id,
+                "max_distance": 1.0 - threshold,
+            },
         )
         return cursor.rowcount
 

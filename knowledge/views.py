@@ -24,7 +24,8 @@ from tenants.views import dashboard_membership, require_write
 def home(request):
     membership = dashboard_membership(request)
     chatbots = chatbot_list(tenant=membership.tenant).annotate(
-        document_total=Count("documents"), chunk_total=Sum("documents__chunk_count"))
+        document_total=Count("documents"), chunk_total=Sum("documents__chunk_count")
+    )
     return render(request, "dashboard/home.html", {"chatbots": chatbots})
 
 
@@ -33,11 +34,17 @@ def chatbot_detail(request, chatbot_id: int):
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
     documents = [document_payload(d) for d in document_list(tenant=membership.tenant, chatbot=chatbot)]
-    return render(request, "dashboard/chatbot.html", {
-        "chatbot": chatbot, "documents": documents,
-        "totals": document_totals(tenant=membership.tenant, chatbot=chatbot),
-        "content_types": Document.ContentType.choices, "can_write": membership.can_write,
-    })
+    return render(
+        request,
+        "dashboard/chatbot.html",
+        {
+            "chatbot": chatbot,
+            "documents": documents,
+            "totals": document_totals(tenant=membership.tenant, chatbot=chatbot),
+            "content_types": Document.ContentType.choices,
+            "can_write": membership.can_write,
+        },
+    )
 
 
 @login_required
@@ -56,23 +63,31 @@ def chatbot_upload(request, chatbot_id: int):
         if not isinstance(metadata, dict):
             raise ValueError
     except ValueError:
-        messages.error(request, "Metadata must be a JSON object, e.g. {\"product\": \"router\"}. Nothing was uploaded.")
+        messages.error(request, 'Metadata must be a JSON object, e.g. {"product": "router"}. Nothing was uploaded.')
         return redirect("dashboard-chatbot", chatbot_id=chatbot.pk)
     title = request.POST.get("title", "").strip()
     for upload in files:
         try:
             result = document_create(
-                tenant=membership.tenant, chatbot=chatbot, upload=upload,
+                tenant=membership.tenant,
+                chatbot=chatbot,
+                upload=upload,
                 content_type=request.POST.get("content_type") or Document.ContentType.DOCUMENT,
-                title=title if len(files) == 1 else "", category=request.POST.get("category", ""),
-                metadata=metadata, source_user_id=str(request.user.pk), replace=bool(request.POST.get("replace")),
+                title=title if len(files) == 1 else "",
+                category=request.POST.get("category", ""),
+                metadata=metadata,
+                source_user_id=str(request.user.pk),
+                replace=bool(request.POST.get("replace")),
             )
         except DomainError as exc:
             messages.error(request, exc.message)
             continue
         if result.duplicate:
-            messages.warning(request, f"{upload.name}: identical content is already uploaded as "
-                                      f"“{result.document.title}”; nothing new was stored.")
+            messages.warning(
+                request,
+                f"{upload.name}: identical content is already uploaded as "
+                f"“{result.document.title}”; nothing new was stored.",
+            )
         else:
             messages.success(request, f"{upload.name}: queued for processing.")
     return redirect("dashboard-chatbot", chatbot_id=chatbot.pk)
@@ -83,10 +98,16 @@ def document_detail(request, document_id: int):
     membership = dashboard_membership(request)
     document = document_get(tenant=membership.tenant, document_id=document_id)
     page = Paginator(chunk_list(tenant=membership.tenant, document=document), 25).get_page(request.GET.get("page"))
-    return render(request, "dashboard/document.html", {
-        "document": document, "doc": document_payload(document, document_latest_job(document=document)),
-        "chunks": page, "can_write": membership.can_write,
-    })
+    return render(
+        request,
+        "dashboard/document.html",
+        {
+            "document": document,
+            "doc": document_payload(document, document_latest_job(document=document)),
+            "chunks": page,
+            "can_write": membership.can_write,
+        },
+    )
 
 
 @login_required

@@ -44,8 +44,10 @@ def readyz(request):
     checks = {"database": _check_database(), "redis": _check_redis()}
     checks["worker"] = _check_worker() if checks["redis"] is None else "not checked: redis is down"
     down = {name: problem for name, problem in checks.items() if problem}
-    body = {"status": "ok" if not down else "unavailable",
-            "checks": {name: (problem or "ok") for name, problem in checks.items()}}
+    body = {
+        "status": "ok" if not down else "unavailable",
+        "checks": {name: (problem or "ok") for name, problem in checks.items()},
+    }
     if down:
         body["down"] = sorted(down)
     return JsonResponse(body, status=503 if down else 200)

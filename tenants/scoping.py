@@ -9,21 +9,20 @@ already enter.
 from __future__ import annotations
 
 import contextvars
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING
 
 from django.db import models
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
 
-_current_tenant_id: contextvars.ContextVar[int | None] = contextvars.ContextVar(
-    "current_tenant_id", default=None
-)
+_current_tenant_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("current_tenant_id", default=None)
 
 
 class TenantQuerySet(models.QuerySet):
-    def for_tenant(self, tenant: "Tenant") -> "TenantQuerySet":
+    def for_tenant(self, tenant: Tenant) -> TenantQuerySet:
         if tenant is None or tenant.pk is None:
             raise ValueError("a tenant is required to read tenant-owned rows")
         return self.filter(tenant_id=tenant.pk)
@@ -39,7 +38,7 @@ class TenantOwned(models.Model):
 
 
 @contextmanager
-def tenant_context(tenant: "Tenant") -> Iterator[None]:
+def tenant_context(tenant: Tenant) -> Iterator[None]:
     """Marks the tenant a request or task works for (the hook for row-level security)."""
     token = _current_tenant_id.set(tenant.pk)
     try:

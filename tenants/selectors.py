@@ -26,7 +26,9 @@ def api_key_list(*, tenant: Tenant) -> QuerySet[ApiKey]:
 
 
 def membership_list(*, user: AbstractBaseUser) -> QuerySet[Membership]:
-    return Membership.objects.filter(user=user, tenant__is_active=True).select_related("tenant").order_by("tenant__name")
+    return (
+        Membership.objects.filter(user=user, tenant__is_active=True).select_related("tenant").order_by("tenant__name")
+    )
 
 
 def membership_get(*, user: AbstractBaseUser, tenant_id: int | None) -> Membership | None:

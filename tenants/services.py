@@ -124,8 +124,14 @@ class TenantBundle:
 
 
 @transaction.atomic
-def tenant_bootstrap(*, name: str, chatbot_name: str, username: str | None = None,
-                     password: str | None = None, embedding_model: str | None = None) -> TenantBundle:
+def tenant_bootstrap(
+    *,
+    name: str,
+    chatbot_name: str,
+    username: str | None = None,
+    password: str | None = None,
+    embedding_model: str | None = None,
+) -> TenantBundle:
     """Tenant + owner login + chatbot + API key in one step (the create_tenant command)."""
     tenant = tenant_create(name=name)
     username = username or f"{tenant.slug}-owner"
@@ -137,5 +143,4 @@ def tenant_bootstrap(*, name: str, chatbot_name: str, username: str | None = Non
     member_add(tenant=tenant, user=user, role=Membership.Role.OWNER)
     chatbot = chatbot_create(tenant=tenant, name=chatbot_name, embedding_model=embedding_model)
     issued = api_key_create(tenant=tenant, name=f"{chatbot_name} key", created_by=user)
-    return TenantBundle(tenant=tenant, chatbot=chatbot, username=username, password=password,
-                        api_key=issued.raw_key)
+    return TenantBundle(tenant=tenant, chatbot=chatbot, username=username, password=password, api_key=issued.raw_key)

@@ -48,15 +48,25 @@ def api_keys(request):
         try:
             chatbot_id = request.POST.get("chatbot") or None
             chatbot = chatbot_get(tenant=tenant, chatbot_id=chatbot_id) if chatbot_id else None
-            issued = api_key_create(tenant=tenant, name=request.POST.get("name", "").strip() or "API key",
-                                    chatbot=chatbot, created_by=request.user)
+            issued = api_key_create(
+                tenant=tenant,
+                name=request.POST.get("name", "").strip() or "API key",
+                chatbot=chatbot,
+                created_by=request.user,
+            )
             new_key = issued.raw_key
             messages.success(request, "Key created. Copy it now: it is shown only once.")
         except DomainError as exc:
             messages.error(request, exc.message)
-    return render(request, "dashboard/api_keys.html", {
-        "keys": api_key_list(tenant=tenant), "chatbots": chatbot_list(tenant=tenant), "new_key": new_key,
-    })
+    return render(
+        request,
+        "dashboard/api_keys.html",
+        {
+            "keys": api_key_list(tenant=tenant),
+            "chatbots": chatbot_list(tenant=tenant),
+            "new_key": new_key,
+        },
+    )
 
 
 @login_required

@@ -24,8 +24,10 @@ DATASETS = SHARED / "datasets"
 def shared_path(*parts: str) -> Path:
     path = SHARED.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"needs ../shared/{'/'.join(parts)} (the shared test data sits beside the repository "
-                    "on developer machines and in CI, not in a fresh clone)")
+        pytest.skip(
+            f"needs ../shared/{'/'.join(parts)} (the shared test data sits beside the repository "
+            "on developer machines and in CI, not in a fresh clone)"
+        )
     return path
 
 
@@ -34,6 +36,20 @@ def _isolated_media(tmp_path_factory):
     media = tmp_path_factory.mktemp("media")
     with override_settings(MEDIA_ROOT=str(media)):
         yield media
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _close_stray_connections(django_db_setup, django_db_blocker):
+    """Worker processes and the live server's thread may still hold connections to the test
+    database when the session ends; close them so it can be dropped."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,8 +73,9 @@ def bundle(db):
 def other_bundle(db):
     from tenants.services import tenant_bootstrap
 
-    return tenant_bootstrap(name="Globex", chatbot_name="Globex support", username="globex-owner",
-                            password="pw-globex-123")
+    return tenant_bootstrap(
+        name="Globex", chatbot_name="Globex support", username="globex-owner", password="pw-globex-123"
+    )
 
 
 @pytest.fixture
@@ -120,6 +137,7 @@ def ingest(bundle, upload, **fields):
 
 # --- Files the core suite builds itself (no ../shared needed) -----------------------------
 
+
 def build_pdf(pages: list[str]) -> bytes:
     """A small valid PDF with one text line block per page (Helvetica, WinAnsi)."""
     objects: list[bytes] = []
@@ -140,9 +158,12 @@ def build_pdf(pages: list[str]) -> bytes:
         ops.append("ET")
         stream = "\n".join(ops).encode("latin-1")
         content = add(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-        page_ids.append(add(
-            b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
-            b"/Contents %d 0 R >>" % (pages_id_placeholder, font, content)))
+        page_ids.append(
+            add(
+                b"<< /Type /Page /Parent %d 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 %d 0 R >> >> "
+                b"/Contents %d 0 R >>" % (pages_id_placeholder, font, content)
+            )
+        )
     kids = b" ".join(b"%d 0 R" % p for p in page_ids)
     pages_id = add(b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, len(page_ids)))
     assert pages_id == pages_id_placeholder
@@ -161,8 +182,9 @@ def build_pdf(pages: list[str]) -> bytes:
     return out.getvalue()
 
 
-def build_docx(*, heading: str, paragraphs: list[str], table: list[list[str]] | None = None,
-               header: str = "", subheading: str = "") -> bytes:
+def build_docx(
+    *, heading: str, paragraphs: list[str], table: list[list[str]] | None = None, header: str = "", subheading: str = ""
+) -> bytes:
     import docx
 
     document = docx.Document()
@@ -185,24 +207,38 @@ def build_docx(*, heading: str, paragraphs: list[str], table: list[list[str]] | 
 
 SAMPLE_FAQ_CSV = (
     "question,answer,category,product\n"
-    "How do I reset my password?,\"Open Settings, choose Security and press Reset password. A link arrives by email.\",account,web\n"
+    'How do I reset my password?,"Open Settings, choose Security and press Reset password. '
+    'A link arrives by email.",account,web\n'
     "Can I change my delivery address?,You can change the address until the parcel is dispatched.,shipping,store\n"
-    "What payment methods do you accept?,\"We accept Visa, Mastercard, PayPal and bank transfer.\",billing,store\n"
+    'What payment methods do you accept?,"We accept Visa, Mastercard, PayPal and bank transfer.",billing,store\n'
 )
 
-SAMPLE_CHAT_JSONL = "\n".join(json.dumps(c) for c in [
-    {"messages": [{"role": "system", "content": "You are a support agent."},
-                  {"role": "user", "content": "My router keeps dropping the wifi connection."},
-                  {"role": "assistant", "content": "Please update the firmware from the admin page and restart it."},
-                  {"role": "user", "content": "Thanks, that fixed it."}]},
-    {"messages": [{"role": "user", "content": "How long does a refund take?"},
-                  {"role": "assistant", "content": "Refunds reach your card within 5 business days."}]},
-])
+SAMPLE_CHAT_JSONL = "\n".join(
+    json.dumps(c)
+    for c in [
+        {
+            "messages": [
+                {"role": "system", "content": "You are a support agent."},
+                {"role": "user", "content": "My router keeps dropping the wifi connection."},
+                {"role": "assistant", "content": "Please update the firmware from the admin page and restart it."},
+                {"role": "user", "content": "Thanks, that fixed it."},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": "How long does a refund take?"},
+                {"role": "assistant", "content": "Refunds reach your card within 5 business days."},
+            ]
+        },
+    ]
+)
 
 LONG_TEXT = "\n\n".join(
-    f"Section {i}. " + " ".join(
+    f"Section {i}. "
+    + " ".join(
         f"Sentence {i}.{j} explains how the support team handles case number {i * 100 + j} with care."
-        for j in range(12))
+        for j in range(12)
+    )
     for i in range(40)
 )
 
@@ -210,12 +246,18 @@ LONG_TEXT = "\n\n".join(
 @pytest.fixture
 def worker_env():
     """Environment for a real Celery worker process attached to the test database."""
+    from urllib.parse import urlsplit, urlunsplit
+
     from django.conf import settings
     from django.db import connection
 
-    from urllib.parse import urlsplit, urlunsplit
-
     parts = urlsplit(settings.DATABASE_URL)
     url = urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
-    return {**os.environ, "DATABASE_URL": url, "REDIS_URL": settings.REDIS_URL,
-            "MEDIA_ROOT": str(settings.MEDIA_ROOT), "CHATBOT_KEEP_EMBEDDED": "1", "PYTHONUNBUFFERED": "1"}
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "REDIS_URL": settings.REDIS_URL,
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "CHATBOT_KEEP_EMBEDDED": "1",
+        "PYTHONUNBUFFERED": "1",
+    }

@@ -8,20 +8,31 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from knowledge.models import Chunk, Document
-from tests.conftest import SAMPLE_FAQ_CSV, LONG_TEXT, make_upload
+from tests.conftest import LONG_TEXT, SAMPLE_FAQ_CSV, make_upload
 
 pytestmark = pytest.mark.django_db
 
 
 def upload(api, run_jobs, chatbot_id, name="faq.csv", content=SAMPLE_FAQ_CSV, **fields):
     with run_jobs():
-        return api.post("/api/upload-training-data",
-                        {"file": make_upload(name, content), "chatbot_id": chatbot_id, **fields}, format="multipart")
+        return api.post(
+            "/api/upload-training-data",
+            {"file": make_upload(name, content), "chatbot_id": chatbot_id, **fields},
+            format="multipart",
+        )
 
 
 def test_upload_returns_202_and_the_document_becomes_ready(api, bundle, run_jobs):
-    response = upload(api, run_jobs, bundle.chatbot.pk, content_type="faq", title="Store FAQ", category="shop",
-                      user_id="u-42", metadata=json.dumps({"locale": "en"}))
+    response = upload(
+        api,
+        run_jobs,
+        bundle.chatbot.pk,
+        content_type="faq",
+        title="Store FAQ",
+        category="shop",
+        user_id="u-42",
+        metadata=json.dumps({"locale": "en"}),
+    )
     assert response.status_code == 202, response.json()
     body = response.json()
     assert body["status"] == "queued" and body["duplicate"] is False
@@ -30,18 +41,34 @@ def test_upload_returns_202_and_the_document_becomes_ready(api, bundle, run_jobs
     assert (status["status"], status["progress"], status["chunk_count"]) == ("ready", 100, 3)
     document = Document.objects.get(pk=body["document_id"])
     assert (document.title, document.category, document.source_user_id, document.metadata) == (
-        "Store FAQ", "shop", "u-42", {"locale": "en"})
+        "Store FAQ",
+        "shop",
+        "u-42",
+        {"locale": "en"},
+    )
 
 
 def test_training_data_list(api, bundle, run_jobs):
     upload(api, run_jobs, bundle.chatbot.pk, content_type="faq")
     upload(api, run_jobs, bundle.chatbot.pk, name="x.pdf", content=b"%PDF-1.4 broken")
     body = api.get(f"/api/training-data/{bundle.chatbot.pk}").json()
-    assert body["totals"] == {"documents": 2, "chunks": 3, "bytes": len(SAMPLE_FAQ_CSV) + 15, "queued": 0,
-                              "processing": 0, "ready": 1, "failed": 1}
+    assert body["totals"] == {
+        "documents": 2,
+        "chunks": 3,
+        "bytes": len(SAMPLE_FAQ_CSV) + 15,
+        "queued": 0,
+        "processing": 0,
+        "ready": 1,
+        "failed": 1,
+    }
     failed, ready = body["documents"]
     assert failed["status"] == "failed" and failed["error"].startswith("The PDF is corrupt")
-    assert (ready["title"], ready["content_type"], ready["chunk_count"], ready["progress"]) == ("faq.csv", "faq", 3, 100)
+    assert (ready["title"], ready["content_type"], ready["chunk_count"], ready["progress"]) == (
+        "faq.csv",
+        "faq",
+        3,
+        100,
+    )
     assert ready["quality"]["language"] == "en"
     only_failed = api.get(f"/api/training-data/{bundle.chatbot.pk}?status=failed").json()["documents"]
     assert [d["id"] for d in only_failed] == [failed["id"]]
@@ -80,13 +107,16 @@ def test_duplicate_upload_answers_200_with_the_existing_document(api, bundle, ru
     assert Document.objects.count() == 1
 
 
-@pytest.mark.parametrize("fields,field", [
-    ({"chatbot_id": "abc"}, "chatbot_id"),
-    ({"content_type": "poem"}, "content_type"),
-    ({"metadata": "[1, 2]"}, "metadata"),
-    ({"metadata": "{not json"}, "metadata"),
-    ({"replace": "maybe"}, "replace"),
-])
+@pytest.mark.parametrize(
+    "fields,field",
+    [
+        ({"chatbot_id": "abc"}, "chatbot_id"),
+        ({"content_type": "poem"}, "content_type"),
+        ({"metadata": "[1, 2]"}, "metadata"),
+        ({"metadata": "{not json"}, "metadata"),
+        ({"replace": "maybe"}, "replace"),
+    ],
+)
 def test_bad_parameters_name_the_field(api, bundle, fields, field):
     data = {"file": make_upload("a.txt", "hello there, this is a test"), "chatbot_id": bundle.chatbot.pk, **fields}
     response = api.post("/api/upload-training-data", data, format="multipart")
@@ -104,17 +134,21 @@ def test_missing_file(api, bundle):
 def test_over_the_limit_is_413_before_anything_is_stored(api, bundle, settings):
     settings.UPLOAD_MAX_BYTES = 1000
     big = make_upload("big.txt", "word " * 20_000)
-    response = api.post("/api/upload-training-data", {"file": big, "chatbot_id": bundle.chatbot.pk},
-                        format="multipart")
+    response = api.post("/api/upload-training-data", {"file": big, "chatbot_id": bundle.chatbot.pk}, format="multipart")
     assert response.status_code == 413
-    assert response.json()["error"] == {"code": "too_large", "message": "The upload is larger than the 0 MB limit.",
-                                         "field": "file"}
+    assert response.json()["error"] == {
+        "code": "too_large",
+        "message": "The upload is larger than the 0 MB limit.",
+        "field": "file",
+    }
     assert not Document.objects.exists()
     # A file just over the limit inside a small request is refused by the service, also with 413
     settings.UPLOAD_MAX_BYTES = 60_000
-    response = api.post("/api/upload-training-data",
-                        {"file": make_upload("big.txt", "x" * 70_000), "chatbot_id": bundle.chatbot.pk},
-                        format="multipart")
+    response = api.post(
+        "/api/upload-training-data",
+        {"file": make_upload("big.txt", "x" * 70_000), "chatbot_id": bundle.chatbot.pk},
+        format="multipart",
+    )
     assert response.status_code == 413 and not Document.objects.exists()
 
 
@@ -123,10 +157,15 @@ def test_another_tenants_chatbot_and_documents_are_404(api, bundle, other_bundle
     other_api.credentials(HTTP_AUTHORIZATION=f"Bearer {other_bundle.api_key}")
     their_doc = upload(other_api, run_jobs, other_bundle.chatbot.pk).json()["document_id"]
     assert upload(api, run_jobs, other_bundle.chatbot.pk).status_code == 404
-    for method, url in [("get", f"/api/training-data/{other_bundle.chatbot.pk}"),
-                        ("get", f"/api/documents/{their_doc}"), ("get", f"/api/documents/{their_doc}/status"),
-                        ("post", f"/api/documents/{their_doc}/reprocess"), ("delete", f"/api/documents/{their_doc}"),
-                        ("get", "/api/training-data/999999"), ("get", "/api/documents/999999")]:
+    for method, url in [
+        ("get", f"/api/training-data/{other_bundle.chatbot.pk}"),
+        ("get", f"/api/documents/{their_doc}"),
+        ("get", f"/api/documents/{their_doc}/status"),
+        ("post", f"/api/documents/{their_doc}/reprocess"),
+        ("delete", f"/api/documents/{their_doc}"),
+        ("get", "/api/training-data/999999"),
+        ("get", "/api/documents/999999"),
+    ]:
         response = getattr(api, method)(url)
         assert response.status_code == 404, url
         assert response.json()["error"]["code"] == "not_found"
@@ -178,9 +217,11 @@ def test_viewer_session_can_read_but_not_write(bundle, run_jobs):
     client = APIClient()
     client.force_login(viewer)
     assert client.get(f"/api/training-data/{bundle.chatbot.pk}").status_code == 200
-    response = client.post("/api/upload-training-data",
-                           {"file": make_upload("a.txt", "some words here"), "chatbot_id": bundle.chatbot.pk},
-                           format="multipart")
+    response = client.post(
+        "/api/upload-training-data",
+        {"file": make_upload("a.txt", "some words here"), "chatbot_id": bundle.chatbot.pk},
+        format="multipart",
+    )
     assert response.status_code == 403 and not Document.objects.exists()
 
 
@@ -189,8 +230,13 @@ def test_openapi_schema_generates_without_warnings(api, capsys):
 
     call_command("spectacular", "--fail-on-warn", "--file", "/dev/null")
     schema = api.get("/api/schema/?format=json").json()
-    for path in ["/api/upload-training-data", "/api/training-data/{chatbot_id}", "/api/documents/{document_id}",
-                 "/api/documents/{document_id}/reprocess", "/api/documents/{document_id}/status"]:
+    for path in [
+        "/api/upload-training-data",
+        "/api/training-data/{chatbot_id}",
+        "/api/documents/{document_id}",
+        "/api/documents/{document_id}/reprocess",
+        "/api/documents/{document_id}/status",
+    ]:
         assert path in schema["paths"], path
     assert APIClient().get(reverse("api-docs")).status_code == 200
 

@@ -22,9 +22,19 @@ def browser_page():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         page = browser.new_page()
         yield page
         browser.close()
@@ -58,9 +68,13 @@ def test_login_upload_and_watch_documents_finish(browser_page, live_server, bund
         # The table updates itself from the API while the worker processes the files
         page.wait_for_function(
             "() => [...document.querySelectorAll('#documents [data-field=status]')]"
-            ".every(e => e.textContent === 'ready' || e.textContent === 'failed')", timeout=120_000)
-        statuses = {page.locator(f"#documents tr:has-text('{name}') [data-field=status]").inner_text()
-                    for name in ("store-faq.csv", "shipping-guide.pdf")}
+            ".every(e => e.textContent === 'ready' || e.textContent === 'failed')",
+            timeout=120_000,
+        )
+        statuses = {
+            page.locator(f"#documents tr:has-text('{name}') [data-field=status]").inner_text()
+            for name in ("store-faq.csv", "shipping-guide.pdf")
+        }
         assert statuses == {"ready"}
         failed_row = page.locator("#documents tr:has-text('scan.pdf')")
         assert failed_row.locator("[data-field=status]").inner_text() == "failed"

@@ -31,11 +31,20 @@ def test_login_required_and_login_page(client, bundle):
 def test_upload_several_files_with_metadata(owner, bundle, run_jobs):
     url = f"/chatbots/{bundle.chatbot.pk}/upload"
     with run_jobs():
-        response = owner.post(url, {
-            "files": [make_upload("faq.csv", SAMPLE_FAQ_CSV), make_upload("broken.pdf", b"%PDF-1.4 nope"),
-                      make_upload("notes.txt", "Our shop opens at nine and closes at six on weekdays.")],
-            "content_type": "faq", "category": "store", "metadata": '{"region": "eu"}',
-        }, follow=True)
+        response = owner.post(
+            url,
+            {
+                "files": [
+                    make_upload("faq.csv", SAMPLE_FAQ_CSV),
+                    make_upload("broken.pdf", b"%PDF-1.4 nope"),
+                    make_upload("notes.txt", "Our shop opens at nine and closes at six on weekdays."),
+                ],
+                "content_type": "faq",
+                "category": "store",
+                "metadata": '{"region": "eu"}',
+            },
+            follow=True,
+        )
     page = response.content.decode()
     assert "faq.csv: queued for processing." in page and "notes.txt: queued for processing." in page
     documents = {d.original_filename: d for d in Document.objects.all()}
@@ -53,8 +62,11 @@ def test_bad_metadata_and_oversize_files_give_readable_messages(owner, bundle, s
     response = owner.post(url, {"files": [make_upload("a.txt", "hello there friend")], "metadata": "[1]"}, follow=True)
     assert "Metadata must be a JSON object" in response.content.decode()
     settings.UPLOAD_MAX_BYTES = 10_000
-    response = owner.post(url, {"files": [make_upload("big.txt", "x" * 20_000),
-                                          make_upload("ok.txt", "a small file that fits the limit")]}, follow=True)
+    response = owner.post(
+        url,
+        {"files": [make_upload("big.txt", "x" * 20_000), make_upload("ok.txt", "a small file that fits the limit")]},
+        follow=True,
+    )
     page = response.content.decode()
     assert "big.txt: the file is larger than the 0 MB upload limit." in page
     assert "ok.txt: queued for processing." in page
@@ -91,8 +103,9 @@ def test_viewer_cannot_upload_or_delete(client, bundle, run_jobs):
     client.force_login(viewer)
     page = client.get(f"/chatbots/{bundle.chatbot.pk}/").content.decode()
     assert "Upload training data" not in page
-    response = client.post(f"/chatbots/{bundle.chatbot.pk}/upload",
-                           {"files": [make_upload("a.txt", "some text to upload")]}, follow=True)
+    response = client.post(
+        f"/chatbots/{bundle.chatbot.pk}/upload", {"files": [make_upload("a.txt", "some text to upload")]}, follow=True
+    )
     assert "Your role is &#x27;viewer&#x27;" in response.content.decode()
     assert not Document.objects.exists()
 
@@ -103,8 +116,11 @@ def test_other_tenants_pages_are_404(owner, other_bundle, run_jobs):
     theirs = ingest(other_bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
     for url in [f"/chatbots/{other_bundle.chatbot.pk}/", f"/documents/{theirs.pk}/"]:
         assert owner.get(url).status_code == 404
-    for url in [f"/chatbots/{other_bundle.chatbot.pk}/upload", f"/documents/{theirs.pk}/reprocess",
-                f"/documents/{theirs.pk}/delete"]:
+    for url in [
+        f"/chatbots/{other_bundle.chatbot.pk}/upload",
+        f"/documents/{theirs.pk}/reprocess",
+        f"/documents/{theirs.pk}/delete",
+    ]:
         assert owner.post(url, {"files": [make_upload("x.txt", "words words words")]}).status_code == 404
     assert Document.objects.get(pk=theirs.pk).status == "ready"
 

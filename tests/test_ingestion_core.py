@@ -7,18 +7,26 @@ import pytest
 
 from knowledge.models import Chunk, ChunkEmbedding, Conversation, ConversationTurn, Document, IngestionJob, QAPair
 from tests.conftest import (
-    LONG_TEXT, SAMPLE_CHAT_JSONL, SAMPLE_FAQ_CSV, build_docx, build_pdf, ingest, make_upload,
+    LONG_TEXT,
+    SAMPLE_CHAT_JSONL,
+    SAMPLE_FAQ_CSV,
+    build_docx,
+    build_pdf,
+    ingest,
+    make_upload,
 )
 
 pytestmark = pytest.mark.django_db
 
 
 def test_pdf_pages_are_recorded_per_chunk(bundle):
-    pdf = build_pdf([
-        "Shipping policy\nOrders leave our warehouse within two business days.\nTracking numbers arrive by email.",
-        "Returns policy\nYou can return any item within 30 days for a full refund.",
-        "",
-    ])
+    pdf = build_pdf(
+        [
+            "Shipping policy\nOrders leave our warehouse within two business days.\nTracking numbers arrive by email.",
+            "Returns policy\nYou can return any item within 30 days for a full refund.",
+            "",
+        ]
+    )
     document = ingest(bundle, make_upload("policies.pdf", pdf), content_type="policy")
     assert document.status == "ready", document.error
     assert document.page_count == 3
@@ -56,9 +64,13 @@ def test_chunk_size_follows_the_chatbot_settings(bundle):
 
 
 def test_docx_headings_tables_and_headers(bundle):
-    data = build_docx(heading="Billing", subheading="Refunds", header="ACME Support Handbook",
-                      paragraphs=["Refunds are paid to the original card within five days."],
-                      table=[["Plan", "Price"], ["Basic", "10 EUR"], ["Pro", "25 EUR"]])
+    data = build_docx(
+        heading="Billing",
+        subheading="Refunds",
+        header="ACME Support Handbook",
+        paragraphs=["Refunds are paid to the original card within five days."],
+        table=[["Plan", "Price"], ["Basic", "10 EUR"], ["Pro", "25 EUR"]],
+    )
     document = ingest(bundle, make_upload("handbook.docx", data))
     assert document.status == "ready", document.error
     texts = {c.kind: c for c in document.chunks.all()}
@@ -85,30 +97,49 @@ def test_semicolon_latin1_csv_is_detected(bundle):
     document = ingest(bundle, make_upload("faq.txt", text.encode("latin-1")), content_type="faq")
     assert document.status == "ready", document.error
     # 'Frage' is not a known question column: the rows are read with their header
-    assert document.chunks.get().text == "Frage: Wie ändere ich mein Passwort?; Antwort: Über die Einstellungen unter Sicherheit."
+    assert (
+        document.chunks.get().text
+        == "Frage: Wie ändere ich mein Passwort?; Antwort: Über die Einstellungen unter Sicherheit."
+    )
 
 
 def test_chat_log_becomes_conversations_and_qa_pairs(bundle):
     document = ingest(bundle, make_upload("chats.jsonl", SAMPLE_CHAT_JSONL), content_type="conversation")
     assert document.status == "ready", document.error
     assert Conversation.objects.filter(document=document).count() == 2
-    turns = list(ConversationTurn.objects.filter(conversation__document=document, conversation__position=0)
-                 .order_by("position").values_list("role", flat=True))
+    turns = list(
+        ConversationTurn.objects.filter(conversation__document=document, conversation__position=0)
+        .order_by("position")
+        .values_list("role", flat=True)
+    )
     assert turns == ["system", "user", "assistant", "user"]
-    pairs = list(QAPair.objects.filter(conversation__document=document).order_by("conversation__position")
-                 .values_list("question", "answer"))
+    pairs = list(
+        QAPair.objects.filter(conversation__document=document)
+        .order_by("conversation__position")
+        .values_list("question", "answer")
+    )
     assert pairs == [
-        ("My router keeps dropping the wifi connection.",
-         "Please update the firmware from the admin page and restart it."),
+        (
+            "My router keeps dropping the wifi connection.",
+            "Please update the firmware from the admin page and restart it.",
+        ),
         ("How long does a refund take?", "Refunds reach your card within 5 business days."),
     ]
     assert document.chunks.filter(kind="qa").count() == 2
 
 
 def test_sharegpt_and_plain_transcripts(bundle):
-    sharegpt = json.dumps([{"id": "c1", "conversations": [
-        {"from": "human", "value": "Is there a student discount?"},
-        {"from": "gpt", "value": "Yes, 20% with a valid student card."}]}])
+    sharegpt = json.dumps(
+        [
+            {
+                "id": "c1",
+                "conversations": [
+                    {"from": "human", "value": "Is there a student discount?"},
+                    {"from": "gpt", "value": "Yes, 20% with a valid student card."},
+                ],
+            }
+        ]
+    )
     transcript = "Customer: My order arrived broken.\nAgent: Sorry! I have sent a replacement today.\n"
     a = ingest(bundle, make_upload("export.json", sharegpt))
     b = ingest(bundle, make_upload("chat.txt", transcript))
@@ -118,8 +149,7 @@ def test_sharegpt_and_plain_transcripts(bundle):
 
 
 def test_json_records_and_markdown_headings(bundle):
-    records = json.dumps([{"id": 7, "title": "Warranty", "text": "Every device has a two year warranty.",
-                           "sku": "X1"}])
+    records = json.dumps([{"id": 7, "title": "Warranty", "text": "Every device has a two year warranty.", "sku": "X1"}])
     document = ingest(bundle, make_upload("products.json", records), content_type="product")
     chunk = document.chunks.get()
     assert chunk.text == "Warranty\n\nEvery device has a two year warranty."
@@ -129,17 +159,20 @@ def test_json_records_and_markdown_headings(bundle):
     assert document.chunks.get().heading_path == ["Setup", "Wifi"]
 
 
-@pytest.mark.parametrize("name,content,reason", [
-    ("empty.txt", b"", "The file is empty."),
-    ("blank.txt", b"   \n\n  ", "The file is empty."),
-    ("broken.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog", "The PDF is corrupt"),
-    ("scan.pdf", None, "No extractable text (scanned PDF; OCR is not supported)."),
-    ("doc.docx", b"\x00\x01\x02\x03" * 100, "The file is named .docx but is not a Word document"),
-    ("archive.zip", None, "ZIP archives are not supported"),
-    ("program.exe", b"MZ\x90\x00" + b"\x00" * 200, "Unsupported file type: this is a Windows executable."),
-    ("bad.json", b'{"question": "x", ', "The JSON is malformed"),
-    ("only-dots.txt", b"....\n\n----\n\n1 2 3", "No usable text"),
-])
+@pytest.mark.parametrize(
+    "name,content,reason",
+    [
+        ("empty.txt", b"", "The file is empty."),
+        ("blank.txt", b"   \n\n  ", "The file is empty."),
+        ("broken.pdf", b"%PDF-1.4\n1 0 obj << /Type /Catalog", "The PDF is corrupt"),
+        ("scan.pdf", None, "No extractable text (scanned PDF; OCR is not supported)."),
+        ("doc.docx", b"\x00\x01\x02\x03" * 100, "The file is named .docx but is not a Word document"),
+        ("archive.zip", None, "ZIP archives are not supported"),
+        ("program.exe", b"MZ\x90\x00" + b"\x00" * 200, "Unsupported file type: this is a Windows executable."),
+        ("bad.json", b'{"question": "x", ', "The JSON is malformed"),
+        ("only-dots.txt", b"....\n\n----\n\n1 2 3", "No usable text"),
+    ],
+)
 def test_bad_files_fail_with_a_readable_reason(bundle, name, content, reason):
     import io
     import zipfile
@@ -178,7 +211,9 @@ def test_same_content_is_not_stored_twice(bundle):
     from knowledge.services import document_create
 
     first = ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
-    again = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("copy.csv", SAMPLE_FAQ_CSV))
+    again = document_create(
+        tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("copy.csv", SAMPLE_FAQ_CSV)
+    )
     assert again.duplicate and again.document.pk == first.pk
     assert Document.objects.count() == 1 and Chunk.objects.count() == 3
 
@@ -186,7 +221,10 @@ def test_same_content_is_not_stored_twice(bundle):
 def test_replace_swaps_chunks_of_the_same_title_only_when_ready(bundle):
     old = ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), title="Store FAQ")
     version_before = type(bundle.chatbot).objects.get(pk=bundle.chatbot.pk).content_version
-    updated = SAMPLE_FAQ_CSV.replace("5 business days", "3 days") + "Do you ship abroad?,Yes to 30 countries.,shipping,store\n"
+    updated = (
+        SAMPLE_FAQ_CSV.replace("5 business days", "3 days")
+        + "Do you ship abroad?,Yes to 30 countries.,shipping,store\n"
+    )
     new = ingest(bundle, make_upload("faq-v2.csv", updated), title="Store FAQ", replace=True)
     assert new.status == "ready"
     assert not Document.objects.filter(pk=old.pk).exists()
@@ -204,8 +242,14 @@ def test_failed_replacement_keeps_the_old_document(bundle):
 
 def test_duplicate_chunks_are_flagged(bundle):
     ingest(bundle, make_upload("a.txt", "Our office is closed on public holidays in Germany."))
-    second = ingest(bundle, make_upload("b.txt", "Our office is closed on public holidays in Germany!\n\n"
-                                                   "Parking is free for visitors at the north entrance."))
+    second = ingest(
+        bundle,
+        make_upload(
+            "b.txt",
+            "Our office is closed on public holidays in Germany!\n\n"
+            "Parking is free for visitors at the north entrance.",
+        ),
+    )
     third = ingest(bundle, make_upload("c.txt", "our office is   closed on public holidays in germany."))
     assert third.chunks.get().duplicate_of_id is not None
     assert third.quality["exact_duplicates"] == 1
@@ -271,14 +315,18 @@ def test_a_live_job_is_not_taken_over_by_another_message(bundle):
 
     with TestCase.captureOnCommitCallbacks(execute=False):
         result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("a.txt", LONG_TEXT))
-    IngestionJob.objects.filter(pk=result.job.pk).update(status="processing", lease_token="other-worker",
-                                                        heartbeat_at=__import__("django.utils.timezone").utils.timezone.now())
+    IngestionJob.objects.filter(pk=result.job.pk).update(
+        status="processing",
+        lease_token="other-worker",
+        heartbeat_at=__import__("django.utils.timezone").utils.timezone.now(),
+    )
     assert ingestion_job_run(job_id=result.job.pk, lease_token="duplicate-message") == "skipped"
 
 
 def test_reprocess_and_delete(bundle):
-    from knowledge.services import document_delete, document_reprocess
     from django.test import TestCase
+
+    from knowledge.services import document_delete, document_reprocess
 
     document = ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
     chunk_ids = set(document.chunks.values_list("id", flat=True))
@@ -324,7 +372,9 @@ def test_two_embedding_spaces_each_with_their_own_hnsw_index(bundle):
         probe = "[" + ",".join(["0.05"] * 384) + "]"
         cursor.execute(
             "EXPLAIN SELECT id FROM knowledge_chunkembedding WHERE space_id = %s "
-            "ORDER BY (embedding::vector(384)) <=> %s::vector(384) LIMIT 5", [candidate.pk, probe])
+            "ORDER BY (embedding::vector(384)) <=> %s::vector(384) LIMIT 5",
+            [candidate.pk, probe],
+        )
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert space_index_name(candidate) in plan
 

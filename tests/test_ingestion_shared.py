@@ -12,18 +12,28 @@ from tests.conftest import DOCS, ingest, shared_path, shared_subset, shared_uplo
 pytestmark = [pytest.mark.django_db, pytest.mark.shared]
 
 PASSWORD_PROTECTED = [
-    "pdfplumber_tests/password-example.pdf", "pypdf_resources/encrypted-file.pdf",
-    "pypdf_resources/crazyones-encrypted-256.pdf", "pypdf_resources/encryption/r2-user-password.pdf",
-    "pypdf_resources/encryption/r3-user-password.pdf", "pypdf_resources/encryption/r4-user-password.pdf",
-    "pypdf_resources/encryption/r4-aes-user-password.pdf", "pypdf_resources/encryption/r6-both-passwords.pdf",
+    "pdfplumber_tests/password-example.pdf",
+    "pypdf_resources/encrypted-file.pdf",
+    "pypdf_resources/crazyones-encrypted-256.pdf",
+    "pypdf_resources/encryption/r2-user-password.pdf",
+    "pypdf_resources/encryption/r3-user-password.pdf",
+    "pypdf_resources/encryption/r4-user-password.pdf",
+    "pypdf_resources/encryption/r4-aes-user-password.pdf",
+    "pypdf_resources/encryption/r6-both-passwords.pdf",
 ]
 EMPTY_PASSWORD = [
-    "pypdf_resources/encryption/r2-empty-password.pdf", "pypdf_resources/encryption/r3-empty-password.pdf",
-    "pypdf_resources/encryption/r4-owner-password.pdf", "pypdf_resources/encryption/r5-user-password.pdf",
-    "pypdf_resources/encryption/r6-user-password.pdf", "pdfplumber_tests/pr-138-example.pdf",
+    "pypdf_resources/encryption/r2-empty-password.pdf",
+    "pypdf_resources/encryption/r3-empty-password.pdf",
+    "pypdf_resources/encryption/r4-owner-password.pdf",
+    "pypdf_resources/encryption/r5-user-password.pdf",
+    "pypdf_resources/encryption/r6-user-password.pdf",
+    "pdfplumber_tests/pr-138-example.pdf",
 ]
-NO_TEXT = ["pdfplumber_tests/issue-203-decimalize.pdf", "pdfplumber_tests/issue-297-example.pdf",
-           "pypdf_resources/encrypted_doc_no_id.pdf"]
+NO_TEXT = [
+    "pdfplumber_tests/issue-203-decimalize.pdf",
+    "pdfplumber_tests/issue-297-example.pdf",
+    "pypdf_resources/encrypted_doc_no_id.pdf",
+]
 
 
 def doc(path: str):
@@ -61,8 +71,11 @@ def test_broken_and_odd_files(bundle):
     blank_docx = ingest(bundle, doc("python-docx_tests/doc-default.docx"))
     assert blank_docx.error == "The Word document contains no text."
     # Damaged but readable PDFs are ingested
-    for path in ("pdfplumber_tests/malformed-from-issue-932.pdf", "pypdf_resources/issue-297.pdf",
-                 "pypdf_resources/outlines-with-invalid-destinations.pdf"):
+    for path in (
+        "pdfplumber_tests/malformed-from-issue-932.pdf",
+        "pypdf_resources/issue-297.pdf",
+        "pypdf_resources/outlines-with-invalid-destinations.pdf",
+    ):
         document = ingest(bundle, doc(path))
         assert document.status in ("ready", "failed")
         assert document.status == "ready" or document.error  # never a silent failure
@@ -90,7 +103,8 @@ def test_pdf_outline_becomes_heading_paths(bundle):
     assert document.status == "ready"
     headings = {tuple(h) for h in document.chunks.values_list("heading_path", flat=True) if h}
     assert ("II Basics of Machine Learning",) in headings or any(
-        h[0] == "II Basics of Machine Learning" for h in headings), headings
+        h[0] == "II Basics of Machine Learning" for h in headings
+    ), headings
 
 
 def test_docx_tables_and_header_footer(bundle):
@@ -115,7 +129,6 @@ def test_docx_heading_styles(bundle):
 
 def test_every_fixture_document_ends_ready_or_failed_with_a_reason(bundle):
     """All 130 real PDF/DOCX files: none crashes the pipeline, each failure says why."""
-    from knowledge.services import document_create
     from tenants.errors import UploadRejected
 
     paths = sorted(p for p in DOCS.rglob("*") if p.suffix in (".pdf", ".docx", ".zip"))
@@ -142,8 +155,9 @@ def test_every_fixture_document_ends_ready_or_failed_with_a_reason(bundle):
 def test_covid_faq_csv_one_chunk_per_row_with_html_answers(bundle):
     path = shared_path("datasets", "faq", "covid_faq_deepset", "faq_covidbert.csv")
     rows = list(csv.DictReader(path.open(encoding="utf-8")))
-    document = ingest(bundle, shared_upload("datasets", "faq", "covid_faq_deepset", "faq_covidbert.csv"),
-                      content_type="faq")
+    document = ingest(
+        bundle, shared_upload("datasets", "faq", "covid_faq_deepset", "faq_covidbert.csv"), content_type="faq"
+    )
     assert document.status == "ready", document.error
     assert document.detected_type == "csv-faq"
     faq_rows = {c.metadata["row"] for c in document.chunks.all()}
@@ -154,8 +168,9 @@ def test_covid_faq_csv_one_chunk_per_row_with_html_answers(bundle):
 
 
 def test_multilingual_tsv_and_banking_csv(bundle):
-    faq = ingest(bundle, shared_subset("datasets", "faq", "covid_faq_deepset", "faq_200327.tsv", items=150),
-                 content_type="faq")
+    faq = ingest(
+        bundle, shared_subset("datasets", "faq", "covid_faq_deepset", "faq_200327.tsv", items=150), content_type="faq"
+    )
     assert faq.status == "ready" and faq.detected_type == "csv-faq"
     languages = {c.metadata["lang"] for c in faq.chunks.all()}
     assert {"de", "en"} <= languages
@@ -164,13 +179,16 @@ def test_multilingual_tsv_and_banking_csv(bundle):
     assert banking.chunks.first().text.startswith("text: ")
 
 
-@pytest.mark.parametrize("name,conversations,pairs_at_least", [
-    ("oasst_openai_chat.jsonl", 30, 30),
-    ("oasst_sharegpt.json", 30, 30),
-    ("abcd_openai_chat.jsonl", 3, 10),
-    ("ubuntu_irc_threads.json", 40, 20),
-    ("twcs_threads.json", 27, 10),
-])
+@pytest.mark.parametrize(
+    "name,conversations,pairs_at_least",
+    [
+        ("oasst_openai_chat.jsonl", 30, 30),
+        ("oasst_sharegpt.json", 30, 30),
+        ("abcd_openai_chat.jsonl", 3, 10),
+        ("ubuntu_irc_threads.json", 40, 20),
+        ("twcs_threads.json", 27, 10),
+    ],
+)
 def test_chat_logs(bundle, name, conversations, pairs_at_least):
     upload = shared_subset("datasets", "chatlogs", "derived", name, items=conversations)
     document = ingest(bundle, upload, content_type="conversation")
@@ -184,8 +202,11 @@ def test_chat_logs(bundle, name, conversations, pairs_at_least):
 def test_sharegpt_and_openai_exports_of_the_same_chats_agree(bundle, other_bundle):
     a = ingest(bundle, shared_subset("datasets", "chatlogs", "derived", "oasst_sharegpt.json", items=25))
     b = ingest(other_bundle, shared_subset("datasets", "chatlogs", "derived", "oasst_openai_chat.jsonl", items=25))
-    qa = lambda d: list(QAPair.objects.filter(conversation__document=d)  # noqa: E731
-                        .order_by("conversation__position", "question_turn").values_list("question", "answer"))
+    qa = lambda d: list(
+        QAPair.objects.filter(conversation__document=d)  # noqa: E731
+        .order_by("conversation__position", "question_turn")
+        .values_list("question", "answer")
+    )
     assert qa(a) == qa(b)
 
 

@@ -50,10 +50,14 @@ class FakeOpenAI:
                     self.wfile.write(json.dumps(payload).encode())
                     return
                 inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-                payload = {"object": "list", "model": body["model"],
-                           "data": [{"object": "embedding", "index": i, "embedding": fake_vector(t)}
-                                    for i, t in enumerate(inputs)],
-                           "usage": {"prompt_tokens": 1, "total_tokens": 1}}
+                payload = {
+                    "object": "list",
+                    "model": body["model"],
+                    "data": [
+                        {"object": "embedding", "index": i, "embedding": fake_vector(t)} for i, t in enumerate(inputs)
+                    ],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                }
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
@@ -130,12 +134,12 @@ def test_a_chatbot_on_openai_stores_1536_dim_vectors_in_its_own_space(fake_opena
 def test_when_openai_is_down_the_job_waits_and_never_uses_another_model(bundle, settings):
     """The task function is called directly; the Celery retry it asks for is checked, not run."""
     from celery.exceptions import Retry
+    from django.test import TestCase
 
     from knowledge.models import ChunkEmbedding, IngestionJob
+    from knowledge.services import document_create
     from knowledge.tasks import ingestion_job_run_task
     from tests.conftest import SAMPLE_FAQ_CSV, make_upload
-    from django.test import TestCase
-    from knowledge.services import document_create
 
     settings.OPENAI_API_KEY = "sk-test"
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens there
@@ -145,7 +149,9 @@ def test_when_openai_is_down_the_job_waits_and_never_uses_another_model(bundle, 
     bundle.chatbot.embedding_model = "openai:text-embedding-3-small"
     bundle.chatbot.save()
     with TestCase.captureOnCommitCallbacks(execute=False):
-        result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("faq.csv", SAMPLE_FAQ_CSV))
+        result = document_create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("faq.csv", SAMPLE_FAQ_CSV)
+        )
     with pytest.raises(Retry):
         ingestion_job_run_task.apply(kwargs={"job_id": result.job.pk}, throw=True)
     job = IngestionJob.objects.get(pk=result.job.pk)

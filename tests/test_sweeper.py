@@ -15,8 +15,9 @@ pytestmark = pytest.mark.django_db
 
 def queued_job(bundle):
     with TestCase.captureOnCommitCallbacks(execute=False):
-        return document_create(tenant=bundle.tenant, chatbot=bundle.chatbot,
-                               upload=make_upload("faq.csv", SAMPLE_FAQ_CSV)).job
+        return document_create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("faq.csv", SAMPLE_FAQ_CSV)
+        ).job
 
 
 def test_silent_processing_jobs_are_requeued_and_finish(bundle, monkeypatch):

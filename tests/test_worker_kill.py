@@ -22,8 +22,12 @@ BIG_TEXT = "\n\n".join(LONG_TEXT.replace("Section", f"Part {n} section") for n i
 
 def expected_chunks(text: str, chatbot) -> list[str]:
     parsed = parse_file(text.encode(), "handbook.txt")
-    drafts = chunk_blocks(parsed.blocks, count_tokens=wordpiece_count, max_tokens=min(chatbot.chunk_size, 254),
-                          overlap=chatbot.chunk_overlap)
+    drafts = chunk_blocks(
+        parsed.blocks,
+        count_tokens=wordpiece_count,
+        max_tokens=min(chatbot.chunk_size, 254),
+        overlap=chatbot.chunk_overlap,
+    )
     return [d.text for d in filter_chunks(drafts)[0]]
 
 
@@ -41,8 +45,9 @@ def test_kill_9_mid_document_then_exact_chunk_set(bundle, worker_env):
     from knowledge.services import document_create
 
     with celery_worker(worker_env, EMBEDDING_BATCH_SIZE=4) as worker:
-        result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot,
-                                 upload=make_upload("handbook.txt", BIG_TEXT))
+        result = document_create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("handbook.txt", BIG_TEXT)
+        )
         job_id = result.job.pk
 
         def mid_embedding():

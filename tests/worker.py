@@ -22,10 +22,30 @@ def celery_worker(env: dict, **extra_env):
     name = f"{queue}@localhost"
     log = open(ROOT / "var" / f"{queue}.log", "w+")
     process = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "chatbot_training", "worker", "-l", "INFO", "-c", "1",
-         "-P", "prefork", "-Q", queue, "-n", name, "--without-mingle", "--without-gossip"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "chatbot_training",
+            "worker",
+            "-l",
+            "INFO",
+            "-c",
+            "1",
+            "-P",
+            "prefork",
+            "-Q",
+            queue,
+            "-n",
+            name,
+            "--without-mingle",
+            "--without-gossip",
+        ],
         env={**env, "CELERY_QUEUE": queue, **{k: str(v) for k, v in extra_env.items()}},
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     previous = (app.conf.task_always_eager, app.conf.task_default_queue)
     app.conf.task_always_eager = False

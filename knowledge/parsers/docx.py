@@ -40,8 +40,12 @@ def parse_docx(data: bytes) -> ParsedDocument:
             rows = _table_rows(item)
             if rows:
                 blocks.append(
-                    Block(text="\n".join(rows), heading_path=tuple(t for _, t in stack), kind="table",
-                          metadata={"table": tables})
+                    Block(
+                        text="\n".join(rows),
+                        heading_path=tuple(t for _, t in stack),
+                        kind="table",
+                        metadata={"table": tables},
+                    )
                 )
     header_footer = _headers_and_footers(document)
     for label, texts in header_footer.items():

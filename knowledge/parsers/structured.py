@@ -10,12 +10,39 @@ from knowledge.parsers.tabular import ANSWER_COLUMNS, QUESTION_COLUMNS, find_col
 CONTENT_KEYS = ("content", "value", "text", "message", "body", "utterance")
 SPEAKER_KEYS = ("role", "from", "speaker", "sender", "author", "user", "author_id", "name")
 USER_ROLES = {"user", "human", "customer", "client", "visitor", "prompter", "question", "caller", "guest"}
-ASSISTANT_ROLES = {"assistant", "gpt", "bot", "agent", "support", "model", "chatgpt", "ai", "rep", "answer",
-                   "representative", "operator", "staff"}
+ASSISTANT_ROLES = {
+    "assistant",
+    "gpt",
+    "bot",
+    "agent",
+    "support",
+    "model",
+    "chatgpt",
+    "ai",
+    "rep",
+    "answer",
+    "representative",
+    "operator",
+    "staff",
+}
 SYSTEM_ROLES = {"system", "action", "tool", "function", "developer"}
 RECORD_TEXT_KEYS = ("title", "name", "question", "text", "content", "body", "description", "answer", "summary")
-CONTAINER_KEYS = ("conversations", "threads", "dialogs", "dialogues", "chats", "data", "items", "records",
-                  "faqs", "faq", "documents", "entries", "rows", "results")
+CONTAINER_KEYS = (
+    "conversations",
+    "threads",
+    "dialogs",
+    "dialogues",
+    "chats",
+    "data",
+    "items",
+    "records",
+    "faqs",
+    "faq",
+    "documents",
+    "entries",
+    "rows",
+    "results",
+)
 
 
 def parse_json_text(text: str, *, lines: bool) -> ParsedDocument:
@@ -64,8 +91,10 @@ def _content(message: dict) -> str | None:
 
 
 def _is_message(item) -> bool:
-    return isinstance(item, dict) and _content(item) is not None and (
-        any(k in item for k in SPEAKER_KEYS) or "inbound" in item
+    return (
+        isinstance(item, dict)
+        and _content(item) is not None
+        and (any(k in item for k in SPEAKER_KEYS) or "inbound" in item)
     )
 
 
@@ -93,15 +122,14 @@ def _conversations(payload) -> list[ParsedConversation] | None:
     if sum(1 for m in lists if m is not None) < max(1, 0.8 * len(items)):
         return None
     conversations = []
-    for index, (item, messages) in enumerate(zip(items, lists)):
+    for item, messages in zip(items, lists):
         if messages is None:
             continue
         external_id, metadata = "", {}
         if isinstance(item, dict):
             external_id = str(item.get("id") or item.get("convo_id") or item.get("conversation_id") or "")
             metadata = {k: v for k, v in item.items() if isinstance(v, (str, int, float, bool)) and k != "id"}
-        conversations.append(ParsedConversation(turns=to_turns(messages), external_id=external_id,
-                                                metadata=metadata))
+        conversations.append(ParsedConversation(turns=to_turns(messages), external_id=external_id, metadata=metadata))
     return conversations
 
 
@@ -139,24 +167,36 @@ def conversations_document(conversations: list[ParsedConversation], detected_typ
     for index, conversation in enumerate(conversations):
         for q, a in conversation.qa_pairs():
             question, answer = conversation.turns[q], conversation.turns[a]
-            blocks.append(Block(
-                text=f"Q: {question.content}\nA: {answer.content}",
-                kind="qa",
-                atomic=True,
-                heading_path=(question.content[:200],),
-                metadata={"conversation": index, "question_turn": q, "answer_turn": a,
-                          **({"conversation_id": conversation.external_id} if conversation.external_id else {})},
-            ))
+            blocks.append(
+                Block(
+                    text=f"Q: {question.content}\nA: {answer.content}",
+                    kind="qa",
+                    atomic=True,
+                    heading_path=(question.content[:200],),
+                    metadata={
+                        "conversation": index,
+                        "question_turn": q,
+                        "answer_turn": a,
+                        **({"conversation_id": conversation.external_id} if conversation.external_id else {}),
+                    },
+                )
+            )
     turns = sum(len(c.turns) for c in conversations)
     if not turns:
         raise ParseError("The chat log has no messages with text.")
     warnings = []
     if not blocks:
-        warnings.append("No question followed by an agent answer was found; conversations were kept, "
-                        "but nothing from them is searchable.")
-    return ParsedDocument(detected_type=detected_type, blocks=blocks, conversations=conversations,
-                          warnings=warnings, stats={"conversations": len(conversations), "turns": turns,
-                                                    "qa_pairs": len(blocks)})
+        warnings.append(
+            "No question followed by an agent answer was found; conversations were kept, "
+            "but nothing from them is searchable."
+        )
+    return ParsedDocument(
+        detected_type=detected_type,
+        blocks=blocks,
+        conversations=conversations,
+        warnings=warnings,
+        stats={"conversations": len(conversations), "turns": turns, "qa_pairs": len(blocks)},
+    )
 
 
 def _records(records: list[dict], detected_type: str) -> ParsedDocument:
@@ -171,8 +211,15 @@ def _records(records: list[dict], detected_type: str) -> ParsedDocument:
             a = str(record[answer])
             a = clean_text(html_to_text(a) if answer == "answer_html" else a)
             metadata = {k: v for k, v in scalars.items() if k not in (question, answer)}
-            blocks.append(Block(text=f"Q: {q}\nA: {a}", kind="faq", atomic=True, heading_path=(q[:200],),
-                                metadata={**metadata, "record": index}))
+            blocks.append(
+                Block(
+                    text=f"Q: {q}\nA: {a}",
+                    kind="faq",
+                    atomic=True,
+                    heading_path=(q[:200],),
+                    metadata={**metadata, "record": index},
+                )
+            )
             continue
         text_keys = [k for k in RECORD_TEXT_KEYS if isinstance(record.get(k), str) and record[k].strip()]
         if text_keys:
@@ -188,10 +235,21 @@ def _records(records: list[dict], detected_type: str) -> ParsedDocument:
             skipped += 1
             continue
         title = record.get("title") if isinstance(record.get("title"), str) else ""
-        blocks.append(Block(text=text, kind="record", atomic=True, metadata={**metadata, "record": index},
-                            heading_path=(title[:200],) if title else ()))
+        blocks.append(
+            Block(
+                text=text,
+                kind="record",
+                atomic=True,
+                metadata={**metadata, "record": index},
+                heading_path=(title[:200],) if title else (),
+            )
+        )
     if not blocks:
         raise ParseError("The JSON records contain no text.")
     warnings = [f"{skipped} records without text were skipped."] if skipped else []
-    return ParsedDocument(detected_type=detected_type + ("-faq" if blocks[0].kind == "faq" else ""),
-                          blocks=blocks, warnings=warnings, stats={"records": len(records)})
+    return ParsedDocument(
+        detected_type=detected_type + ("-faq" if blocks[0].kind == "faq" else ""),
+        blocks=blocks,
+        warnings=warnings,
+        stats={"records": len(records)},
+    )

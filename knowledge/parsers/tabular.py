@@ -10,8 +10,7 @@ import re
 from knowledge.parsers.base import Block, ParsedDocument, ParseError
 
 QUESTION_COLUMNS = ("question", "questions", "q", "query", "faq", "faq_question", "title", "prompt")
-ANSWER_COLUMNS = ("answer", "answers", "a", "response", "reply", "faq_answer", "answer_text", "content",
-                  "answer_html")
+ANSWER_COLUMNS = ("answer", "answers", "a", "response", "reply", "faq_answer", "answer_text", "content", "answer_html")
 MAX_FIELD = 1_000_000
 
 _TAG = re.compile(r"<[^>]+>")
@@ -71,8 +70,9 @@ def _faq(records, columns, question_col, answer_col) -> ParsedDocument:
             continue
         metadata = {k: v for k, v in record.items() if k not in (question_col, answer_col, html_col) and v}
         metadata["row"] = number
-        blocks.append(Block(text=f"Q: {q}\nA: {a}", kind="faq", metadata=metadata, atomic=True,
-                            heading_path=(q[:200],)))
+        blocks.append(
+            Block(text=f"Q: {q}\nA: {a}", kind="faq", metadata=metadata, atomic=True, heading_path=(q[:200],))
+        )
     warnings = [f"{skipped} rows without a question or answer were skipped."] if skipped else []
     if not blocks:
         raise ParseError("The FAQ table has no rows with both a question and an answer.")

@@ -29,8 +29,13 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS("\nDemo tenant (a new password and API key on every start):"))
         call_command("ensure_demo")
 
-        env = {**os.environ, "DATABASE_URL": settings.DATABASE_URL, "REDIS_URL": settings.REDIS_URL,
-               "CHATBOT_KEEP_EMBEDDED": "1", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "DATABASE_URL": settings.DATABASE_URL,
+            "REDIS_URL": settings.REDIS_URL,
+            "CHATBOT_KEEP_EMBEDDED": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
         python = sys.executable
         celery = [python, "-m", "celery", "-A", "chatbot_training"]
         commands = {
@@ -39,8 +44,11 @@ class Command(BaseCommand):
             "beat": celery + ["beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")],
         }
         children = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
-        self.stdout.write(self.style.SUCCESS(
-            f"\nServing http://{options['addr']}/  (dashboard), /api/docs/ (API), /admin/ (staff). Ctrl-C stops.\n"))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"\nServing http://{options['addr']}/  (dashboard), /api/docs/ (API), /admin/ (staff). Ctrl-C stops.\n"
+            )
+        )
 
         stopping = False
 

@@ -14,7 +14,8 @@ class Command(BaseCommand):
         for name, (task, seconds, expires) in SCHEDULE.items():
             interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
             PeriodicTask.objects.update_or_create(
-                name=name, defaults={"task": task, "interval": interval, "expire_seconds": expires, "enabled": True},
+                name=name,
+                defaults={"task": task, "interval": interval, "expire_seconds": expires, "enabled": True},
             )
         stale = PeriodicTask.objects.exclude(name__in=SCHEDULE).exclude(name__startswith="celery.")
         stale.update(enabled=False)

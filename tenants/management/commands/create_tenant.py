@@ -19,13 +19,22 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options):
         try:
-            bundle = tenant_bootstrap(name=options["name"], chatbot_name=options["chatbot"],
-                                      username=options["username"], password=options["password"],
-                                      embedding_model=options["embedding_model"])
+            bundle = tenant_bootstrap(
+                name=options["name"],
+                chatbot_name=options["chatbot"],
+                username=options["username"],
+                password=options["password"],
+                embedding_model=options["embedding_model"],
+            )
         except DomainError as exc:
             raise CommandError(exc.message) from None
-        result = {"tenant_id": bundle.tenant.pk, "chatbot_id": bundle.chatbot.pk, "api_key": bundle.api_key,
-                  "username": bundle.username, "password": bundle.password}
+        result = {
+            "tenant_id": bundle.tenant.pk,
+            "chatbot_id": bundle.chatbot.pk,
+            "api_key": bundle.api_key,
+            "username": bundle.username,
+            "password": bundle.password,
+        }
         if options["json"]:
             self.stdout.write(json.dumps(result))
         else:

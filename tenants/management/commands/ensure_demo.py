@@ -25,8 +25,9 @@ class Command(BaseCommand):
         password = secrets.token_urlsafe(9)
         tenant = Tenant.objects.filter(name=DEMO_TENANT).first()
         if tenant is None:
-            bundle = tenant_bootstrap(name=DEMO_TENANT, chatbot_name="Support bot", username=DEMO_USER,
-                                      password=password)
+            bundle = tenant_bootstrap(
+                name=DEMO_TENANT, chatbot_name="Support bot", username=DEMO_USER, password=password
+            )
             tenant, chatbot, raw_key = bundle.tenant, bundle.chatbot, bundle.api_key
             ApiKey.objects.for_tenant(tenant).update(name=DEMO_KEY_NAME)  # revoked and renewed on the next start
         else:
@@ -35,8 +36,16 @@ class Command(BaseCommand):
             user.save(update_fields=["password"])
             chatbot = Chatbot.objects.for_tenant(tenant).order_by("id").first()
             ApiKey.objects.for_tenant(tenant).filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
-                revoked_at=timezone.now())
+                revoked_at=timezone.now()
+            )
             raw_key = api_key_create(tenant=tenant, name=DEMO_KEY_NAME, created_by=user).raw_key
-        result = {"tenant_id": tenant.pk, "chatbot_id": chatbot.pk, "api_key": raw_key, "username": DEMO_USER,
-                  "password": password}
-        self.stdout.write(json.dumps(result) if options["json"] else "\n".join(f"{k:>10}: {v}" for k, v in result.items()))
+        result = {
+            "tenant_id": tenant.pk,
+            "chatbot_id": chatbot.pk,
+            "api_key": raw_key,
+            "username": DEMO_USER,
+            "password": password,
+        }
+        self.stdout.write(
+            json.dumps(result) if options["json"] else "\n".join(f"{k:>10}: {v}" for k, v in result.items())
+        )
