@@ -7,7 +7,6 @@ from rest_framework.views import APIView
 
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
-from tenants.scoping import tenant_context
 from tenants.selectors import chatbot_get, chatbot_list, membership_get
 
 SESSION_TENANT_KEY = "tenant_id"
@@ -41,9 +40,6 @@ class TenantApi(APIView):
     def require_write(self) -> None:
         if self.membership is not None and not self.membership.can_write:
             raise PermissionDenied("Your role is 'viewer': ask an owner or admin to make this change.")
-
-    def tenant_scope(self):
-        return tenant_context(self.tenant)
 
 
 class ChatbotOutputSerializer(serializers.ModelSerializer):
