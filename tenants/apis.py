@@ -7,6 +7,7 @@ from rest_framework.views import APIView
 
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.scoping import tenant_context_enter, tenant_context_exit
 from tenants.selectors import chatbot_get, chatbot_list, membership_get
 
 SESSION_TENANT_KEY = "tenant_id"
@@ -33,6 +34,14 @@ class TenantApi(APIView):
             if self.membership is None:
                 raise NotFound("You are not a member of any tenant.")
             self.tenant = self.membership.tenant
+        self._tenant_token = tenant_context_enter(self.tenant)
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        token = getattr(self, "_tenant_token", None)
+        if token is not None:
+            tenant_context_exit(token)
+            self._tenant_token = None
+        return super().finalize_response(request, response, *args, **kwargs)
 
     def get_chatbot(self, chatbot_id) -> Chatbot:
         return chatbot_get(tenant=self.tenant, chatbot_id=chatbot_id, api_key=self.api_key)

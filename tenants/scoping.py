@@ -47,5 +47,14 @@ def tenant_context(tenant: Tenant) -> Iterator[None]:
         _current_tenant_id.reset(token)
 
 
+def tenant_context_enter(tenant: Tenant) -> contextvars.Token:
+    """For request lifecycles that cannot use a ``with`` block (see ``TenantApi``)."""
+    return _current_tenant_id.set(tenant.pk)
+
+
+def tenant_context_exit(token: contextvars.Token) -> None:
+    _current_tenant_id.reset(token)
+
+
 def current_tenant_id() -> int | None:
     return _current_tenant_id.get()

@@ -46,3 +46,51 @@ def test_periodic_tasks_are_scheduled_idempotently():
 
 def test_no_missing_migrations():
     call_command("makemigrations", "--check", "--dry-run", stdout=io.StringIO())
+
+
+def test_api_requests_run_in_their_tenants_context(bundle, monkeypatch):
+    """Every API request marks its tenant (the hook row-level security will use) and clears it."""
+    from rest_framework.test import APIClient
+
+    from tenants import scoping
+    from tenants.selectors import chatbot_list
+
+    seen = []
+    monkeypatch.setattr(
+        "tenants.apis.chatbot_list", lambda **kw: seen.append(scoping.current_tenant_id()) or chatbot_list(**kw)
+    )
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
+    assert client.get("/api/chatbots").status_code == 200
+    assert seen == [bundle.tenant.pk] and scoping.current_tenant_id() is None
+
+
+def test_a_command_attached_to_the_embedded_database_leaves_it_running():
+    """A management command run beside `make run` (or this test run) attaches to the embedded
+    PostgreSQL and, on exit, must not stop it for the others."""
+    import os
+    import subprocess
+    import sys
+
+    from django.conf import settings
+    from django.db import connection
+
+    if os.environ.get("DATABASE_URL"):
+        pytest.skip("runs against an external database")
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=settings.BASE_DIR,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    import psycopg
+
+    with psycopg.connect(settings.DATABASE_URL, connect_timeout=5) as fresh:  # a new connection still gets in
+        assert fresh.execute("SELECT 1").fetchone() == (1,)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+        assert cursor.fetchone() == (1,)
