@@ -9,7 +9,7 @@ from rest_framework import serializers, status
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.response import Response
 
-from knowledge.models import Document
+from knowledge.models import Document, IngestionJob
 from knowledge.selectors import chunk_list, document_get, document_latest_job, document_list, document_totals
 from knowledge.services import document_create, document_delete, document_reprocess
 from tenants.apis import TenantApi
@@ -80,22 +80,12 @@ class DocumentOutputSerializer(serializers.Serializer):
     processed_at = serializers.DateTimeField(allow_null=True)
 
 
-def document_payload(document: Document, job=None) -> dict:
-    """Document fields plus its latest job's progress (annotated by document_list, or given)."""
-    if job is not None:
-        stage, progress, done, total, attempts = (
-            job.stage,
-            job.progress,
-            job.chunks_done,
-            job.chunks_total,
-            job.attempts,
-        )
-    else:
-        stage = getattr(document, "job_stage", None)
-        progress = getattr(document, "job_progress", None) or 0
-        done = getattr(document, "job_chunks_done", None) or 0
-        total = getattr(document, "job_chunks_total", None) or 0
-        attempts = getattr(document, "job_attempts", None) or 0
+def document_payload(document: Document, job: IngestionJob | None) -> dict:
+    """Document fields plus the progress of its latest ingestion job."""
+    stage = job.stage if job else None
+    progress, done, total, attempts = (
+        (job.progress, job.chunks_done, job.chunks_total, job.attempts) if job else (0,) * 4
+    )
     if document.status == Document.Status.READY:
         progress = 100
     return {
@@ -207,7 +197,7 @@ class TrainingDataListApi(TenantApi):
         documents = document_list(tenant=self.tenant, chatbot=chatbot, status=status_filter)
         body = {
             "chatbot_id": chatbot.pk,
-            "documents": [document_payload(d) for d in documents],
+            "documents": [document_payload(d, d.latest_job) for d in documents],
             "totals": document_totals(tenant=self.tenant, chatbot=chatbot),
         }
         return Response(TrainingDataListResponseSerializer(body).data)

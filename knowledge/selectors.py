@@ -2,33 +2,28 @@
 
 from __future__ import annotations
 
-from django.db.models import Count, OuterRef, QuerySet, Subquery, Sum
+from django.db.models import Count, QuerySet, Sum
 
 from knowledge.models import Chunk, Document, IngestionJob
 from tenants.errors import NotFound
 from tenants.models import ApiKey, Chatbot, Tenant
 
 
-def _latest_job(field: str):
-    return Subquery(IngestionJob.objects.filter(document=OuterRef("pk")).order_by("-id").values(field)[:1])
-
-
-def document_list(*, tenant: Tenant, chatbot: Chatbot, status: str | None = None) -> QuerySet[Document]:
-    documents = (
-        Document.objects.for_tenant(tenant)
-        .filter(chatbot=chatbot)
-        .annotate(
-            job_id=_latest_job("id"),
-            job_progress=_latest_job("progress"),
-            job_stage=_latest_job("stage"),
-            job_chunks_done=_latest_job("chunks_done"),
-            job_chunks_total=_latest_job("chunks_total"),
-            job_attempts=_latest_job("attempts"),
-        )
-        .order_by("-created_at", "-id")
-    )
+def document_list(*, tenant: Tenant, chatbot: Chatbot, status: str | None = None) -> list[Document]:
+    """The chatbot's documents, newest first, each with ``latest_job`` (two queries in all)."""
+    documents = Document.objects.for_tenant(tenant).filter(chatbot=chatbot).order_by("-created_at", "-id")
     if status:
         documents = documents.filter(status=status)
+    documents = list(documents)
+    latest = {
+        job.document_id: job
+        for job in IngestionJob.objects.for_tenant(tenant)
+        .filter(document__in=[d.pk for d in documents])
+        .order_by("document_id", "-id")
+        .distinct("document_id")
+    }
+    for document in documents:
+        document.latest_job = latest.get(document.pk)
     return documents
 
 

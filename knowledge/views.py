@@ -33,7 +33,7 @@ def home(request):
 def chatbot_detail(request, chatbot_id: int):
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    documents = [document_payload(d) for d in document_list(tenant=membership.tenant, chatbot=chatbot)]
+    documents = [document_payload(d, d.latest_job) for d in document_list(tenant=membership.tenant, chatbot=chatbot)]
     return render(
         request,
         "dashboard/chatbot.html",
