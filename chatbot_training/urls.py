@@ -11,6 +11,7 @@ from tenants.apis import ChatbotListApi
 api_patterns = [
     path("chatbots", ChatbotListApi.as_view(), name="api-chatbots"),
     path("", include("knowledge.urls")),
+    path("", include("search.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
