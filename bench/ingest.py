@@ -66,6 +66,8 @@ def main() -> None:
     import psycopg
     from django.conf import settings
 
+    from chatbot_training.processes import worker_command
+
     base = settings.DATABASE_URL
     admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
     bench_url = urlunsplit(urlsplit(base)._replace(path="/chatbot_training_bench"))
@@ -102,22 +104,7 @@ def main() -> None:
         stderr=subprocess.DEVNULL,
     )
     worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "chatbot_training",
-            "worker",
-            "-c",
-            "1",
-            "-Q",
-            env["CELERY_QUEUE"],
-            "-l",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
+        worker_command(loglevel="WARNING", queue=env["CELERY_QUEUE"]),
         env=env,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,

@@ -1,5 +1,3 @@
-import uuid
-
 from django.contrib.postgres.indexes import GinIndex
 from django.contrib.postgres.search import SearchVector, SearchVectorField
 from django.db import models
@@ -268,7 +266,3 @@ class QAPair(TenantOwned):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["conversation", "question_turn"], name="qapair_unique_question")]
-
-
-def new_lease_token() -> str:
-    return uuid.uuid4().hex

@@ -298,12 +298,6 @@ def _fail(job: IngestionJob, reason: str) -> None:
     logger.info("ingestion job %s failed: %s", job.pk, reason)
 
 
-def ingestion_job_fail(*, job_id: int, reason: str) -> None:
-    job = IngestionJob.objects.filter(pk=job_id).first()
-    if job is not None and job.status not in (Status.READY, Status.FAILED):
-        _fail(job, reason)
-
-
 def ingestion_job_release(*, job_id: int, reason: str) -> int:
     """Hand a job back to the queue to wait for the embedding provider; returns how often it waited."""
     with transaction.atomic():

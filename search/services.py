@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from knowledge.embeddings import provider_for
 from knowledge.services import chatbot_space_ensure_active
 from search.selectors import Hit, keyword_hits, semantic_hits
-from tenants.errors import DomainError
+from tenants.errors import DomainError, NotFound
 from tenants.models import Chatbot, Tenant
 
 MODES = ("semantic", "keyword", "hybrid")
@@ -47,7 +47,7 @@ def search_run(
     mode: str = "semantic",
 ) -> SearchResult:
     if chatbot.tenant_id != tenant.pk:
-        raise DomainError("Chatbot not found.", field="chatbot_id", code="not_found")
+        raise NotFound("Chatbot not found.", field="chatbot_id")
     query = (query or "").strip()
     if not query:
         raise DomainError("query must not be empty.", field="query")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
+
+from chatbot_training.processes import worker_command
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -22,26 +23,7 @@ def celery_worker(env: dict, **extra_env):
     name = f"{queue}@localhost"
     log = open(ROOT / "var" / f"{queue}.log", "w+")
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "chatbot_training",
-            "worker",
-            "-l",
-            "INFO",
-            "-c",
-            "1",
-            "-P",
-            "prefork",
-            "-Q",
-            queue,
-            "-n",
-            name,
-            "--without-mingle",
-            "--without-gossip",
-        ],
+        worker_command(queue=queue, name=name),
         env={**env, "CELERY_QUEUE": queue, **{k: str(v) for k, v in extra_env.items()}},
         cwd=ROOT,
         stdout=log,

@@ -14,6 +14,8 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
+from chatbot_training.processes import celery_command, worker_command
+
 
 class Command(BaseCommand):
     help = "Run the web server, a Celery worker and beat on the configured (by default embedded) services."
@@ -37,11 +39,10 @@ class Command(BaseCommand):
             "PYTHONUNBUFFERED": "1",
         }
         python = sys.executable
-        celery = [python, "-m", "celery", "-A", "chatbot_training"]
         commands = {
             "web": [python, "manage.py", "runserver", options["addr"], "--noreload", "--skip-checks"],
-            "worker": celery + ["worker", "-l", "INFO", "-c", str(options["concurrency"]), "-n", "worker@%h"],
-            "beat": celery + ["beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")],
+            "worker": worker_command(concurrency=options["concurrency"], name="worker@%h"),
+            "beat": celery_command("beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")),
         }
         children = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
         self.stdout.write(
