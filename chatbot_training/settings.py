@@ -88,6 +88,19 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Redis and Celery -------------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="") or embedded.redis_url()
 
+# Search (see search/services.py and README "Search").
+# Cache keys are prefixed with the database name: a fresh database never reads an old one's entries.
+SEARCH_CACHE_PREFIX = env("SEARCH_CACHE_PREFIX", default="") or f"search:{DATABASES['default']['NAME']}:"
+SEARCH_CACHE_TIMEOUT = env.float("SEARCH_CACHE_TIMEOUT", default=0.25)  # seconds per Redis call
+SEARCH_RESULTS_CACHE_TTL = env.int("SEARCH_RESULTS_CACHE_TTL", default=3600)
+SEARCH_EMBEDDING_CACHE_TTL = env.int("SEARCH_EMBEDDING_CACHE_TTL", default=7 * 24 * 3600)
+# Filtered candidate sets up to this size are searched exactly (true nearest neighbours).
+SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=8000)
+SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=100)
+SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=40000)
+# A search whose best cosine similarity is below this is a knowledge gap ("low score").
+SEARCH_LOW_SCORE = env.float("SEARCH_LOW_SCORE", default=0.35)
+
 
 def _kombu_url(url: str) -> str:
     # redis-py says unix:///path, kombu says redis+socket:///path

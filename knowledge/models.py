@@ -206,6 +206,8 @@ class Chunk(TenantOwned):
         constraints = [models.UniqueConstraint(fields=["document", "position"], name="chunk_unique_position")]
         indexes = [
             GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
+            # Trigram fallback for misspelled keyword queries (search.selectors.keyword_hits).
+            GinIndex(fields=["text"], name="chunk_text_trgm", opclasses=["gin_trgm_ops"]),
             models.Index(fields=["chatbot", "content_hash"]),
         ]
 

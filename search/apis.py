@@ -1,11 +1,36 @@
 from __future__ import annotations
 
-from drf_spectacular.utils import extend_schema
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
 
-from search.services import MAX_QUERY_CHARS, MODES, search_run
+from knowledge.models import Document
+from search.filters import search_filters_build
+from search.selectors import knowledge_gaps, search_analytics
+from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn, search_feedback_create, search_run
 from tenants.apis import TenantApi
+
+FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
+
+
+class SearchFiltersSerializer(serializers.Serializer):
+    content_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=Document.ContentType.choices), required=False, max_length=20
+    )
+    categories = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
+    document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=500)
+    metadata = serializers.JSONField(
+        required=False,
+        help_text='{"field": "product", "op": "eq", "value": "web"}, {"and": [...]}, {"or": [...]}, or the '
+        'shorthand {"product": "web", "year": {"gte": 2020}}. Operators: eq, ne, in, nin, gt, gte, lt, lte.',
+    )
+
+
+class ConversationTurnSerializer(serializers.Serializer):
+    role = serializers.ChoiceField(choices=["user", "assistant", "system"])
+    content = serializers.CharField(max_length=8000, allow_blank=True, trim_whitespace=False)
 
 
 class SearchRequestSerializer(serializers.Serializer):
@@ -14,6 +39,29 @@ class SearchRequestSerializer(serializers.Serializer):
     max_results = serializers.IntegerField(min_value=1, max_value=50, default=5)
     similarity_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0)
     mode = serializers.ChoiceField(choices=MODES, default="semantic")
+    semantic_weight = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        required=False,
+        allow_null=True,
+        help_text="Hybrid only: 1 = vectors only, 0 = keywords only; omit to let each query choose.",
+    )
+    filters = SearchFiltersSerializer(required=False)
+    content_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=Document.ContentType.choices),
+        required=False,
+        max_length=20,
+        help_text="Same as filters.content_types.",
+    )
+    categories = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
+    document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=500)
+    metadata = serializers.JSONField(required=False, help_text="Same as filters.metadata.")
+    conversation = ConversationTurnSerializer(
+        many=True,
+        required=False,
+        max_length=MAX_CONVERSATION_TURNS,
+        help_text="Earlier turns, oldest first; the current message is `query`.",
+    )
 
 
 class SearchHitSerializer(serializers.Serializer):
@@ -23,23 +71,28 @@ class SearchHitSerializer(serializers.Serializer):
     content = serializers.CharField()
     similarity_score = serializers.FloatField(
         allow_null=True,
-        help_text="Cosine similarity (semantic); ts_rank_cd (keyword); null for keyword-only hybrid hits.",
+        help_text="Cosine similarity (semantic, hybrid); text rank (keyword); null for a hybrid hit found only by "
+        "keywords.",
     )
     content_type = serializers.CharField()
     category = serializers.CharField()
     metadata = serializers.JSONField()
     page = serializers.IntegerField(allow_null=True)
     heading = serializers.ListField(child=serializers.CharField())
-    fused_score = serializers.FloatField(required=False, help_text="Hybrid: reciprocal-rank-fusion score.")
+    fused_score = serializers.FloatField(required=False, help_text="Hybrid: weighted reciprocal-rank-fusion score.")
     semantic_rank = serializers.IntegerField(required=False, allow_null=True)
     keyword_rank = serializers.IntegerField(required=False, allow_null=True)
 
 
 class SearchResponseSerializer(serializers.Serializer):
     results = SearchHitSerializer(many=True)
+    query_id = serializers.UUIDField(help_text="Send feedback to /api/search/{query_id}/feedback.")
     took_ms = serializers.FloatField()
     embedding_space = serializers.CharField()
     mode = serializers.CharField()
+    effective_query = serializers.CharField(help_text="The query actually matched (with conversation context).")
+    cached = serializers.BooleanField()
+    semantic_weight = serializers.FloatField(allow_null=True, help_text="Hybrid: the weight used.")
 
 
 def hit_payload(hit, mode: str) -> dict:
@@ -48,7 +101,7 @@ def hit_payload(hit, mode: str) -> dict:
         "document_id": hit.document_id,
         "title": hit.title,
         "content": hit.content,
-        "similarity_score": hit.score,
+        "similarity_score": None if hit.score is None else round(hit.score, 6),
         "content_type": hit.content_type,
         "category": hit.category,
         "metadata": hit.metadata,
@@ -56,11 +109,23 @@ def hit_payload(hit, mode: str) -> dict:
         "heading": hit.heading,
     }
     if mode == "hybrid":
-        body["similarity_score"] = hit.score if "semantic" in hit.ranks else None
-        body["fused_score"] = hit.ranks["fused_score"]
+        body["fused_score"] = round(hit.ranks["fused_score"], 6)
         body["semantic_rank"] = hit.ranks.get("semantic")
         body["keyword_rank"] = hit.ranks.get("keyword")
     return body
+
+
+def search_payload(result) -> dict:
+    return {
+        "results": [hit_payload(h, result.mode) for h in result.results],
+        "query_id": result.query_id,
+        "took_ms": result.took_ms,
+        "embedding_space": result.embedding_space,
+        "mode": result.mode,
+        "effective_query": result.effective_query,
+        "cached": result.cache_hit,
+        "semantic_weight": result.semantic_weight,
+    }
 
 
 class SearchApi(TenantApi):
@@ -74,12 +139,180 @@ class SearchApi(TenantApi):
         params = SearchRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        chatbot = self.get_chatbot(data.pop("chatbot_id"))
-        result = search_run(tenant=self.tenant, chatbot=chatbot, **data)
+        chatbot = self.get_chatbot(data["chatbot_id"])
+        nested = data.get("filters") or {}
+        filters = search_filters_build(**{k: data.get(k) or nested.get(k) for k in FILTER_KEYS})
+        result = search_run(
+            tenant=self.tenant,
+            chatbot=chatbot,
+            query=data["query"],
+            max_results=data["max_results"],
+            similarity_threshold=data["similarity_threshold"],
+            mode=data["mode"],
+            semantic_weight=data.get("semantic_weight"),
+            filters=filters,
+            conversation=[Turn(**t) for t in data.get("conversation") or []],
+            api_key=self.api_key,
+            user=None if self.api_key else request.user,
+            source="api" if self.api_key else "dashboard",
+        )
+        return Response(SearchResponseSerializer(search_payload(result)).data)
+
+
+class HybridSearchQuerySerializer(serializers.Serializer):
+    q = serializers.CharField(max_length=MAX_QUERY_CHARS)
+    max_results = serializers.IntegerField(min_value=1, max_value=50, default=5)
+    semantic_weight = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+
+
+class SearchHybridApi(TenantApi):
+    @extend_schema(
+        operation_id="search_hybrid",
+        parameters=[
+            OpenApiParameter("q", OpenApiTypes.STR, required=True),
+            OpenApiParameter("max_results", OpenApiTypes.INT, description="1–50, default 5"),
+            OpenApiParameter(
+                "semantic_weight",
+                OpenApiTypes.FLOAT,
+                description="0–1: weight of the vector list in the fusion (1 - weight for keywords); "
+                "omit to let each query choose.",
+            ),
+        ],
+        responses={200: SearchResponseSerializer},
+        tags=["search"],
+    )
+    def get(self, request, chatbot_id: int):
+        params = HybridSearchQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        chatbot = self.get_chatbot(chatbot_id)
+        result = search_run(
+            tenant=self.tenant,
+            chatbot=chatbot,
+            query=data["q"],
+            max_results=data["max_results"],
+            mode="hybrid",
+            semantic_weight=data.get("semantic_weight"),
+            api_key=self.api_key,
+            user=None if self.api_key else request.user,
+            source="api" if self.api_key else "dashboard",
+        )
+        return Response(SearchResponseSerializer(search_payload(result)).data)
+
+
+class SearchFeedbackRequestSerializer(serializers.Serializer):
+    helpful = serializers.BooleanField()
+    chunk_id = serializers.IntegerField(required=False, allow_null=True)
+    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+
+
+class SearchFeedbackResponseSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    query_id = serializers.UUIDField()
+    helpful = serializers.BooleanField()
+    chunk_id = serializers.IntegerField(allow_null=True)
+    created_at = serializers.DateTimeField()
+
+
+class SearchFeedbackCreateApi(TenantApi):
+    @extend_schema(
+        operation_id="search_feedback",
+        request=SearchFeedbackRequestSerializer,
+        responses={201: SearchFeedbackResponseSerializer},
+        tags=["search"],
+    )
+    def post(self, request, query_id):
+        params = SearchFeedbackRequestSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        feedback = search_feedback_create(
+            tenant=self.tenant, query_id=query_id, api_key=self.api_key, **params.validated_data
+        )
         body = {
-            "results": [hit_payload(h, result.mode) for h in result.results],
-            "took_ms": result.took_ms,
-            "embedding_space": result.embedding_space,
-            "mode": result.mode,
+            "id": feedback.pk,
+            "query_id": query_id,
+            "helpful": feedback.helpful,
+            "chunk_id": feedback.chunk_id,
+            "created_at": feedback.created_at,
         }
-        return Response(SearchResponseSerializer(body).data)
+        return Response(SearchFeedbackResponseSerializer(body).data, status=201)
+
+
+class SearchAnalyticsQuerySerializer(serializers.Serializer):
+    days = serializers.IntegerField(min_value=1, max_value=365, default=7)
+
+
+class TopQuerySerializer(serializers.Serializer):
+    query = serializers.CharField()
+    count = serializers.IntegerField()
+    mean_top_score = serializers.FloatField(allow_null=True)
+    mean_results = serializers.FloatField(allow_null=True)
+    last_seen = serializers.DateTimeField()
+
+
+class DailySearchSerializer(serializers.Serializer):
+    date = serializers.DateField()
+    searches = serializers.IntegerField()
+    p50_ms = serializers.FloatField(allow_null=True)
+    p95_ms = serializers.FloatField(allow_null=True)
+    zero_result_rate = serializers.FloatField(allow_null=True)
+    cache_hit_rate = serializers.FloatField(allow_null=True)
+    gaps = serializers.IntegerField()
+
+
+class KnowledgeGapSerializer(serializers.Serializer):
+    query = serializers.CharField(help_text="The most frequent wording in the group.")
+    examples = serializers.ListField(child=serializers.CharField())
+    count = serializers.IntegerField()
+    zero_results = serializers.IntegerField()
+    best_score = serializers.FloatField(allow_null=True)
+    last_seen = serializers.DateTimeField()
+
+
+class LatencySerializer(serializers.Serializer):
+    p50 = serializers.FloatField(allow_null=True)
+    p95 = serializers.FloatField(allow_null=True)
+
+
+class FeedbackSummarySerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    helpful = serializers.IntegerField()
+    not_helpful = serializers.IntegerField()
+    helpful_rate = serializers.FloatField(allow_null=True)
+    feedback_rate = serializers.FloatField(allow_null=True, help_text="Share of searches that got feedback.")
+
+
+class SearchAnalyticsResponseSerializer(serializers.Serializer):
+    chatbot_id = serializers.IntegerField()
+    days = serializers.IntegerField()
+    searches = serializers.IntegerField()
+    latency_ms = LatencySerializer()
+    cache_hit_rate = serializers.FloatField(allow_null=True)
+    zero_result_queries = serializers.IntegerField()
+    zero_result_rate = serializers.FloatField(allow_null=True)
+    low_score_queries = serializers.IntegerField()
+    low_score_threshold = serializers.FloatField()
+    mean_top_score = serializers.FloatField(allow_null=True)
+    top_queries = TopQuerySerializer(many=True)
+    feedback = FeedbackSummarySerializer()
+    daily = DailySearchSerializer(many=True)
+    knowledge_gaps = KnowledgeGapSerializer(many=True)
+
+
+class SearchAnalyticsApi(TenantApi):
+    @extend_schema(
+        operation_id="search_analytics",
+        parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="1–365, default 7")],
+        responses={200: SearchAnalyticsResponseSerializer},
+        tags=["search"],
+    )
+    def get(self, request, chatbot_id: int):
+        params = SearchAnalyticsQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        days = params.validated_data["days"]
+        chatbot = self.get_chatbot(chatbot_id)
+        low = settings.SEARCH_LOW_SCORE
+        body = search_analytics(tenant=self.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
+        body["knowledge_gaps"] = knowledge_gaps(tenant=self.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)[
+            :50
+        ]
+        return Response(SearchAnalyticsResponseSerializer(body).data)

@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from datetime import UTC, timedelta
 
 from django.db import connection, transaction
+from django.utils import timezone
 
 from knowledge.models import EmbeddingSpace
 from knowledge.vectors import space_vector_expr
+from search.filters import SearchFilters
+
+NO_FILTERS = SearchFilters()
 
 RESULT_COLUMNS = """c.id, c.document_id, d.title, c.text, d.content_type, d.category, c.metadata, c.page,
     c.heading_path"""
@@ -56,43 +61,271 @@ def _hits(rows) -> list[Hit]:
     ]
 
 
-def semantic_hits(*, space: EmbeddingSpace, chatbot_id: int, vector: list[float], limit: int) -> list[Hit]:
-    """Nearest chunks by cosine similarity (1 - cosine distance)."""
-    expr = space_vector_expr(space, "e.embedding")
-    literal = "[" + ",".join(f"{v:.7f}" for v in vector) + "]"
-    with transaction.atomic(), connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-        cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(40, 2 * limit)])
-        cursor.execute(
-            f"""
-            SELECT {RESULT_COLUMNS}, 1 - (nn.distance) AS score FROM (
-                SELECT e.chunk_id, {expr} <=> %(vector)s::vector({int(space.dimensions)}) AS distance
-                FROM knowledge_chunkembedding e
-                WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s
-                ORDER BY distance LIMIT %(fetch)s
-            ) nn
-            JOIN knowledge_chunk c ON c.id = nn.chunk_id
-            JOIN knowledge_document d ON d.id = c.document_id AND d.status = 'ready'
-            ORDER BY nn.distance LIMIT %(limit)s
-            """,
-            {"vector": literal, "space": space.pk, "chatbot": chatbot_id, "fetch": limit * 4, "limit": limit},
-        )
-        return _hits(cursor.fetchall())
+def _literal(vector) -> str:
+    return "[" + ",".join(f"{float(v):.7f}" for v in vector) + "]"
 
 
-def keyword_hits(*, chatbot_id: int, query: str, limit: int) -> list[Hit]:
-    """Chunks matching any query term on the stored tsvector (GIN index), ranked by ts_rank_cd, so
-    a natural-language question still finds chunks that share only some of its words."""
+def candidate_count(*, space: EmbeddingSpace, chatbot_id: int, filters: SearchFilters, cap: int) -> int:
+    """How many vectors a search may return (ready documents, filters applied), counted up to ``cap``."""
+    where, params = filters.sql()
     with connection.cursor() as cursor:
         cursor.execute(
             f"""
-            SELECT {RESULT_COLUMNS}, ts_rank_cd(c.search_vector, q) AS score
-            FROM knowledge_chunk c
-            JOIN knowledge_document d ON d.id = c.document_id AND d.status = 'ready',
-                 to_tsquery('english', replace(plainto_tsquery('english', %(query)s)::text, ' & ', ' | ')) q
-            WHERE c.chatbot_id = %(chatbot)s AND c.search_vector @@ q
-            ORDER BY score DESC, c.id LIMIT %(limit)s
+            SELECT count(*) FROM (
+                SELECT 1 FROM knowledge_chunkembedding e
+                JOIN knowledge_chunk c ON c.id = e.chunk_id
+                JOIN knowledge_document d ON d.id = c.document_id
+                WHERE e.space_id = %s AND e.chatbot_id = %s AND d.status = 'ready' AND {where}
+                LIMIT %s
+            ) candidates
             """,
-            {"query": query, "chatbot": chatbot_id, "limit": limit},
+            [space.pk, chatbot_id, *params, cap],
+        )
+        return cursor.fetchone()[0]
+
+
+def semantic_hits(
+    *,
+    space: EmbeddingSpace,
+    chatbot_id: int,
+    vector,
+    limit: int,
+    filters: SearchFilters = NO_FILTERS,
+    exact: bool = False,
+    ef_search: int = 100,
+    max_scan_tuples: int = 40000,
+) -> list[Hit]:
+    """Nearest chunks by cosine similarity (1 - cosine distance) among the chatbot's ready chunks
+    that pass ``filters``.
+
+    ``exact=True`` scans the candidates (through the ``(space, chatbot)`` btree) and sorts them:
+    true nearest neighbours, for small candidate sets. Otherwise the space's partial HNSW index is
+    walked with pgvector's iterative scan, which keeps going until ``limit`` rows have passed the
+    chatbot/status/filter conditions (relaxed order, re-sorted outside).
+    """
+    expr = space_vector_expr(space, "e.embedding")
+    dims = int(space.dimensions)
+    where, params = filters.sql()
+    # "+ 0" keeps the planner off the HNSW index: the exact path must see every candidate.
+    order = f"({expr} <=> %(vector)s::vector({dims})) + 0" if exact else f"{expr} <=> %(vector)s::vector({dims})"
+    named = {f"f{i}": value for i, value in enumerate(params)}
+    where_named = where % tuple(f"%(f{i})s" for i in range(len(params))) if params else where
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not exact:
+            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(ef_search, limit))])
+            cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(max_scan_tuples)])
+        cursor.execute(
+            f"""
+            WITH nn AS MATERIALIZED (
+                SELECT e.chunk_id, {expr} <=> %(vector)s::vector({dims}) AS distance
+                FROM knowledge_chunkembedding e
+                JOIN knowledge_chunk c ON c.id = e.chunk_id
+                JOIN knowledge_document d ON d.id = c.document_id
+                WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s AND d.status = 'ready'
+                  AND {where_named}
+                ORDER BY {order} LIMIT %(limit)s
+            )
+            SELECT {RESULT_COLUMNS}, 1 - nn.distance AS score
+            FROM nn
+            JOIN knowledge_chunk c ON c.id = nn.chunk_id
+            JOIN knowledge_document d ON d.id = c.document_id
+            ORDER BY nn.distance, c.id
+            """,
+            {"vector": _literal(vector), "space": space.pk, "chatbot": chatbot_id, "limit": limit, **named},
         )
         return _hits(cursor.fetchall())
+
+
+# Keyword query: the question's words OR-ed (a natural question shares only some words with the
+# answer), ranked by ts_rank_cd normalised by document length.
+_TSQUERY = "to_tsquery('english', replace(plainto_tsquery('english', %(query)s)::text, ' & ', ' | '))"
+
+
+def keyword_hits(*, chatbot_id: int, query: str, limit: int, filters: SearchFilters = NO_FILTERS) -> list[Hit]:
+    """Chunks matching query terms on the stored tsvector (GIN index); when no term matches (a
+    misspelled query), chunks containing words trigram-similar to the query (GIN trigram index)."""
+    where, params = filters.sql()
+    named = {f"f{i}": value for i, value in enumerate(params)}
+    where_named = where % tuple(f"%(f{i})s" for i in range(len(params))) if params else where
+    args = {"query": query, "chatbot": chatbot_id, "limit": limit, **named}
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT {RESULT_COLUMNS}, ts_rank_cd(c.search_vector, q, 1) AS score
+            FROM knowledge_chunk c
+            JOIN knowledge_document d ON d.id = c.document_id, {_TSQUERY} q
+            WHERE c.chatbot_id = %(chatbot)s AND d.status = 'ready' AND c.search_vector @@ q AND {where_named}
+            ORDER BY score DESC, c.id LIMIT %(limit)s
+            """,
+            args,
+        )
+        rows = cursor.fetchall()
+        if rows:
+            return _hits(rows)
+        cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', '0.45', true)")
+        cursor.execute(
+            f"""
+            SELECT {RESULT_COLUMNS}, word_similarity(%(query)s, c.text) AS score
+            FROM knowledge_chunk c
+            JOIN knowledge_document d ON d.id = c.document_id
+            WHERE c.chatbot_id = %(chatbot)s AND d.status = 'ready' AND %(query)s <%% c.text AND {where_named}
+            ORDER BY score DESC, c.id LIMIT %(limit)s
+            """,
+            args,
+        )
+        return _hits(cursor.fetchall())
+
+
+def search_log_queryset(*, tenant, chatbot_id: int, days: int):
+    from search.models import SearchLog
+
+    since = timezone.now() - timedelta(days=days)
+    return SearchLog.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id, created_at__gte=since)
+
+
+def search_analytics(*, tenant, chatbot_id: int, days: int, low_score: float) -> dict:
+    """Volume, latency percentiles, cache hit rate, gaps, top queries, feedback and a daily series."""
+    from search.models import SearchFeedback
+
+    since = timezone.now() - timedelta(days=days)
+    gap = "(result_count = 0 OR (top_score IS NOT NULL AND top_score < %(low)s))"
+    args = {"tenant": tenant.pk, "chatbot": chatbot_id, "since": since, "low": low_score}
+    scope = "tenant_id = %(tenant)s AND chatbot_id = %(chatbot)s AND created_at >= %(since)s"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY took_ms),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY took_ms),
+                   avg(cache_hit::int), count(*) FILTER (WHERE result_count = 0),
+                   count(*) FILTER (WHERE result_count > 0 AND top_score < %(low)s), avg(top_score)
+            FROM search_searchlog WHERE {scope}
+            """,
+            args,
+        )
+        total, p50, p95, hit_rate, zero, low, mean_top = cursor.fetchone()
+        cursor.execute(
+            f"""
+            SELECT (date_trunc('day', created_at AT TIME ZONE 'UTC'))::date AS day, count(*),
+                   percentile_cont(0.5) WITHIN GROUP (ORDER BY took_ms),
+                   percentile_cont(0.95) WITHIN GROUP (ORDER BY took_ms),
+                   avg((result_count = 0)::int), avg(cache_hit::int), count(*) FILTER (WHERE {gap})
+            FROM search_searchlog WHERE {scope} GROUP BY 1 ORDER BY 1
+            """,
+            args,
+        )
+        by_day = {row[0]: row for row in cursor.fetchall()}
+        cursor.execute(
+            f"""
+            SELECT lower(query), count(*), avg(top_score), avg(result_count), max(created_at)
+            FROM search_searchlog WHERE {scope}
+            GROUP BY 1 ORDER BY 2 DESC, 5 DESC LIMIT 10
+            """,
+            args,
+        )
+        top_queries = [
+            {"query": q, "count": n, "mean_top_score": _round(s), "mean_results": _round(r), "last_seen": t}
+            for q, n, s, r, t in cursor.fetchall()
+        ]
+    feedback = SearchFeedback.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id, created_at__gte=since)
+    feedback_count = feedback.count()
+    helpful = feedback.filter(helpful=True).count()
+    searches_with_feedback = feedback.values("search_id").distinct().count()
+    series = []
+    today = timezone.now().astimezone(UTC).date()
+    for offset in range(days - 1, -1, -1):
+        day = today - timedelta(days=offset)
+        row = by_day.get(day)
+        series.append(
+            {
+                "date": day.isoformat(),
+                "searches": row[1] if row else 0,
+                "p50_ms": _round(row[2]) if row else None,
+                "p95_ms": _round(row[3]) if row else None,
+                "zero_result_rate": _round(row[4]) if row else None,
+                "cache_hit_rate": _round(row[5]) if row else None,
+                "gaps": row[6] if row else 0,
+            }
+        )
+    return {
+        "chatbot_id": chatbot_id,
+        "days": days,
+        "searches": total,
+        "latency_ms": {"p50": _round(p50), "p95": _round(p95)},
+        "cache_hit_rate": _round(hit_rate),
+        "zero_result_queries": zero,
+        "zero_result_rate": _round(zero / total) if total else None,
+        "low_score_queries": low,
+        "low_score_threshold": low_score,
+        "mean_top_score": _round(mean_top),
+        "top_queries": top_queries,
+        "feedback": {
+            "count": feedback_count,
+            "helpful": helpful,
+            "not_helpful": feedback_count - helpful,
+            "helpful_rate": _round(helpful / feedback_count) if feedback_count else None,
+            "feedback_rate": _round(searches_with_feedback / total) if total else None,
+        },
+        "daily": series,
+    }
+
+
+def _round(value, digits: int = 3):
+    return None if value is None else round(float(value), digits)
+
+
+def knowledge_gaps(
+    *, tenant, chatbot_id: int, days: int, low_score: float, similarity: float = 0.75, limit: int = 500
+) -> list[dict]:
+    """Zero-result and low-score queries, grouped greedily by the cosine similarity of their
+    embeddings (stored on the log row for gaps only), biggest group first."""
+    import numpy as np
+    from django.db.models import Q
+
+    rows = list(
+        search_log_queryset(tenant=tenant, chatbot_id=chatbot_id, days=days)
+        .filter(Q(result_count=0) | Q(top_score__lt=low_score))
+        .order_by("-created_at")
+        .values_list("query", "top_score", "created_at", "query_embedding", "result_count")[:limit]
+    )
+    groups: list[dict] = []
+    centroids: list = []
+    for query, score, created, embedding, count in rows:
+        vector = None if embedding is None else np.asarray(embedding, dtype=np.float32)
+        target = None
+        if vector is not None and centroids:
+            sims = [float(np.dot(vector, c)) if c is not None else -1.0 for c in centroids]
+            best = int(np.argmax(sims))
+            if sims[best] >= similarity:
+                target = best
+        if target is None:
+            for i, group in enumerate(groups):  # same words, no embedding (e.g. logged before)
+                if query.casefold() in group["_texts"]:
+                    target = i
+                    break
+        if target is None:
+            groups.append({"_texts": {}, "count": 0, "zero_results": 0, "best_score": None, "last_seen": created})
+            centroids.append(vector)  # the group's first query leads it
+            target = len(groups) - 1
+        group = groups[target]
+        group["count"] += 1
+        group["zero_results"] += int(count == 0)
+        group["_texts"].setdefault(query.casefold(), [query, 0])[1] += 1
+        if score is not None:
+            group["best_score"] = max(score, group["best_score"] or 0.0)
+        group["last_seen"] = max(group["last_seen"], created)
+    out = []
+    for group in groups:
+        texts = sorted(group.pop("_texts").values(), key=lambda item: -item[1])
+        out.append(
+            {
+                "query": texts[0][0],
+                "examples": [text for text, _ in texts[:5]],
+                "count": group["count"],
+                "zero_results": group["zero_results"],
+                "best_score": _round(group["best_score"]),
+                "last_seen": group["last_seen"],
+            }
+        )
+    return sorted(out, key=lambda g: (-g["count"], g["query"]))

@@ -1,19 +1,47 @@
-"""Search over a chatbot's ready chunks: semantic, keyword, or both fused by reciprocal rank."""
+"""Search over a chatbot's ready chunks: semantic, keyword, or both fused; conversation-aware,
+filtered, cached in Redis and logged."""
 
 from __future__ import annotations
 
+import re
 import time
-from dataclasses import dataclass
+import uuid
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from django.conf import settings
 
 from knowledge.embeddings import provider_for
+from knowledge.models import EmbeddingSpace
 from knowledge.services import chatbot_space_ensure_active
-from search.selectors import Hit, keyword_hits, semantic_hits
+from search import cache
+from search.filters import SearchFilters
+from search.models import SearchFeedback, SearchLog
+from search.selectors import NO_FILTERS, Hit, candidate_count, keyword_hits, semantic_hits
 from tenants.errors import DomainError, NotFound
-from tenants.models import Chatbot, Tenant
+from tenants.models import ApiKey, Chatbot, Tenant
 
 MODES = ("semantic", "keyword", "hybrid")
 MAX_QUERY_CHARS = 2000
+MAX_CONVERSATION_TURNS = 50
 RRF_K = 60
+# Conversation-aware search: weight of earlier user turns (most recent first) and of the last
+# assistant turn in the query vector; the current question weighs 1.
+HISTORY_USER_WEIGHTS = (0.6, 0.3, 0.15)
+HISTORY_ASSISTANT_WEIGHT = 0.0
+HISTORY_KEYWORDS = 8
+
+STOPWORDS = frozenset(
+    """a about above after again against all also am an and any are as at be because been before being below
+    between both but by can could did do does doing down during each else even ever few for from further get got
+    had has have having he her here hers herself him himself his how however i if in into is it its itself just
+    know let like me more most much my myself need no nor not now of off on once only or other our ours ourselves
+    out over own please same she should so some such tell than thank thanks that the their theirs them themselves
+    then there these they this those through to too under until up us very want was we were what when where which
+    while who whom why will with would yes yet you your yours yourself yourselves ok okay hi hello hey really
+    something anything thing things one ones way make sure great good well""".split()
+)
+_WORD = re.compile(r"[^\W_][\w'-]*[^\W_]|[^\W_]", re.UNICODE)
 
 
 @dataclass
@@ -22,19 +50,152 @@ class SearchResult:
     took_ms: float
     embedding_space: str
     mode: str
+    query_id: uuid.UUID
+    effective_query: str
+    cache_hit: bool = False
+    strategy: str = ""
+    semantic_weight: float | None = None
 
 
-def fuse(semantic: list[Hit], keyword: list[Hit], *, limit: int, k: int = RRF_K) -> list[Hit]:
-    """Reciprocal rank fusion; each hit keeps its rank in both lists and its cosine similarity."""
+@dataclass
+class Turn:
+    role: str
+    content: str
+
+
+@dataclass
+class QueryPlan:
+    """What a search actually embeds and matches: the current question plus weighted history."""
+
+    query: str
+    effective_query: str
+    weighted_texts: list[tuple[str, float]] = field(default_factory=list)
+
+
+def _content_words(text: str) -> list[str]:
+    return [w for w in (m.group(0).casefold() for m in _WORD.finditer(text)) if len(w) > 2 and w not in STOPWORDS]
+
+
+def query_plan_build(*, query: str, conversation: list[Turn] | None = None) -> QueryPlan:
+    """The earlier turns add their meaning to the query vector (decaying weights) and their
+    content words to the keyword query, so "and how much does that cost?" keeps its subject."""
+    conversation = conversation or []
+    users = [t.content for t in conversation if t.role == "user" and t.content.strip()]
+    assistants = [t.content for t in conversation if t.role == "assistant" and t.content.strip()]
+    if users and users[-1].strip() == query.strip():
+        users = users[:-1]  # the client repeated the current question as the last turn
+    weighted = [(query, 1.0)]
+    for text, weight in zip(reversed(users), HISTORY_USER_WEIGHTS):
+        weighted.append((text, weight))
+    if assistants and HISTORY_ASSISTANT_WEIGHT > 0:
+        weighted.append((assistants[-1], HISTORY_ASSISTANT_WEIGHT))
+    present = set(_content_words(query))
+    extra: list[str] = []
+    for text in reversed(users[-len(HISTORY_USER_WEIGHTS) :]):
+        for word in _content_words(text):
+            if word not in present and word not in extra:
+                extra.append(word)
+    extra = extra[:HISTORY_KEYWORDS]
+    effective = query if not extra else f"{query} {' '.join(extra)}"
+    return QueryPlan(query=query, effective_query=effective, weighted_texts=weighted)
+
+
+def query_vector(space: EmbeddingSpace, plan: QueryPlan) -> np.ndarray:
+    """Embeds each text once (Redis-cached per space and text) and blends them by weight."""
+    texts = [cache.normalise_query(text) for text, _ in plan.weighted_texts]
+    keys = [cache.embedding_key(space.key, text) for text in texts]
+    vectors = cache.get_many_vectors(keys)
+    missing = [i for i, v in enumerate(vectors) if v is None]
+    if missing:
+        fresh = provider_for(space.model_key).embed([texts[i] for i in missing])
+        for i, vector in zip(missing, fresh):
+            vectors[i] = np.asarray(vector, dtype=np.float32)
+        cache.set_vectors({keys[i]: vectors[i] for i in missing})
+    if len(vectors) == 1:
+        return vectors[0]
+    blended = sum(weight * vector for (_, weight), vector in zip(plan.weighted_texts, vectors))
+    norm = float(np.linalg.norm(blended))
+    return blended / norm if norm else blended
+
+
+def fuse(semantic: list[Hit], keyword: list[Hit], *, limit: int, semantic_weight: float = 0.5, k: int = RRF_K):
+    """Weighted reciprocal rank fusion. With equal weights this is plain RRF (1/(k+r) per list);
+    each hit keeps its rank in both lists and its cosine similarity."""
+    weights = {"semantic": 2 * semantic_weight, "keyword": 2 * (1 - semantic_weight)}
     fused: dict[int, Hit] = {}
+    cosine = {hit.chunk_id: hit.score for hit in semantic}
     for name, hits in (("semantic", semantic), ("keyword", keyword)):
         for rank, hit in enumerate(hits, start=1):
             entry = fused.setdefault(hit.chunk_id, hit)
             entry.ranks[name] = rank
     for hit in fused.values():
-        hit.ranks["fused_score"] = sum(1 / (k + r) for n, r in hit.ranks.items() if n != "fused_score")
-    ordered = sorted(fused.values(), key=lambda h: -h.ranks["fused_score"])
+        hit.ranks["fused_score"] = sum(weights[n] / (k + r) for n, r in hit.ranks.items() if n in weights)
+        hit.score = cosine.get(hit.chunk_id)
+    ordered = sorted(fused.values(), key=lambda h: (-h.ranks["fused_score"], h.chunk_id))
     return ordered[:limit]
+
+
+def auto_semantic_weight(semantic: list[Hit], keyword: list[Hit]) -> float:
+    """How much to trust the vector list over the keyword list for this query.
+
+    Equal weights when both lists agree about what is relevant; when they disagree, the vector
+    list wins unless the keyword list found the query's distinctive words in its top hits.
+    """
+    if not keyword:
+        return 1.0
+    if not semantic:
+        return 0.0
+    return 0.5
+
+
+def _semantic_search(
+    *, space: EmbeddingSpace, chatbot: Chatbot, vector, limit: int, filters: SearchFilters
+) -> tuple[list[Hit], str]:
+    """Exact search when the filtered candidate set is small, HNSW iterative scan otherwise (with
+    an exact re-run if the index walk gave up before finding enough rows)."""
+    key = cache.plan_key(
+        chatbot_id=chatbot.pk,
+        content_version=chatbot.content_version,
+        space_id=space.pk,
+        filters_digest=filters.digest(),
+    )
+    count = cache.get_json(key, "plan")
+    if count is None:
+        count = candidate_count(space=space, chatbot_id=chatbot.pk, filters=filters, cap=settings.SEARCH_EXACT_MAX + 1)
+        cache.set_json(key, count, settings.SEARCH_RESULTS_CACHE_TTL)
+    if count == 0:
+        return [], "empty"
+    if count <= settings.SEARCH_EXACT_MAX:
+        return semantic_hits(
+            space=space, chatbot_id=chatbot.pk, vector=vector, limit=limit, filters=filters, exact=True
+        ), "exact"
+    hits = semantic_hits(
+        space=space,
+        chatbot_id=chatbot.pk,
+        vector=vector,
+        limit=limit,
+        filters=filters,
+        ef_search=settings.SEARCH_HNSW_EF_SEARCH,
+        max_scan_tuples=settings.SEARCH_HNSW_MAX_SCAN_TUPLES,
+    )
+    if len(hits) < limit:
+        return semantic_hits(
+            space=space, chatbot_id=chatbot.pk, vector=vector, limit=limit, filters=filters, exact=True
+        ), "hnsw+exact"
+    return hits, "hnsw"
+
+
+def _validate(query: str, mode: str, conversation) -> str:
+    query = (query or "").strip()
+    if not query:
+        raise DomainError("query must not be empty.", field="query")
+    if len(query) > MAX_QUERY_CHARS:
+        raise DomainError(f"query must be at most {MAX_QUERY_CHARS} characters.", field="query")
+    if mode not in MODES:
+        raise DomainError(f"mode must be one of {', '.join(MODES)}.", field="mode")
+    if conversation and len(conversation) > MAX_CONVERSATION_TURNS:
+        raise DomainError(f"conversation holds at most {MAX_CONVERSATION_TURNS} turns.", field="conversation")
+    return query
 
 
 def search_run(
@@ -45,35 +206,171 @@ def search_run(
     max_results: int = 5,
     similarity_threshold: float = 0.0,
     mode: str = "semantic",
+    filters: SearchFilters = NO_FILTERS,
+    conversation: list[Turn] | None = None,
+    semantic_weight: float | None = None,
+    api_key: ApiKey | None = None,
+    user=None,
+    source: str = SearchLog.Source.API,
+    log: bool = True,
 ) -> SearchResult:
+    """Runs one search and logs it. ``semantic_weight`` (hybrid only): 0 = keyword only,
+    1 = vectors only, ``None`` = chosen per query (see ``auto_semantic_weight``)."""
     if chatbot.tenant_id != tenant.pk:
         raise NotFound("Chatbot not found.", field="chatbot_id")
-    query = (query or "").strip()
-    if not query:
-        raise DomainError("query must not be empty.", field="query")
-    if len(query) > MAX_QUERY_CHARS:
-        raise DomainError(f"query must be at most {MAX_QUERY_CHARS} characters.", field="query")
-    if mode not in MODES:
-        raise DomainError(f"mode must be one of {', '.join(MODES)}.", field="mode")
+    query = _validate(query, mode, conversation)
     began = time.perf_counter()
     space = chatbot_space_ensure_active(chatbot=chatbot).space
-    semantic: list[Hit] = []
-    keyword: list[Hit] = []
-    fetch = max_results if mode == "semantic" else max(max_results * 4, 20)
-    if mode in ("semantic", "hybrid"):
-        vector = provider_for(space.model_key).embed([query])[0]
-        semantic = semantic_hits(space=space, chatbot_id=chatbot.pk, vector=vector, limit=fetch)
-    if mode in ("keyword", "hybrid"):
-        keyword = keyword_hits(chatbot_id=chatbot.pk, query=query, limit=fetch)
-    if mode == "semantic":
-        results = [h for h in semantic if h.score >= similarity_threshold]
-    elif mode == "keyword":
-        results = keyword[:max_results]
+    plan = query_plan_build(query=query, conversation=conversation)
+    parameters = {
+        "q": [cache.normalise_query(t) for t, _ in plan.weighted_texts],
+        "mode": mode,
+        "max_results": max_results,
+        "threshold": similarity_threshold,
+        "filters": filters.as_dict(),
+        "weight": semantic_weight,
+    }
+    key = cache.results_key(
+        chatbot_id=chatbot.pk, content_version=chatbot.content_version, space_id=space.pk, parameters=parameters
+    )
+    cached = cache.get_json(key, "results")
+    vector = None
+    if cached is not None:
+        results = [Hit(**hit) for hit in cached["results"]]
+        strategy, weight, cache_hit = cached["strategy"], cached["weight"], True
     else:
-        results = fuse(semantic, keyword, limit=max_results)
+        cache_hit, strategy, weight = False, "", semantic_weight
+        semantic: list[Hit] = []
+        keyword: list[Hit] = []
+        fetch = max_results if mode == "semantic" else max(max_results * 4, 40)
+        if mode in ("semantic", "hybrid"):
+            vector = query_vector(space, plan)
+            semantic, strategy = _semantic_search(
+                space=space, chatbot=chatbot, vector=vector, limit=fetch, filters=filters
+            )
+        if mode in ("keyword", "hybrid"):
+            keyword = keyword_hits(chatbot_id=chatbot.pk, query=plan.effective_query, limit=fetch, filters=filters)
+        if mode == "semantic":
+            results = semantic
+        elif mode == "keyword":
+            results = keyword[:max_results]
+        else:
+            if weight is None:
+                weight = auto_semantic_weight(semantic, keyword)
+            results = fuse(semantic, keyword, limit=fetch, semantic_weight=weight)
+        if similarity_threshold > 0 and mode != "keyword":
+            results = [h for h in results if h.score is not None and h.score >= similarity_threshold]
+        results = results[:max_results]
+        cache.set_json(
+            key,
+            {"results": [asdict(h) for h in results], "strategy": strategy, "weight": weight},
+            settings.SEARCH_RESULTS_CACHE_TTL,
+        )
+    took_ms = round((time.perf_counter() - began) * 1000, 2)
+    query_id = uuid.uuid4()
+    if log:
+        _log(
+            tenant=tenant,
+            chatbot=chatbot,
+            space=space,
+            plan=plan,
+            query_id=query_id,
+            mode=mode,
+            filters=filters,
+            parameters={k: v for k, v in parameters.items() if k not in ("q", "mode", "filters")},
+            conversation=conversation,
+            results=results,
+            took_ms=took_ms,
+            cache_hit=cache_hit,
+            strategy=strategy,
+            vector=vector,
+            api_key=api_key,
+            user=user,
+            source=source,
+        )
     return SearchResult(
-        results=results[:max_results],
-        took_ms=round((time.perf_counter() - began) * 1000, 2),
+        results=results,
+        took_ms=took_ms,
         embedding_space=space.key,
         mode=mode,
+        query_id=query_id,
+        effective_query=plan.effective_query,
+        cache_hit=cache_hit,
+        strategy=strategy,
+        semantic_weight=weight if mode == "hybrid" else None,
+    )
+
+
+def _log(
+    *,
+    tenant,
+    chatbot,
+    space,
+    plan,
+    query_id,
+    mode,
+    filters,
+    parameters,
+    conversation,
+    results,
+    took_ms,
+    cache_hit,
+    strategy,
+    vector,
+    api_key,
+    user,
+    source,
+) -> None:
+    scores = [h.score for h in results if h.score is not None]
+    top = max(scores) if scores and mode != "keyword" else None
+    gap = not results or (top is not None and top < settings.SEARCH_LOW_SCORE)
+    embedding = None
+    if gap:
+        embedding = vector if vector is not None else query_vector(space, plan)
+    SearchLog.objects.create(
+        tenant=tenant,
+        query_id=query_id,
+        chatbot=chatbot,
+        api_key=api_key,
+        user=user if user is not None and user.is_authenticated else None,
+        source=source,
+        query=plan.query,
+        effective_query=plan.effective_query if plan.effective_query != plan.query else "",
+        mode=mode,
+        filters=filters.as_dict(),
+        parameters=parameters,
+        conversation_turns=len(conversation or []),
+        result_count=len(results),
+        result_chunk_ids=[h.chunk_id for h in results],
+        top_score=top,
+        took_ms=took_ms,
+        cache_hit=cache_hit,
+        embedding_space=space.key,
+        strategy=strategy,
+        query_embedding=None if embedding is None else [float(x) for x in embedding],
+    )
+
+
+def search_feedback_create(
+    *,
+    tenant: Tenant,
+    query_id,
+    helpful: bool,
+    chunk_id: int | None = None,
+    comment: str = "",
+    api_key: ApiKey | None = None,
+) -> SearchFeedback:
+    log = SearchLog.objects.for_tenant(tenant).filter(query_id=query_id).first()
+    if log is None or (api_key is not None and api_key.chatbot_id not in (None, log.chatbot_id)):
+        raise NotFound("Search not found.", field="query_id")
+    if chunk_id is not None and chunk_id not in (log.result_chunk_ids or []):
+        raise DomainError("chunk_id was not one of this search's results.", field="chunk_id")
+    return SearchFeedback.objects.create(
+        tenant=tenant,
+        search=log,
+        chatbot_id=log.chatbot_id,
+        helpful=helpful,
+        chunk_id=chunk_id,
+        comment=comment,
+        api_key=api_key,
     )

@@ -4,4 +4,7 @@ from search import apis
 
 urlpatterns = [
     path("search", apis.SearchApi.as_view(), name="api-search"),
+    path("search/hybrid/<int:chatbot_id>", apis.SearchHybridApi.as_view(), name="api-search-hybrid"),
+    path("search/analytics/<int:chatbot_id>", apis.SearchAnalyticsApi.as_view(), name="api-search-analytics"),
+    path("search/<uuid:query_id>/feedback", apis.SearchFeedbackCreateApi.as_view(), name="api-search-feedback"),
 ]

@@ -11,6 +11,8 @@ import json
 import os
 from pathlib import Path
 
+import uuid
+
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import override_settings
@@ -50,6 +52,16 @@ def _close_stray_connections(django_db_setup, django_db_blocker):
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_search_cache():
+    """Chatbot ids restart with each test database: give every session its own cache keys."""
+    from search import cache
+
+    with override_settings(SEARCH_CACHE_PREFIX=f"search-test-{uuid.uuid4().hex[:8]}:"):
+        cache.reset()
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -41,7 +41,7 @@ def test_keyword_and_hybrid(api, bundle, faq):
     hybrid = search(api, bundle.chatbot.pk, query="pay with Mastercard", mode="hybrid", max_results=3).json()
     top = hybrid["results"][0]
     assert top["metadata"]["row"] == 4
-    assert top["keyword_rank"] == 1 and top["semantic_rank"] == 1 and top["fused_score"] == pytest.approx(2 / 61)
+    assert top["keyword_rank"] == 1 and top["semantic_rank"] == 1 and top["fused_score"] == pytest.approx(2 / 61, abs=1e-6)
 
 
 def test_failed_and_other_tenants_content_is_never_returned(api, bundle, other_bundle, faq):
