@@ -20,6 +20,9 @@ def space_vector_expr(space: EmbeddingSpace, column: str = "embedding") -> str:
 def ensure_space_index(space: EmbeddingSpace) -> None:
     """A partial HNSW (cosine) index holding only this space's vectors."""
     with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [space_index_name(space)])
+        if cursor.fetchone():
+            return
         cursor.execute(
             f"CREATE INDEX IF NOT EXISTS {space_index_name(space)} ON knowledge_chunkembedding "
             f"USING hnsw ({space_vector_expr(space)} vector_cosine_ops) "

@@ -91,7 +91,9 @@ def _normalise(node, depth: int, counter: list[int]) -> dict:
     for key, value in node.items():
         if key in ("and", "or"):
             conditions.append(_normalise({key: value}, depth + 1, counter))
-        elif isinstance(value, dict) and value and all(k.lstrip("$") in OPERATORS for k in value):
+        elif isinstance(value, dict):
+            if not value:
+                raise _bad(f'{key!r} needs an operator, e.g. {{"eq": ...}}.')
             conditions.extend(_condition(key, op, v, counter) for op, v in value.items())
         else:
             conditions.append(_condition(key, "eq", value, counter))

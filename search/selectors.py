@@ -84,6 +84,58 @@ def candidate_count(*, space: EmbeddingSpace, chatbot_id: int, filters: SearchFi
         return cursor.fetchone()[0]
 
 
+def semantic_query(
+    *, space: EmbeddingSpace, chatbot_id: int, vector, limit: int, filters: SearchFilters, exact: bool
+) -> tuple[str, dict]:
+    expr = space_vector_expr(space, "e.embedding")
+    dims = int(space.dimensions)
+    where, params = filters.sql()
+    # "+ 0" keeps the planner off the HNSW index: the exact path must see every candidate.
+    order = f"({expr} <=> %(vector)s::vector({dims})) + 0" if exact else f"{expr} <=> %(vector)s::vector({dims})"
+    named = {f"f{i}": value for i, value in enumerate(params)}
+    where_named = where % tuple(f"%(f{i})s" for i in range(len(params))) if params else where
+    sql = f"""
+        WITH nn AS MATERIALIZED (
+            SELECT e.chunk_id, {expr} <=> %(vector)s::vector({dims}) AS distance
+            FROM knowledge_chunkembedding e
+            JOIN knowledge_chunk c ON c.id = e.chunk_id
+            JOIN knowledge_document d ON d.id = c.document_id
+            WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s AND d.status = 'ready'
+              AND {where_named}
+            ORDER BY {order} LIMIT %(limit)s
+        )
+        SELECT {RESULT_COLUMNS}, 1 - nn.distance AS score
+        FROM nn
+        JOIN knowledge_chunk c ON c.id = nn.chunk_id
+        JOIN knowledge_document d ON d.id = c.document_id
+        ORDER BY nn.distance, c.id
+        """
+    return sql, {"vector": _literal(vector), "space": space.pk, "chatbot": chatbot_id, "limit": limit, **named}
+
+
+def _hnsw_settings(cursor, *, ef_search: int, max_scan_tuples: int) -> None:
+    """Transaction-local: walk the HNSW graph iteratively until enough rows pass the filters, and
+    keep the planner on the index (with a join it may otherwise sort all of a chatbot's rows)."""
+    cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    cursor.execute("SET LOCAL enable_sort = off")
+    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
+    cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(max_scan_tuples)])
+
+
+def semantic_plan(
+    *, space: EmbeddingSpace, chatbot_id: int, vector, limit: int, filters: SearchFilters, exact: bool
+) -> str:
+    """EXPLAIN of the query ``semantic_hits`` runs (tests and diagnostics)."""
+    sql, args = semantic_query(
+        space=space, chatbot_id=chatbot_id, vector=vector, limit=limit, filters=filters, exact=exact
+    )
+    with transaction.atomic(), connection.cursor() as cursor:
+        if not exact:
+            _hnsw_settings(cursor, ef_search=100, max_scan_tuples=40000)
+        cursor.execute("EXPLAIN " + sql, args)
+        return "\n".join(row[0] for row in cursor.fetchall())
+
+
 def semantic_hits(
     *,
     space: EmbeddingSpace,
@@ -103,37 +155,13 @@ def semantic_hits(
     walked with pgvector's iterative scan, which keeps going until ``limit`` rows have passed the
     chatbot/status/filter conditions (relaxed order, re-sorted outside).
     """
-    expr = space_vector_expr(space, "e.embedding")
-    dims = int(space.dimensions)
-    where, params = filters.sql()
-    # "+ 0" keeps the planner off the HNSW index: the exact path must see every candidate.
-    order = f"({expr} <=> %(vector)s::vector({dims})) + 0" if exact else f"{expr} <=> %(vector)s::vector({dims})"
-    named = {f"f{i}": value for i, value in enumerate(params)}
-    where_named = where % tuple(f"%(f{i})s" for i in range(len(params))) if params else where
+    sql, args = semantic_query(
+        space=space, chatbot_id=chatbot_id, vector=vector, limit=limit, filters=filters, exact=exact
+    )
     with transaction.atomic(), connection.cursor() as cursor:
         if not exact:
-            cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-            cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(max(ef_search, limit))])
-            cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(max_scan_tuples)])
-        cursor.execute(
-            f"""
-            WITH nn AS MATERIALIZED (
-                SELECT e.chunk_id, {expr} <=> %(vector)s::vector({dims}) AS distance
-                FROM knowledge_chunkembedding e
-                JOIN knowledge_chunk c ON c.id = e.chunk_id
-                JOIN knowledge_document d ON d.id = c.document_id
-                WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s AND d.status = 'ready'
-                  AND {where_named}
-                ORDER BY {order} LIMIT %(limit)s
-            )
-            SELECT {RESULT_COLUMNS}, 1 - nn.distance AS score
-            FROM nn
-            JOIN knowledge_chunk c ON c.id = nn.chunk_id
-            JOIN knowledge_document d ON d.id = c.document_id
-            ORDER BY nn.distance, c.id
-            """,
-            {"vector": _literal(vector), "space": space.pk, "chatbot": chatbot_id, "limit": limit, **named},
-        )
+            _hnsw_settings(cursor, ef_search=max(ef_search, limit), max_scan_tuples=max_scan_tuples)
+        cursor.execute(sql, args)
         return _hits(cursor.fetchall())
 
 

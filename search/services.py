@@ -213,6 +213,7 @@ def search_run(
     user=None,
     source: str = SearchLog.Source.API,
     log: bool = True,
+    use_cache: bool = True,
 ) -> SearchResult:
     """Runs one search and logs it. ``semantic_weight`` (hybrid only): 0 = keyword only,
     1 = vectors only, ``None`` = chosen per query (see ``auto_semantic_weight``)."""
@@ -233,7 +234,7 @@ def search_run(
     key = cache.results_key(
         chatbot_id=chatbot.pk, content_version=chatbot.content_version, space_id=space.pk, parameters=parameters
     )
-    cached = cache.get_json(key, "results")
+    cached = cache.get_json(key, "results") if use_cache else None
     vector = None
     if cached is not None:
         results = [Hit(**hit) for hit in cached["results"]]
@@ -261,11 +262,12 @@ def search_run(
         if similarity_threshold > 0 and mode != "keyword":
             results = [h for h in results if h.score is not None and h.score >= similarity_threshold]
         results = results[:max_results]
-        cache.set_json(
-            key,
-            {"results": [asdict(h) for h in results], "strategy": strategy, "weight": weight},
-            settings.SEARCH_RESULTS_CACHE_TTL,
-        )
+        if use_cache:
+            cache.set_json(
+                key,
+                {"results": [asdict(h) for h in results], "strategy": strategy, "weight": weight},
+                settings.SEARCH_RESULTS_CACHE_TTL,
+            )
     took_ms = round((time.perf_counter() - began) * 1000, 2)
     query_id = uuid.uuid4()
     if log:

@@ -1,0 +1,168 @@
+"""Dashboard pages for search: a playground, analytics with charts, and knowledge gaps."""
+
+from __future__ import annotations
+
+import json
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from knowledge.models import Document
+from knowledge.services import document_create
+from search.apis import search_payload
+from search.filters import search_filters_build
+from search.selectors import knowledge_gaps, search_analytics
+from search.services import Turn, search_run
+from tenants.errors import DomainError
+from tenants.selectors import chatbot_get
+from tenants.views import dashboard_membership, require_write
+
+PLAYGROUND_MODES = ("semantic", "hybrid", "keyword")
+
+
+def _conversation(text: str) -> list[Turn]:
+    """One turn per line: ``user: …`` / ``assistant: …`` (a line without a role is a user turn)."""
+    turns = []
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        role, sep, content = line.partition(":")
+        if sep and role.strip().lower() in ("user", "assistant", "customer", "agent"):
+            role = {"customer": "user", "agent": "assistant"}.get(role.strip().lower(), role.strip().lower())
+            turns.append(Turn(role=role, content=content.strip()))
+        else:
+            turns.append(Turn(role="user", content=line.strip()))
+    return turns
+
+
+@login_required
+def search_playground(request, chatbot_id: int):
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    form = {
+        "q": request.GET.get("q", "").strip(),
+        "max_results": request.GET.get("max_results") or "5",
+        "content_type": request.GET.get("content_type", ""),
+        "category": request.GET.get("category", "").strip(),
+        "metadata": request.GET.get("metadata", "").strip(),
+        "conversation": request.GET.get("conversation", ""),
+        "compare": request.GET.get("compare") or "semantic,hybrid",
+    }
+    columns, error = [], ""
+    if form["q"]:
+        try:
+            try:
+                max_results = int(form["max_results"])
+            except ValueError:
+                raise DomainError("Max results must be a number from 1 to 50.", field="max_results")
+            if not 1 <= max_results <= 50:
+                raise DomainError("Max results must be a number from 1 to 50.", field="max_results")
+            try:
+                metadata = json.loads(form["metadata"]) if form["metadata"] else None
+            except ValueError:
+                raise DomainError('Metadata filter must be JSON, e.g. {"product": "router"}.', field="metadata")
+            filters = search_filters_build(
+                content_types=[form["content_type"]] if form["content_type"] else None,
+                categories=[form["category"]] if form["category"] else None,
+                metadata=metadata,
+            )
+            for mode in [m for m in form["compare"].split(",") if m in PLAYGROUND_MODES][:3]:
+                result = search_run(
+                    tenant=membership.tenant,
+                    chatbot=chatbot,
+                    query=form["q"],
+                    max_results=max_results,
+                    mode=mode,
+                    filters=filters,
+                    conversation=_conversation(form["conversation"]),
+                    user=request.user,
+                    source="dashboard",
+                )
+                columns.append(search_payload(result))
+        except DomainError as exc:
+            error = exc.message
+    return render(
+        request,
+        "dashboard/search_playground.html",
+        {
+            "chatbot": chatbot,
+            "form": form,
+            "columns": columns,
+            "error": error,
+            "content_types": Document.ContentType.choices,
+            "compare_choices": [
+                ("semantic,hybrid", "Semantic vs hybrid"),
+                ("semantic,keyword", "Semantic vs keyword"),
+                ("semantic,hybrid,keyword", "All three"),
+            ],
+        },
+    )
+
+
+@login_required
+def search_analytics_view(request, chatbot_id: int):
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    try:
+        days = min(max(int(request.GET.get("days", 14)), 1), 365)
+    except ValueError:
+        days = 14
+    low = settings.SEARCH_LOW_SCORE
+    stats = search_analytics(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
+    gaps = knowledge_gaps(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
+    return render(
+        request,
+        "dashboard/search_analytics.html",
+        {
+            "chatbot": chatbot,
+            "stats": stats,
+            "gaps": gaps[:50],
+            "days": days,
+            "day_choices": (1, 7, 14, 30, 90),
+            "can_write": membership.can_write,
+            "daily_json": [
+                {k: d[k] for k in ("date", "searches", "p50_ms", "p95_ms", "zero_result_rate", "gaps")}
+                for d in stats["daily"]
+            ],
+        },
+    )
+
+
+@login_required
+@require_POST
+def faq_answer_add(request, chatbot_id: int):
+    """The knowledge-gap shortcut: one question and its answer become a FAQ document."""
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    days = request.POST.get("days", "14")
+    back = redirect(
+        reverse("dashboard-search-analytics", args=[chatbot.pk]) + f"?days={int(days) if days.isdigit() else 14}"
+    )
+    if not require_write(request, membership):
+        return back
+    question = request.POST.get("question", "").strip()
+    answer = request.POST.get("answer", "").strip()
+    if not question or not answer:
+        messages.error(request, "Write both the question and its answer; nothing was added.")
+        return back
+    record = json.dumps({"question": question[:2000], "answer": answer[:20000]}) + "\n"
+    try:
+        document_create(
+            tenant=membership.tenant,
+            chatbot=chatbot,
+            upload=SimpleUploadedFile("faq-answer.jsonl", record.encode()),
+            content_type=Document.ContentType.FAQ,
+            title=f"FAQ: {question[:280]}",
+            category=request.POST.get("category", "").strip()[:200],
+            source_user_id=str(request.user.pk),
+        )
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return back
+    messages.success(request, f"FAQ answer for “{question[:80]}” added; it is searchable once processed.")
+    return back
