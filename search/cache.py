@@ -129,3 +129,34 @@ def set_json(key: str, value, ttl: int) -> None:
         client.set(key, json.dumps(value, default=str), ex=ttl)
     except redis.RedisError as error:
         _failed(error)
+
+
+def get_hash_fields(key: str, fields: list[str], cache: str) -> list:
+    client = _redis()
+    if client is None or not fields:
+        return [None] * len(fields)
+    try:
+        values = client.hmget(key, fields)
+    except redis.RedisError as error:
+        _failed(error)
+        return [None] * len(fields)
+    for value in values:
+        CACHE_EVENTS.labels(cache, "hit" if value is not None else "miss").inc()
+    return values
+
+
+def set_hash_fields(key: str, mapping: dict, ttl: int) -> None:
+    client = _redis()
+    if client is None or not mapping:
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hset(key, mapping=mapping)
+            pipe.expire(key, ttl)
+            pipe.execute()
+    except redis.RedisError as error:
+        _failed(error)
+
+
+def text_stats_key(*, chatbot_id: int, content_version: int) -> str:
+    return f"{settings.SEARCH_CACHE_PREFIX}text:{chatbot_id}:{content_version}"

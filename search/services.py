@@ -17,7 +17,18 @@ from knowledge.services import chatbot_space_ensure_active
 from search import cache
 from search.filters import SearchFilters
 from search.models import SearchFeedback, SearchLog
-from search.selectors import NO_FILTERS, Hit, candidate_count, keyword_hits, semantic_hits
+from search.selectors import (
+    NO_FILTERS,
+    Hit,
+    TextStats,
+    candidate_count,
+    chunk_cosines,
+    document_frequencies,
+    keyword_hits,
+    query_lexemes,
+    semantic_hits,
+    text_stats,
+)
 from tenants.errors import DomainError, NotFound
 from tenants.models import ApiKey, Chatbot, Tenant
 
@@ -25,11 +36,15 @@ MODES = ("semantic", "keyword", "hybrid")
 MAX_QUERY_CHARS = 2000
 MAX_CONVERSATION_TURNS = 50
 RRF_K = 60
-# Conversation-aware search: weight of earlier user turns (most recent first) and of the last
-# assistant turn in the query vector; the current question weighs 1.
-HISTORY_USER_WEIGHTS = (0.6, 0.3, 0.15)
+# Conversation-aware search: weights of earlier user turns (most recent first) in the query
+# vector; the current question weighs 1. A short follow-up ("and how much is it?") leans on the
+# history more, and only a short one gets the history's words added to its keyword query
+# (measured on real conversations: see tests/test_search_shared.py).
+HISTORY_USER_WEIGHTS = (0.3, 0.15, 0.05)
+SHORT_FOLLOW_UP_WEIGHTS = (0.6, 0.3, 0.15)
+SHORT_FOLLOW_UP_WORDS = 3
 HISTORY_ASSISTANT_WEIGHT = 0.0
-HISTORY_KEYWORDS = 8
+HISTORY_KEYWORDS = 6
 
 STOPWORDS = frozenset(
     """a about above after again against all also am an and any are as at be because been before being below
@@ -84,14 +99,16 @@ def query_plan_build(*, query: str, conversation: list[Turn] | None = None) -> Q
     assistants = [t.content for t in conversation if t.role == "assistant" and t.content.strip()]
     if users and users[-1].strip() == query.strip():
         users = users[:-1]  # the client repeated the current question as the last turn
+    present = _content_words(query)
+    short = len(set(present)) <= SHORT_FOLLOW_UP_WORDS
+    weights = SHORT_FOLLOW_UP_WEIGHTS if short else HISTORY_USER_WEIGHTS
     weighted = [(query, 1.0)]
-    for text, weight in zip(reversed(users), HISTORY_USER_WEIGHTS):
+    for text, weight in zip(reversed(users), weights):
         weighted.append((text, weight))
     if assistants and HISTORY_ASSISTANT_WEIGHT > 0:
         weighted.append((assistants[-1], HISTORY_ASSISTANT_WEIGHT))
-    present = set(_content_words(query))
     extra: list[str] = []
-    for text in reversed(users[-len(HISTORY_USER_WEIGHTS) :]):
+    for text in reversed(users[-len(weights) :]) if short else ():
         for word in _content_words(text):
             if word not in present and word not in extra:
                 extra.append(word)
@@ -118,34 +135,57 @@ def query_vector(space: EmbeddingSpace, plan: QueryPlan) -> np.ndarray:
     return blended / norm if norm else blended
 
 
-def fuse(semantic: list[Hit], keyword: list[Hit], *, limit: int, semantic_weight: float = 0.5, k: int = RRF_K):
-    """Weighted reciprocal rank fusion. With equal weights this is plain RRF (1/(k+r) per list);
-    each hit keeps its rank in both lists and its cosine similarity."""
-    weights = {"semantic": 2 * semantic_weight, "keyword": 2 * (1 - semantic_weight)}
+def fuse(
+    semantic: list[Hit], keyword: list[Hit], *, limit: int, semantic_weight: float, cosines: dict | None = None
+) -> list[Hit]:
+    """Weighted blend of the two lists' scores: ``w * cosine + (1 - w) * bm25 / best bm25``.
+
+    Cosine similarity is already on a fixed scale; BM25 is scaled by the query's best keyword
+    score. A keyword-only hit uses its real cosine when known (``cosines``), else the lowest
+    cosine of the vector list; a vector-only hit has keyword score 0. Each hit keeps its cosine
+    and its rank in both lists.
+    """
+    cosines = dict(cosines or {})
+    cosines.update({hit.chunk_id: hit.score for hit in semantic})
+    floor = min((hit.score for hit in semantic), default=0.0)
+    best_keyword = max((hit.score for hit in keyword), default=0.0) or 1.0
+    bm25 = {hit.chunk_id: hit.score / best_keyword for hit in keyword}
     fused: dict[int, Hit] = {}
-    cosine = {hit.chunk_id: hit.score for hit in semantic}
     for name, hits in (("semantic", semantic), ("keyword", keyword)):
         for rank, hit in enumerate(hits, start=1):
             entry = fused.setdefault(hit.chunk_id, hit)
             entry.ranks[name] = rank
     for hit in fused.values():
-        hit.ranks["fused_score"] = sum(weights[n] / (k + r) for n, r in hit.ranks.items() if n in weights)
-        hit.score = cosine.get(hit.chunk_id)
+        cosine = cosines.get(hit.chunk_id)
+        hit.score = cosine
+        hit.ranks["fused_score"] = semantic_weight * (floor if cosine is None else cosine) + (
+            1 - semantic_weight
+        ) * bm25.get(hit.chunk_id, 0.0)
     ordered = sorted(fused.values(), key=lambda h: (-h.ranks["fused_score"], h.chunk_id))
     return ordered[:limit]
 
 
-def auto_semantic_weight(semantic: list[Hit], keyword: list[Hit]) -> float:
-    """How much to trust the vector list over the keyword list for this query.
+# Default hybrid weighting, measured with bench/quality.py (SciFact, COVID FAQ paraphrases,
+# BANKING77): keyword evidence adds at most a tenth of a cosine unit while the vector list is
+# confident (best cosine >= 0.5), and gains weight as the vector list loses confidence (codes,
+# names, rare terms the model does not know), up to an even blend at a best cosine of 0.2.
+AUTO_KEYWORD_SHARE = 0.1
+AUTO_CONFIDENT_COSINE = 0.5
+AUTO_LOST_COSINE = 0.2
 
-    Equal weights when both lists agree about what is relevant; when they disagree, the vector
-    list wins unless the keyword list found the query's distinctive words in its top hits.
-    """
+
+def auto_semantic_weight(semantic: list[Hit], keyword: list[Hit]) -> float:
+    """The vector weight for one query, from how confident the vector list is."""
     if not keyword:
         return 1.0
     if not semantic:
         return 0.0
-    return 0.5
+    top = max(hit.score for hit in semantic)
+    share = AUTO_KEYWORD_SHARE
+    if top < AUTO_CONFIDENT_COSINE:
+        lost = min(1.0, (AUTO_CONFIDENT_COSINE - top) / (AUTO_CONFIDENT_COSINE - AUTO_LOST_COSINE))
+        share += (1.0 - AUTO_KEYWORD_SHARE) * lost
+    return round(1.0 / (1.0 + share), 4)
 
 
 def _semantic_search(
@@ -183,6 +223,28 @@ def _semantic_search(
             space=space, chatbot_id=chatbot.pk, vector=vector, limit=limit, filters=filters, exact=True
         ), "hnsw+exact"
     return hits, "hnsw"
+
+
+def _term_statistics(chatbot: Chatbot, lexemes: list[str]) -> tuple[TextStats, dict[str, int]]:
+    """BM25 statistics of the chatbot's text (chunk count, mean length, document frequency per
+    lexeme), cached in one Redis hash per content version: computed once per lexeme per change."""
+    key = cache.text_stats_key(chatbot_id=chatbot.pk, content_version=chatbot.content_version)
+    fields = ["__chunks", "__mean_tokens", *(f"df:{lexeme}" for lexeme in lexemes)]
+    values = cache.get_hash_fields(key, fields, "terms")
+    fresh: dict = {}
+    if values[0] is None or values[1] is None:
+        stats = text_stats(chatbot_id=chatbot.pk)
+        fresh.update({"__chunks": stats.chunks, "__mean_tokens": stats.mean_tokens})
+    else:
+        stats = TextStats(chunks=int(values[0]), mean_tokens=float(values[1]))
+    frequencies = {lexeme: int(v) for lexeme, v in zip(lexemes, values[2:]) if v is not None}
+    missing = [lexeme for lexeme in lexemes if lexeme not in frequencies]
+    if missing:
+        counted = document_frequencies(chatbot_id=chatbot.pk, lexemes=missing)
+        frequencies.update(counted)
+        fresh.update({f"df:{lexeme}": count for lexeme, count in counted.items()})
+    cache.set_hash_fields(key, fresh, settings.SEARCH_RESULTS_CACHE_TTL)
+    return stats, frequencies
 
 
 def _validate(query: str, mode: str, conversation) -> str:
@@ -250,7 +312,15 @@ def search_run(
                 space=space, chatbot=chatbot, vector=vector, limit=fetch, filters=filters
             )
         if mode in ("keyword", "hybrid"):
-            keyword = keyword_hits(chatbot_id=chatbot.pk, query=plan.effective_query, limit=fetch, filters=filters)
+            stats, frequencies = _term_statistics(chatbot, query_lexemes(plan.effective_query))
+            keyword = keyword_hits(
+                chatbot_id=chatbot.pk,
+                query=plan.effective_query,
+                limit=fetch,
+                filters=filters,
+                stats=stats,
+                frequencies=frequencies,
+            )
         if mode == "semantic":
             results = semantic
         elif mode == "keyword":
@@ -258,7 +328,11 @@ def search_run(
         else:
             if weight is None:
                 weight = auto_semantic_weight(semantic, keyword)
-            results = fuse(semantic, keyword, limit=fetch, semantic_weight=weight)
+            known = {hit.chunk_id for hit in semantic}
+            cosines = chunk_cosines(
+                space=space, chunk_ids=[h.chunk_id for h in keyword if h.chunk_id not in known], vector=vector
+            )
+            results = fuse(semantic, keyword, limit=fetch, semantic_weight=weight, cosines=cosines)
         if similarity_threshold > 0 and mode != "keyword":
             results = [h for h in results if h.score is not None and h.score >= similarity_threshold]
         results = results[:max_results]

@@ -94,7 +94,40 @@ def test_keyword_and_hybrid(api, bundle, faq):
     assert top["metadata"]["row"] == 4
     assert top["keyword_rank"] == 1 and top["semantic_rank"] == 1
     weight = hybrid["semantic_weight"]
-    assert top["fused_score"] == pytest.approx(2 * weight / 61 + 2 * (1 - weight) / 61, abs=1e-5)
+    assert 0.5 <= weight <= 1 / 1.1 + 1e-4  # vectors lead; keywords add up to a tenth while vectors are confident
+    assert top["fused_score"] == pytest.approx(weight * top["similarity_score"] + (1 - weight) * 1.0, abs=1e-5)
+    assert all(r["similarity_score"] is not None for r in hybrid["results"])  # keyword-only hits get their cosine
+
+
+def test_hybrid_leans_on_keywords_when_vectors_are_unsure(api, bundle):
+    """Part numbers mean nothing to the embedding model: the best cosine is low, so the exact
+    keyword match must win the blend."""
+    rows = [
+        {"question": f"What is part {code}?", "answer": f"Part {code} is a {thing}."}
+        for code, thing in [
+            ("ZK-4471", "hinge"),
+            ("QX-9032", "gasket"),
+            ("LM-1180", "bracket"),
+            ("TR-5521", "spring"),
+            ("VB-3307", "washer"),
+        ]
+    ]
+    ingest(bundle, make_upload("parts.jsonl", "\n".join(json.dumps(r) for r in rows)), content_type="product")
+    body = search(api, bundle.chatbot.pk, query="QX-9032", mode="hybrid", max_results=3).json()
+    assert "QX-9032" in body["results"][0]["content"], body
+
+
+def test_auto_weight_follows_vector_confidence():
+    from search.selectors import Hit
+    from search.services import auto_semantic_weight
+
+    def hits(score):
+        return [Hit(1, 1, "t", "c", "faq", "", {}, None, [], score)]
+
+    assert auto_semantic_weight(hits(0.8), hits(3.0)) == pytest.approx(1 / 1.1, abs=1e-4)
+    assert auto_semantic_weight(hits(0.35), hits(3.0)) == pytest.approx(1 / 1.55, abs=1e-4)
+    assert auto_semantic_weight(hits(0.1), hits(3.0)) == pytest.approx(0.5, abs=1e-4)
+    assert (auto_semantic_weight(hits(0.8), []), auto_semantic_weight([], hits(3.0))) == (1.0, 0.0)
 
 
 def test_keyword_search_survives_typos_with_trigrams(api, bundle, faq):
