@@ -4,8 +4,8 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
 from knowledge import views as knowledge_views
-from search import views as search_views
 from monitoring import views as monitoring_views
+from search import views as search_views
 from tenants import views as tenant_views
 from tenants.apis import ChatbotListApi
 
@@ -33,7 +33,11 @@ urlpatterns = [
     path("chatbots/<int:chatbot_id>/", knowledge_views.chatbot_detail, name="dashboard-chatbot"),
     path("chatbots/<int:chatbot_id>/upload", knowledge_views.chatbot_upload, name="dashboard-upload"),
     path("chatbots/<int:chatbot_id>/search/", search_views.search_playground, name="dashboard-search"),
-    path("chatbots/<int:chatbot_id>/search/analytics", search_views.search_analytics_view, name="dashboard-search-analytics"),
+    path(
+        "chatbots/<int:chatbot_id>/search/analytics",
+        search_views.search_analytics_view,
+        name="dashboard-search-analytics",
+    ),
     path("chatbots/<int:chatbot_id>/faq", search_views.faq_answer_add, name="dashboard-faq-add"),
     path("documents/<int:document_id>/", knowledge_views.document_detail, name="dashboard-document"),
     path(

@@ -9,9 +9,8 @@ from __future__ import annotations
 import io
 import json
 import os
-from pathlib import Path
-
 import uuid
+from pathlib import Path
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
