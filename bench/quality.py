@@ -22,19 +22,16 @@ import csv
 import hashlib
 import json
 import math
-import os
 import random
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "datasets"
-sys.path.insert(0, str(ROOT))
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_training.settings")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, use_database  # noqa: E402
+
+DATA = SHARED / "datasets"
 DATABASE = "chatbot_training_quality"
 
 
@@ -145,22 +142,6 @@ def recall_at(ranked: list, qrels: dict, k: int = 100) -> float:
     return len(relevant & set(ranked[:k])) / len(relevant) if relevant else 0.0
 
 
-def setup_database(fresh: bool) -> None:
-    import psycopg
-    from django.conf import settings
-
-    base = settings.DATABASE_URL
-    admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
-    with psycopg.connect(admin, autocommit=True) as conn:
-        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE]).fetchone()
-        if fresh and exists:
-            conn.execute(f"DROP DATABASE {DATABASE} WITH (FORCE)")
-            exists = None
-        if not exists:
-            conn.execute(f"CREATE DATABASE {DATABASE}")
-    os.environ["DATABASE_URL"] = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
-
-
 def ensure_ingested(dataset: Dataset):
     """The dataset's chatbot, ingested through document_create + the ingestion task."""
     from django.core.files.uploadedfile import SimpleUploadedFile
@@ -239,18 +220,7 @@ def main() -> None:
     import django
 
     django.setup()
-    setup_database(args.fresh)
-    from django import db
-    from django.conf import settings
-
-    settings.DATABASES["default"]["NAME"] = DATABASE
-    settings.SEARCH_CACHE_PREFIX = f"search:{DATABASE}:"
-    db.connections.close_all()
-    for alias in list(db.connections):
-        del db.connections[alias]
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
+    use_database(DATABASE, fresh=args.fresh)
     from chatbot_training.celery import app
 
     app.conf.task_always_eager = True

@@ -95,9 +95,12 @@ SEARCH_CACHE_TIMEOUT = env.float("SEARCH_CACHE_TIMEOUT", default=0.25)  # second
 SEARCH_RESULTS_CACHE_TTL = env.int("SEARCH_RESULTS_CACHE_TTL", default=3600)
 SEARCH_EMBEDDING_CACHE_TTL = env.int("SEARCH_EMBEDDING_CACHE_TTL", default=7 * 24 * 3600)
 # Filtered candidate sets up to this size are searched exactly (true nearest neighbours).
-SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=8000)
-SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=100)
+SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=4000)
+SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=200)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=40000)
+# Search logs go through a Redis list and are written in batches (search/logbuffer.py).
+SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)
+SEARCH_LOG_FLUSH_SECONDS = env.float("SEARCH_LOG_FLUSH_SECONDS", default=1.0)
 # A search whose best cosine similarity is below this is a knowledge gap ("low score").
 SEARCH_LOW_SCORE = env.float("SEARCH_LOW_SCORE", default=0.35)
 
@@ -149,6 +152,9 @@ DATA_UPLOAD_MAX_NUMBER_FILES = DASHBOARD_MAX_FILES
 
 # --- Ingestion and embeddings -----------------------------------------------------------
 EMBEDDING_DEFAULT_MODEL = env("EMBEDDING_DEFAULT_MODEL", default="local:all-MiniLM-L6-v2")
+# Threads torch may use per process for local embeddings (0 = torch's default: all cores). Set
+# 1 when several web workers share the cores.
+EMBEDDING_TORCH_THREADS = env.int("EMBEDDING_TORCH_THREADS", default=0)
 EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=256)  # chunks per encode + insert round
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None

@@ -80,8 +80,13 @@ class LocalProvider:
     def model(self):
         with self._lock:
             if self._model is None:
+                from django.conf import settings
                 from sentence_transformers import SentenceTransformer
 
+                if settings.EMBEDDING_TORCH_THREADS:
+                    import torch
+
+                    torch.set_num_threads(settings.EMBEDDING_TORCH_THREADS)
                 self._model = SentenceTransformer(str(local_model_path()), device="cpu")
         return self._model
 

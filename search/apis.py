@@ -8,6 +8,7 @@ from rest_framework.response import Response
 
 from knowledge.models import Document
 from search.filters import search_filters_build
+from search.logbuffer import search_logs_flush
 from search.selectors import knowledge_gaps, search_analytics
 from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn, search_feedback_create, search_run
 from tenants.apis import TenantApi
@@ -118,7 +119,7 @@ def hit_payload(hit, mode: str) -> dict:
 def search_payload(result) -> dict:
     return {
         "results": [hit_payload(h, result.mode) for h in result.results],
-        "query_id": result.query_id,
+        "query_id": str(result.query_id),
         "took_ms": result.took_ms,
         "embedding_space": result.embedding_space,
         "mode": result.mode,
@@ -156,7 +157,7 @@ class SearchApi(TenantApi):
             user=None if self.api_key else request.user,
             source="api" if self.api_key else "dashboard",
         )
-        return Response(SearchResponseSerializer(search_payload(result)).data)
+        return Response(search_payload(result))
 
 
 class HybridSearchQuerySerializer(serializers.Serializer):
@@ -197,7 +198,7 @@ class SearchHybridApi(TenantApi):
             user=None if self.api_key else request.user,
             source="api" if self.api_key else "dashboard",
         )
-        return Response(SearchResponseSerializer(search_payload(result)).data)
+        return Response(search_payload(result))
 
 
 class SearchFeedbackRequestSerializer(serializers.Serializer):
@@ -310,6 +311,7 @@ class SearchAnalyticsApi(TenantApi):
         params.is_valid(raise_exception=True)
         days = params.validated_data["days"]
         chatbot = self.get_chatbot(chatbot_id)
+        search_logs_flush()  # include searches still queued for writing
         low = settings.SEARCH_LOW_SCORE
         body = search_analytics(tenant=self.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
         body["knowledge_gaps"] = knowledge_gaps(tenant=self.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)[

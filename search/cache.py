@@ -17,11 +17,11 @@ import time
 import numpy as np
 import redis
 from django.conf import settings
-from prometheus_client import Counter
+
+from search.metrics import CACHE_EVENTS
 
 logger = logging.getLogger(__name__)
 
-CACHE_EVENTS = Counter("chatbot_search_cache_total", "Search cache lookups.", ["cache", "outcome"])
 RETRY_AFTER_SECONDS = 5.0
 
 _client: redis.Redis | None = None

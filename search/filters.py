@@ -3,7 +3,7 @@
 A metadata filter is either a condition ``{"field": "product", "op": "eq", "value": "web"}`` or a
 group ``{"and": [...]}`` / ``{"or": [...]}``; the shorthand ``{"product": "web", "year": {"gte": 2020}}``
 means the same as an ``and`` of ``eq``/operator conditions. Metadata is the chunk's metadata
-over its document's (``d.metadata || c.metadata``), so row-level FAQ columns win.
+over its document's, so row-level FAQ columns win.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
 MAX_CONDITIONS = 50
 MAX_DEPTH = 5
 MAX_LIST = 500
-METADATA_SQL = "(d.metadata || c.metadata)"
 
 
 @dataclass(frozen=True)
@@ -131,26 +130,28 @@ def _compile(node: dict, params: list) -> str:
         joined = f" {kind.upper()} ".join(_compile(child, params) for child in children)
         return f"({joined})"
     name, op, value = node["field"], node["op"], node["value"]
-    item = f"({METADATA_SQL} -> %s)"
+    # The chunk's value wins over the document's (same as ``d.metadata || c.metadata``, cheaper).
+    item = "coalesce(c.metadata -> %s, d.metadata -> %s)"
+    text = "coalesce(c.metadata ->> %s, d.metadata ->> %s)"
     if op == "eq":
-        params.extend([name, json.dumps(value)])
+        params.extend([name, name, json.dumps(value)])
         return f"{item} = %s::jsonb"
     if op == "ne":
-        params.extend([name, json.dumps(value)])
+        params.extend([name, name, json.dumps(value)])
         return f"{item} IS DISTINCT FROM %s::jsonb"
     if op in ("in", "nin"):
-        params.extend([name, [json.dumps(v) for v in value]])
+        params.extend([name, name, [json.dumps(v) for v in value]])
         test = f"{item} = ANY(%s::jsonb[])"
         return test if op == "in" else f"NOT coalesce({test}, false)"
     symbol = _COMPARE[op]
     if isinstance(value, str):
-        params.extend([name, name, value])
-        return f"(jsonb_typeof({item}) = 'string' AND ({METADATA_SQL} ->> %s) {symbol} %s)"
+        params.extend([name, name, name, name, value])
+        return f"(jsonb_typeof({item}) = 'string' AND {text} {symbol} %s)"
     # Numbers compare numerically, also when stored as numeric strings (CSV columns are text).
-    params.extend([name, name, name, name, value])
+    params.extend([name, name] * 4 + [value])
     return (
-        f"(CASE WHEN jsonb_typeof({item}) = 'number' THEN ({METADATA_SQL} ->> %s)::numeric "
-        f"WHEN ({METADATA_SQL} ->> %s) ~ '^\\s*-?[0-9]+(\\.[0-9]+)?\\s*$' THEN ({METADATA_SQL} ->> %s)::numeric "
+        f"(CASE WHEN jsonb_typeof({item}) = 'number' THEN {text}::numeric "
+        f"WHEN {text} ~ '^\\s*-?[0-9]+(\\.[0-9]+)?\\s*$' THEN {text}::numeric "
         f"END) {symbol} %s"
     )
 

@@ -76,11 +76,12 @@ def candidate_count(*, space: EmbeddingSpace, chatbot_id: int, filters: SearchFi
                 SELECT 1 FROM knowledge_chunkembedding e
                 JOIN knowledge_chunk c ON c.id = e.chunk_id
                 JOIN knowledge_document d ON d.id = c.document_id
-                WHERE e.space_id = %s AND e.chatbot_id = %s AND d.status = 'ready' AND {where}
+                WHERE e.space_id = %s AND e.chatbot_id = %s AND c.chatbot_id = %s AND d.chatbot_id = %s
+                  AND d.status = 'ready' AND {where}
                 LIMIT %s
             ) candidates
             """,
-            [space.pk, chatbot_id, *params, cap],
+            [space.pk, chatbot_id, chatbot_id, chatbot_id, *params, cap],
         )
         return cursor.fetchone()[0]
 
@@ -91,20 +92,38 @@ def semantic_query(
     expr = space_vector_expr(space, "e.embedding")
     dims = int(space.dimensions)
     where, params = filters.sql()
-    # "+ 0" keeps the planner off the HNSW index: the exact path must see every candidate.
-    order = f"({expr} <=> %(vector)s::vector({dims})) + 0" if exact else f"{expr} <=> %(vector)s::vector({dims})"
     named = {f"f{i}": value for i, value in enumerate(params)}
     where_named = where % tuple(f"%(f{i})s" for i in range(len(params))) if params else where
-    sql = f"""
-        WITH nn AS MATERIALIZED (
+    if exact:
+        # Candidates first (by the chunk's chatbot index), then every candidate's vector through
+        # a hash semi-join on the (space, chatbot) index: one pass, no per-row index probes.
+        nn = f"""
+        cand AS MATERIALIZED (
+            SELECT c.id FROM knowledge_chunk c
+            JOIN knowledge_document d ON d.id = c.document_id
+            WHERE c.chatbot_id = %(chatbot)s AND d.chatbot_id = %(chatbot)s AND d.status = 'ready'
+              AND {where_named}
+        ),
+        nn AS MATERIALIZED (
+            SELECT e.chunk_id, {expr} <=> %(vector)s::vector({dims}) AS distance
+            FROM knowledge_chunkembedding e
+            WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s AND e.chunk_id IN (SELECT id FROM cand)
+            ORDER BY ({expr} <=> %(vector)s::vector({dims})) + 0 LIMIT %(limit)s  -- "+ 0": not the HNSW index
+        )"""
+    else:
+        # The HNSW walk drives; chunk and document rows are checked by primary key as it goes.
+        nn = f"""
+        nn AS MATERIALIZED (
             SELECT e.chunk_id, {expr} <=> %(vector)s::vector({dims}) AS distance
             FROM knowledge_chunkembedding e
             JOIN knowledge_chunk c ON c.id = e.chunk_id
             JOIN knowledge_document d ON d.id = c.document_id
-            WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s AND d.status = 'ready'
-              AND {where_named}
-            ORDER BY {order} LIMIT %(limit)s
-        )
+            WHERE e.space_id = %(space)s AND e.chatbot_id = %(chatbot)s AND c.chatbot_id = %(chatbot)s
+              AND d.chatbot_id = %(chatbot)s AND d.status = 'ready' AND {where_named}
+            ORDER BY {expr} <=> %(vector)s::vector({dims}) LIMIT %(limit)s
+        )"""
+    sql = f"""
+        WITH {nn}
         SELECT {RESULT_COLUMNS}, 1 - nn.distance AS score
         FROM nn
         JOIN knowledge_chunk c ON c.id = nn.chunk_id
@@ -135,6 +154,9 @@ def _hnsw_settings(cursor, *, ef_search: int, max_scan_tuples: int) -> None:
     keep the planner on the index (with a join it may otherwise sort all of a chatbot's rows)."""
     cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
     cursor.execute("SET LOCAL enable_sort = off")
+    # Index order drives the walk; each row is checked by primary-key lookups as it comes.
+    for setting in ("enable_hashjoin", "enable_mergejoin", "enable_material"):
+        cursor.execute(f"SET LOCAL {setting} = off")
     cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
     cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(max_scan_tuples)])
 

@@ -10,12 +10,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from django.conf import settings
+from django.utils import timezone
 
 from knowledge.embeddings import provider_for
 from knowledge.models import EmbeddingSpace
 from knowledge.services import chatbot_space_ensure_active
 from search import cache
 from search.filters import SearchFilters
+from search.logbuffer import search_log_enqueue, search_logs_flush
+from search.metrics import SEARCH_LATENCY, SEARCHES, ZERO_RESULTS
 from search.models import SearchFeedback, SearchLog
 from search.selectors import (
     NO_FILTERS,
@@ -247,6 +250,22 @@ def _term_statistics(chatbot: Chatbot, lexemes: list[str]) -> tuple[TextStats, d
     return stats, frequencies
 
 
+_spaces: dict[tuple[int, int], EmbeddingSpace] = {}
+
+
+def _active_space(chatbot: Chatbot) -> EmbeddingSpace:
+    """The chatbot's active space, remembered per process for its content version (switching the
+    active space bumps the content version, like any change of what search returns)."""
+    key = (chatbot.pk, chatbot.content_version)
+    space = _spaces.get(key)
+    if space is None:
+        space = chatbot_space_ensure_active(chatbot=chatbot).space
+        if len(_spaces) > 10_000:
+            _spaces.clear()
+        _spaces[key] = space
+    return space
+
+
 def _validate(query: str, mode: str, conversation) -> str:
     query = (query or "").strip()
     if not query:
@@ -283,7 +302,7 @@ def search_run(
         raise NotFound("Chatbot not found.", field="chatbot_id")
     query = _validate(query, mode, conversation)
     began = time.perf_counter()
-    space = chatbot_space_ensure_active(chatbot=chatbot).space
+    space = _active_space(chatbot)
     plan = query_plan_build(query=query, conversation=conversation)
     parameters = {
         "q": [cache.normalise_query(t) for t, _ in plan.weighted_texts],
@@ -344,6 +363,11 @@ def search_run(
             )
     took_ms = round((time.perf_counter() - began) * 1000, 2)
     query_id = uuid.uuid4()
+    cached_label = "yes" if cache_hit else "no"
+    SEARCHES.labels(mode, cached_label, strategy or "none").inc()
+    SEARCH_LATENCY.labels(mode, cached_label).observe(took_ms / 1000)
+    if not results:
+        ZERO_RESULTS.labels(mode).inc()
     if log:
         _log(
             tenant=tenant,
@@ -403,27 +427,30 @@ def _log(
     embedding = None
     if gap:
         embedding = vector if vector is not None else query_vector(space, plan)
-    SearchLog.objects.create(
-        tenant=tenant,
-        query_id=query_id,
-        chatbot=chatbot,
-        api_key=api_key,
-        user=user if user is not None and user.is_authenticated else None,
-        source=source,
-        query=plan.query,
-        effective_query=plan.effective_query if plan.effective_query != plan.query else "",
-        mode=mode,
-        filters=filters.as_dict(),
-        parameters=parameters,
-        conversation_turns=len(conversation or []),
-        result_count=len(results),
-        result_chunk_ids=[h.chunk_id for h in results],
-        top_score=top,
-        took_ms=took_ms,
-        cache_hit=cache_hit,
-        embedding_space=space.key,
-        strategy=strategy,
-        query_embedding=None if embedding is None else [float(x) for x in embedding],
+    search_log_enqueue(
+        {
+            "tenant_id": tenant.pk,
+            "query_id": str(query_id),
+            "chatbot_id": chatbot.pk,
+            "api_key_id": api_key.pk if api_key is not None else None,
+            "user_id": user.pk if user is not None and user.is_authenticated else None,
+            "source": source,
+            "query": plan.query,
+            "effective_query": plan.effective_query if plan.effective_query != plan.query else "",
+            "mode": mode,
+            "filters": filters.as_dict(),
+            "parameters": parameters,
+            "conversation_turns": len(conversation or []),
+            "result_count": len(results),
+            "result_chunk_ids": [h.chunk_id for h in results],
+            "top_score": top,
+            "took_ms": took_ms,
+            "cache_hit": cache_hit,
+            "embedding_space": space.key,
+            "strategy": strategy,
+            "query_embedding": None if embedding is None else [round(float(x), 6) for x in embedding],
+            "created_at": timezone.now().isoformat(),
+        }
     )
 
 
@@ -437,6 +464,9 @@ def search_feedback_create(
     api_key: ApiKey | None = None,
 ) -> SearchFeedback:
     log = SearchLog.objects.for_tenant(tenant).filter(query_id=query_id).first()
+    if log is None:
+        search_logs_flush()  # the search may still be queued
+        log = SearchLog.objects.for_tenant(tenant).filter(query_id=query_id).first()
     if log is None or (api_key is not None and api_key.chatbot_id not in (None, log.chatbot_id)):
         raise NotFound("Search not found.", field="query_id")
     if chunk_id is not None and chunk_id not in (log.result_chunk_ids or []):

@@ -16,6 +16,7 @@ from knowledge.models import Document
 from knowledge.services import document_create
 from search.apis import search_payload
 from search.filters import search_filters_build
+from search.logbuffer import search_logs_flush
 from search.selectors import knowledge_gaps, search_analytics
 from search.services import Turn, search_run
 from tenants.errors import DomainError
@@ -112,6 +113,7 @@ def search_analytics_view(request, chatbot_id: int):
         days = min(max(int(request.GET.get("days", 14)), 1), 365)
     except ValueError:
         days = 14
+    search_logs_flush()  # include searches still queued for writing
     low = settings.SEARCH_LOW_SCORE
     stats = search_analytics(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
     gaps = knowledge_gaps(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)

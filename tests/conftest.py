@@ -58,7 +58,9 @@ def _fresh_search_cache():
     """Chatbot ids restart with each test database: give every session its own cache keys."""
     from search import cache
 
-    with override_settings(SEARCH_CACHE_PREFIX=f"search-test-{uuid.uuid4().hex[:8]}:"):
+    # Logs are written at once (tests read them right after a search); tests/test_search.py
+    # covers the Redis-buffered path explicitly.
+    with override_settings(SEARCH_CACHE_PREFIX=f"search-test-{uuid.uuid4().hex[:8]}:", SEARCH_LOG_BUFFER=False):
         cache.reset()
         yield
 

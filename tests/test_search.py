@@ -482,3 +482,37 @@ def test_bad_requests_name_the_field(api, bundle, body, field):
 
 def test_unauthenticated_search_is_refused(bundle):
     assert APIClient().post("/api/search", {"query": "x", "chatbot_id": bundle.chatbot.pk}).status_code in (401, 403)
+
+
+def test_logs_are_queued_in_redis_and_written_in_batches(api, bundle, faq, settings):
+    """The production path: searches queue their log rows; feedback and analytics flush first,
+    and the flush task writes the rest (called directly here)."""
+    from search.logbuffer import search_logs_flush
+    from search.tasks import search_logs_flush_task
+
+    settings.SEARCH_LOG_BUFFER = True
+    search_logs_flush()
+    first = search(api, bundle.chatbot.pk, query="How can I pay?").json()
+    search(api, bundle.chatbot.pk, query="refund")
+    assert not SearchLog.objects.filter(chatbot=bundle.chatbot).exists()  # queued, not yet written
+    response = api.post(f"/api/search/{first['query_id']}/feedback", {"helpful": True}, format="json")
+    assert response.status_code == 201  # feedback found the queued search
+    assert SearchLog.objects.filter(chatbot=bundle.chatbot).count() == 2
+    search(api, bundle.chatbot.pk, query="change address")
+    assert api.get(f"/api/search/analytics/{bundle.chatbot.pk}").json()["searches"] == 3
+    search(api, bundle.chatbot.pk, query="delivery")
+    assert search_logs_flush_task() == 1
+    log = SearchLog.objects.get(query="delivery")
+    assert log.api_key.prefix == bundle.api_key[:12] and log.result_count == 3 and log.took_ms > 0
+
+
+def test_logs_are_written_directly_when_redis_is_down(api, bundle, faq, settings, tmp_path):
+    settings.SEARCH_LOG_BUFFER = True
+    settings.REDIS_URL = f"unix://{tmp_path}/no-redis.sock"
+    settings.SEARCH_CACHE_TIMEOUT = 0.05
+    cache.reset()
+    try:
+        body = search(api, bundle.chatbot.pk, query="How can I pay?").json()
+        assert SearchLog.objects.filter(query_id=body["query_id"]).exists()
+    finally:
+        cache.reset()

@@ -4,6 +4,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 # Every periodic task of the project, in one place: name -> (task, every seconds, expires seconds)
 SCHEDULE = {
     "Sweep stuck ingestion jobs": ("knowledge.ingestion_jobs_sweep", 60, 55),
+    "Write queued search logs": ("search.logs_flush", 10, 9),
 }
 
 

@@ -1,0 +1,49 @@
+from django.contrib import admin
+
+from search.models import SearchFeedback, SearchLog
+
+
+class SearchFeedbackInline(admin.TabularInline):
+    model = SearchFeedback
+    extra = 0
+    can_delete = False
+    fields = ["helpful", "chunk", "comment", "api_key", "created_at"]
+    readonly_fields = fields
+
+
+@admin.register(SearchLog)
+class SearchLogAdmin(admin.ModelAdmin):
+    list_display = [
+        "created_at",
+        "query",
+        "mode",
+        "chatbot",
+        "tenant",
+        "result_count",
+        "top_score",
+        "took_ms",
+        "cache_hit",
+        "strategy",
+        "source",
+    ]
+    list_filter = ["mode", "cache_hit", "source", "strategy", "embedding_space", "tenant"]
+    search_fields = ["query", "effective_query", "query_id"]
+    date_hierarchy = "created_at"
+    list_select_related = ["chatbot", "tenant"]
+    exclude = ["query_embedding"]
+    readonly_fields = [f.name for f in SearchLog._meta.fields if f.name != "query_embedding"]
+    inlines = [SearchFeedbackInline]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(SearchFeedback)
+class SearchFeedbackAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "search", "helpful", "chunk", "chatbot", "tenant"]
+    list_filter = ["helpful", "tenant"]
+    raw_id_fields = ["search", "chunk", "api_key"]
+    list_select_related = ["search", "chatbot", "tenant"]
+
+    def has_add_permission(self, request):
+        return False

@@ -1,0 +1,118 @@
+"""Search logs are written in batches: a search appends its row to a Redis list (a fraction of a
+millisecond) and ``search_logs_flush`` moves rows into PostgreSQL with one ``COPY``-like bulk
+insert. Flushes happen from a background thread in every web process (about once a second),
+from a beat task (safety net), and on demand before anything reads the logs (analytics,
+feedback). With Redis down a search writes its row directly.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import threading
+import time
+import uuid
+
+import redis
+from django.conf import settings
+from django.db import close_old_connections
+
+from search import cache
+
+logger = logging.getLogger(__name__)
+BATCH = 1000
+_flusher: threading.Thread | None = None
+_flusher_lock = threading.Lock()
+
+
+def _key() -> str:
+    return f"{settings.SEARCH_CACHE_PREFIX}logs"
+
+
+def search_log_enqueue(row: dict) -> None:
+    """Queue one SearchLog row (field names as on the model); written directly without Redis."""
+    from search.models import SearchLog
+
+    if settings.SEARCH_LOG_BUFFER:
+        client = cache._redis()
+        if client is not None:
+            try:
+                client.rpush(_key(), json.dumps(row, default=str))
+                _ensure_flusher()
+                return
+            except redis.RedisError as error:
+                cache._failed(error)
+    SearchLog.objects.create(**_model_fields(row))
+
+
+def _model_fields(row: dict) -> dict:
+    fields = dict(row)
+    fields["query_id"] = uuid.UUID(str(fields["query_id"]))
+    return fields
+
+
+def search_logs_flush(*, limit: int = 100_000) -> int:
+    """Move queued rows into the database; returns how many were written."""
+    from search.models import SearchLog
+
+    client = cache._redis()
+    if client is None:
+        return 0
+    written = 0
+    while written < limit:
+        try:
+            with client.pipeline(transaction=True) as pipe:
+                pipe.lrange(_key(), 0, BATCH - 1)
+                pipe.ltrim(_key(), BATCH, -1)
+                raw, _ = pipe.execute()
+        except redis.RedisError as error:
+            cache._failed(error)
+            return written
+        if not raw:
+            break
+        rows = []
+        for item in raw:
+            try:
+                rows.append(SearchLog(**_model_fields(json.loads(item))))
+            except (ValueError, TypeError) as error:  # a malformed row must not block the others
+                logger.error("dropping an unreadable search log row: %s", error)
+        try:
+            SearchLog.objects.bulk_create(rows, ignore_conflicts=True)
+        except Exception:
+            # Put the rows back so a database hiccup loses nothing; the next flush retries.
+            try:
+                client.lpush(_key(), *reversed(raw))
+            except redis.RedisError as error:
+                cache._failed(error)
+            raise
+        written += len(rows)
+    return written
+
+
+def _loop() -> None:
+    while True:
+        time.sleep(settings.SEARCH_LOG_FLUSH_SECONDS)
+        try:
+            close_old_connections()
+            search_logs_flush()
+        except Exception:  # keep flushing after a database outage
+            logger.exception("search log flush failed; retrying")
+
+
+def _ensure_flusher() -> None:
+    global _flusher
+    if _flusher is not None and _flusher.is_alive():
+        return
+    with _flusher_lock:
+        if _flusher is None or not _flusher.is_alive():
+            _flusher = threading.Thread(target=_loop, name="search-log-flusher", daemon=True)
+            _flusher.start()
+            atexit.register(_flush_at_exit)
+
+
+def _flush_at_exit() -> None:
+    try:
+        search_logs_flush()
+    except Exception:
+        logger.exception("search logs could not be flushed at exit; they stay queued in Redis")
