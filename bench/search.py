@@ -278,6 +278,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400, help="uncached queries per HTTP run")
     parser.add_argument("--recall-queries", type=int, default=20, help="recall queries per chatbot and filter")
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--workers", type=int, default=CORES * 2, help="gunicorn worker processes")
+    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker")
     args = parser.parse_args()
     if not (SHARED / "datasets" / "scifact" / "corpus.jsonl").exists():
         print(json.dumps({"skipped": f"needs {SHARED} (../shared is not beside this clone)"}))
@@ -320,6 +322,7 @@ def main() -> None:
         "cores": CORES,
         "build_seconds": state["build_seconds"],
         "hnsw_index_build_seconds": state["index"],
+        "server": f"gunicorn gthread, {args.workers} workers x {args.threads} threads, torch 1 thread each",
         "settings": {
             "SEARCH_EXACT_MAX": settings.SEARCH_EXACT_MAX,
             "SEARCH_HNSW_EF_SEARCH": settings.SEARCH_HNSW_EF_SEARCH,
@@ -348,7 +351,7 @@ def main() -> None:
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "chatbot_training.wsgi", "-b", f"127.0.0.1:{args.port}",
-         "-w", str(CORES), "-k", "gthread", "--threads", "4", "--preload", "--log-level", "warning"],
+         "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads), "--preload", "--log-level", "warning"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:

@@ -46,6 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "search.fastpath.CachedSearchMiddleware",  # cached searches, before everything else
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "monitoring.middleware.UploadSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -107,7 +107,7 @@ def set_vectors(items: dict[str, np.ndarray]) -> None:
         _failed(error)
 
 
-def get_json(key: str, cache: str):
+def get_json(key: str, cache: str, *, count_miss: bool = True):
     client = _redis()
     if client is None:
         CACHE_EVENTS.labels(cache, "bypass").inc()
@@ -117,7 +117,8 @@ def get_json(key: str, cache: str):
     except redis.RedisError as error:
         _failed(error)
         return None
-    CACHE_EVENTS.labels(cache, "hit" if raw is not None else "miss").inc()
+    if raw is not None or count_miss:
+        CACHE_EVENTS.labels(cache, "hit" if raw is not None else "miss").inc()
     return json.loads(raw) if raw is not None else None
 
 

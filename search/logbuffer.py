@@ -11,7 +11,6 @@ import atexit
 import json
 import logging
 import threading
-import time
 import uuid
 
 import redis
@@ -24,6 +23,7 @@ logger = logging.getLogger(__name__)
 BATCH = 1000
 _flusher: threading.Thread | None = None
 _flusher_lock = threading.Lock()
+_stopping = threading.Event()
 
 
 def _key() -> str:
@@ -91,8 +91,7 @@ def search_logs_flush(*, limit: int = 100_000) -> int:
 
 
 def _loop() -> None:
-    while True:
-        time.sleep(settings.SEARCH_LOG_FLUSH_SECONDS)
+    while not _stopping.wait(settings.SEARCH_LOG_FLUSH_SECONDS):
         try:
             close_old_connections()
             search_logs_flush()
@@ -112,6 +111,7 @@ def _ensure_flusher() -> None:
 
 
 def _flush_at_exit() -> None:
+    _stopping.set()
     try:
         search_logs_flush()
     except Exception:

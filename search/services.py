@@ -304,16 +304,16 @@ def search_run(
     began = time.perf_counter()
     space = _active_space(chatbot)
     plan = query_plan_build(query=query, conversation=conversation)
-    parameters = {
-        "q": [cache.normalise_query(t) for t, _ in plan.weighted_texts],
-        "mode": mode,
-        "max_results": max_results,
-        "threshold": similarity_threshold,
-        "filters": filters.as_dict(),
-        "weight": semantic_weight,
-    }
-    key = cache.results_key(
-        chatbot_id=chatbot.pk, content_version=chatbot.content_version, space_id=space.pk, parameters=parameters
+    key = results_cache_key(
+        chatbot_id=chatbot.pk,
+        content_version=chatbot.content_version,
+        space_id=space.pk,
+        plan=plan,
+        mode=mode,
+        max_results=max_results,
+        threshold=similarity_threshold,
+        filters=filters,
+        weight=semantic_weight,
     )
     cached = cache.get_json(key, "results") if use_cache else None
     vector = None
@@ -363,29 +363,29 @@ def search_run(
             )
     took_ms = round((time.perf_counter() - began) * 1000, 2)
     query_id = uuid.uuid4()
-    cached_label = "yes" if cache_hit else "no"
-    SEARCHES.labels(mode, cached_label, strategy or "none").inc()
-    SEARCH_LATENCY.labels(mode, cached_label).observe(took_ms / 1000)
-    if not results:
-        ZERO_RESULTS.labels(mode).inc()
     if log:
-        _log(
-            tenant=tenant,
-            chatbot=chatbot,
-            space=space,
+        scores = [h.score for h in results if h.score is not None]
+        top = max(scores) if scores and mode != "keyword" else None
+        embedding = None
+        if not results or (top is not None and top < settings.SEARCH_LOW_SCORE):  # a gap: keep its vector
+            embedding = vector if vector is not None else query_vector(space, plan)
+        search_logged(
+            tenant_id=tenant.pk,
+            chatbot_id=chatbot.pk,
+            space_key=space.key,
             plan=plan,
             query_id=query_id,
             mode=mode,
             filters=filters,
-            parameters={k: v for k, v in parameters.items() if k not in ("q", "mode", "filters")},
+            parameters={"max_results": max_results, "threshold": similarity_threshold, "weight": semantic_weight},
             conversation=conversation,
             results=results,
             took_ms=took_ms,
             cache_hit=cache_hit,
             strategy=strategy,
-            vector=vector,
-            api_key=api_key,
-            user=user,
+            embedding=embedding,
+            api_key_id=api_key.pk if api_key is not None else None,
+            user_id=user.pk if user is not None and user.is_authenticated else None,
             source=source,
         )
     return SearchResult(
@@ -401,39 +401,42 @@ def search_run(
     )
 
 
-def _log(
-    *,
-    tenant,
-    chatbot,
-    space,
-    plan,
-    query_id,
-    mode,
-    filters,
-    parameters,
-    conversation,
-    results,
-    took_ms,
-    cache_hit,
-    strategy,
-    vector,
-    api_key,
-    user,
-    source,
-) -> None:
+def results_cache_key(
+    *, chatbot_id: int, content_version: int, space_id: int, plan: QueryPlan, mode: str, max_results: int,
+    threshold: float, filters: SearchFilters, weight: float | None,
+) -> str:  # fmt: skip
+    parameters = {
+        "q": [[cache.normalise_query(t), w] for t, w in plan.weighted_texts],
+        "mode": mode,
+        "max_results": max_results,
+        "threshold": float(threshold),
+        "filters": filters.as_dict(),
+        "weight": None if weight is None else float(weight),
+    }
+    return cache.results_key(
+        chatbot_id=chatbot_id, content_version=content_version, space_id=space_id, parameters=parameters
+    )
+
+
+def search_logged(
+    *, tenant_id: int, chatbot_id: int, space_key: str, plan: QueryPlan, query_id, mode: str, filters: SearchFilters,
+    parameters: dict, conversation, results: list[Hit], took_ms: float, cache_hit: bool, strategy: str, embedding,
+    api_key_id: int | None, user_id: int | None, source: str,
+) -> None:  # fmt: skip
+    """Counts the search in the metrics and queues its log row."""
+    cached_label = "yes" if cache_hit else "no"
+    SEARCHES.labels(mode, cached_label, strategy or "none").inc()
+    SEARCH_LATENCY.labels(mode, cached_label).observe(took_ms / 1000)
+    if not results:
+        ZERO_RESULTS.labels(mode).inc()
     scores = [h.score for h in results if h.score is not None]
-    top = max(scores) if scores and mode != "keyword" else None
-    gap = not results or (top is not None and top < settings.SEARCH_LOW_SCORE)
-    embedding = None
-    if gap:
-        embedding = vector if vector is not None else query_vector(space, plan)
     search_log_enqueue(
         {
-            "tenant_id": tenant.pk,
+            "tenant_id": tenant_id,
             "query_id": str(query_id),
-            "chatbot_id": chatbot.pk,
-            "api_key_id": api_key.pk if api_key is not None else None,
-            "user_id": user.pk if user is not None and user.is_authenticated else None,
+            "chatbot_id": chatbot_id,
+            "api_key_id": api_key_id,
+            "user_id": user_id,
             "source": source,
             "query": plan.query,
             "effective_query": plan.effective_query if plan.effective_query != plan.query else "",
@@ -443,10 +446,10 @@ def _log(
             "conversation_turns": len(conversation or []),
             "result_count": len(results),
             "result_chunk_ids": [h.chunk_id for h in results],
-            "top_score": top,
+            "top_score": max(scores) if scores and mode != "keyword" else None,
             "took_ms": took_ms,
             "cache_hit": cache_hit,
-            "embedding_space": space.key,
+            "embedding_space": space_key,
             "strategy": strategy,
             "query_embedding": None if embedding is None else [round(float(x), 6) for x in embedding],
             "created_at": timezone.now().isoformat(),

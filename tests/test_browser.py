@@ -86,3 +86,16 @@ def test_login_upload_and_watch_documents_finish(browser_page, live_server, bund
         page.wait_for_selector("text=Chunks (3)")
         assert "Q: How do I reset my password?" in page.inner_text("body")
         page.screenshot(path=str(settings.VAR_DIR / "e2e-document.png"), full_page=True)
+
+        # Search playground: semantic and hybrid side by side, then the analytics charts
+        page.goto(f"{live_server.url}/chatbots/{bundle.chatbot.pk}/search/")
+        page.fill("#id_q", "I forgot my password")
+        page.click("#search-form button[type=submit]")
+        page.wait_for_selector(".result-column[data-mode=hybrid] .hit")
+        first = page.locator(".result-column[data-mode=semantic] .hit").first.inner_text()
+        assert "How do I reset my password?" in first and "cosine" in first
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-search.png"), full_page=True)
+        page.goto(f"{live_server.url}/chatbots/{bundle.chatbot.pk}/search/analytics")
+        assert page.locator("#chart-volume rect").count() >= 1  # drawn by the page's script
+        assert page.locator("#chart-latency circle").count() >= 2
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-analytics.png"), full_page=True)

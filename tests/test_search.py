@@ -516,3 +516,39 @@ def test_logs_are_written_directly_when_redis_is_down(api, bundle, faq, settings
         assert SearchLog.objects.filter(query_id=body["query_id"]).exists()
     finally:
         cache.reset()
+
+
+def test_cached_searches_take_the_fast_path_and_stay_correct(api, bundle, faq, settings, django_assert_max_num_queries):
+    """A repeated search is answered in front of DRF with one SQL query (key, chatbot, space),
+    same body, logged; a revoked key or changed content is seen on the very next request."""
+    from tenants.services import api_key_revoke
+
+    settings.SEARCH_LOG_BUFFER = True
+    body = {"query": "How can I pay?", "max_results": 2, "mode": "hybrid", "filters": {"categories": ["help"]}}
+    first = search(api, bundle.chatbot.pk, **body).json()
+    with django_assert_max_num_queries(1):
+        again = search(api, bundle.chatbot.pk, **body).json()
+    assert again["cached"] is True and again["results"] == first["results"]
+    assert {k: v for k, v in again.items() if k not in ("query_id", "took_ms", "cached")} == {
+        k: v for k, v in first.items() if k not in ("query_id", "took_ms", "cached")
+    }
+    feedback = api.post(f"/api/search/{again['query_id']}/feedback", {"helpful": True}, format="json")
+    assert feedback.status_code == 201  # the fast path's search was logged
+    log = SearchLog.objects.get(query_id=again["query_id"])
+    assert log.cache_hit and log.api_key.prefix == bundle.api_key[:12] and log.filters == {"categories": ["help"]}
+
+    ingest(bundle, make_upload("pay.txt", "You can also pay with PayPal."))
+    assert search(api, bundle.chatbot.pk, **body).json()["cached"] is False  # new content version
+    from tenants.models import ApiKey
+
+    api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
+    assert search(api, bundle.chatbot.pk, **body).status_code == 401
+
+
+def test_fast_path_leaves_errors_to_the_full_path(api, bundle, other_bundle, faq):
+    search(api, bundle.chatbot.pk, query="How can I pay?")
+    assert search(api, other_bundle.chatbot.pk, query="How can I pay?").status_code == 404
+    assert (
+        search(api, bundle.chatbot.pk, query="How can I pay?", max_results=0).json()["error"]["field"] == "max_results"
+    )
+    assert search(api, bundle.chatbot.pk, query="How can I pay?", filters={"content_types": ["x"]}).status_code == 400
