@@ -23,8 +23,10 @@ run: install  ## Migrate, create the demo tenant, serve :8000 with a worker and 
 test: install  ## Run the test suite on the embedded PostgreSQL and Redis
 	$(BIN)/python -m pytest
 
-bench: install  ## Run the benchmarks (needs ../shared)
+bench: install  ## Run the benchmarks (need ../shared): ingestion, retrieval quality, search speed and recall
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/search.py
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .

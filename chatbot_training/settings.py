@@ -84,6 +84,11 @@ DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# Server-side prepared statements for the few raw queries that ask for them (the cached-search
+# fast path); the ORM keeps client-side binding. Set 0 behind a transaction-mode pgbouncer.
+DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
+    env.int("DATABASE_PREPARE_THRESHOLD", default=5) or None
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and Celery -------------------------------------------------------------------

@@ -16,6 +16,7 @@ import json
 import time
 import uuid
 
+import psycopg
 from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
@@ -57,6 +58,15 @@ _CONTEXT_SQL = """
     WHERE k.key_hash = %(hash)s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
       AND (k.chatbot_id IS NULL OR k.chatbot_id = c.id)
 """
+
+
+def _context(*, chatbot_id: int, key_hash: str):
+    """The key, chatbot and space row, as a server-side prepared statement (planned once per
+    connection: this query runs on every cached search)."""
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(_CONTEXT_SQL, {"chatbot": chatbot_id, "hash": key_hash}, prepare=True)
+        return cursor.fetchone()
 
 
 def _number(value, low: float, high: float) -> bool:
@@ -139,9 +149,7 @@ def cached_search_response(request) -> HttpResponse | None:
         return None
     if args is None:
         return None
-    with connection.cursor() as cursor:
-        cursor.execute(_CONTEXT_SQL, {"chatbot": args["chatbot_id"], "hash": api_key_hash(parts[1])})
-        row = cursor.fetchone()
+    row = _context(chatbot_id=args["chatbot_id"], key_hash=api_key_hash(parts[1]))
     if row is None:
         return None
     key_id, tenant_id, _, last_used, content_version, space_id, provider, model_name, version = row
@@ -200,7 +208,7 @@ def cached_search_response(request) -> HttpResponse | None:
         "cached": True,
         "semantic_weight": cached["weight"] if args["mode"] == "hybrid" else None,
     }
-    return HttpResponse(json.dumps(body), content_type="application/json")
+    return HttpResponse(json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
 class CachedSearchMiddleware:
