@@ -91,10 +91,27 @@ class LocalProvider:
         return self._model
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        texts = list(texts)
+        if len(texts) == 1:
+            return [self._embed_one(texts[0])]
         vectors = self.model.encode(
-            list(texts), batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
         return vectors.tolist()
+
+    def _embed_one(self, text: str) -> list[float]:
+        """One text (a search query) through the same modules as ``encode`` (tokenize, transformer,
+        mean pooling), without its per-call batching and mode switching: a few ms less per query."""
+        import torch
+
+        model = self.model
+        if model.training:
+            model.eval()
+        with torch.inference_mode():
+            features = model.tokenize([text])
+            vector = model.forward(features)["sentence_embedding"][0]
+            vector = torch.nn.functional.normalize(vector, p=2, dim=0)
+        return vector.tolist()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return wordpiece_count(texts)

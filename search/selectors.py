@@ -152,13 +152,14 @@ def chunk_cosines(*, space: EmbeddingSpace, chunk_ids: list[int], vector) -> dic
 def _hnsw_settings(cursor, *, ef_search: int, max_scan_tuples: int) -> None:
     """Transaction-local: walk the HNSW graph iteratively until enough rows pass the filters, and
     keep the planner on the index (with a join it may otherwise sort all of a chatbot's rows)."""
-    cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
-    cursor.execute("SET LOCAL enable_sort = off")
-    # Index order drives the walk; each row is checked by primary-key lookups as it comes.
-    for setting in ("enable_hashjoin", "enable_mergejoin", "enable_material"):
-        cursor.execute(f"SET LOCAL {setting} = off")
-    cursor.execute("SELECT set_config('hnsw.ef_search', %s, true)", [str(ef_search)])
-    cursor.execute("SELECT set_config('hnsw.max_scan_tuples', %s, true)", [str(max_scan_tuples)])
+    # One round trip. Index order drives the walk; each row is checked by primary-key lookups.
+    cursor.execute(
+        "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), set_config('enable_sort', 'off', true),"
+        " set_config('enable_hashjoin', 'off', true), set_config('enable_mergejoin', 'off', true),"
+        " set_config('enable_material', 'off', true), set_config('hnsw.ef_search', %s, true),"
+        " set_config('hnsw.max_scan_tuples', %s, true)",
+        [str(ef_search), str(max_scan_tuples)],
+    )
 
 
 def semantic_plan(
