@@ -242,7 +242,10 @@ def _http_client(args):
     for key, body in requests:
         headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
         t = time.perf_counter()
-        connection.request("POST", "/api/search", body=body, headers=headers)
+        if body is None:  # the floor: the cheapest request this server answers
+            connection.request("GET", "/healthz")
+        else:
+            connection.request("POST", "/api/search", body=body, headers=headers)
         response = connection.getresponse()
         payload = response.read()
         latencies.append((time.perf_counter() - t) * 1000)
@@ -255,9 +258,10 @@ def _http_client(args):
 
 def http_run(port: int, bots, texts: list[str], clients: int) -> dict:
     """``clients`` processes, each on one keep-alive connection, splitting the queries; every
-    query goes to the next chatbot in turn with its tenant's key."""
+    query goes to the next chatbot in turn with its tenant's key. A ``None`` text is GET /healthz."""
     requests = [
         (bots[i % len(bots)]["api_key"],
+         None if text is None else
          json.dumps({"query": text, "chatbot_id": bots[i % len(bots)]["chatbot_id"], "max_results": 5}))
         for i, text in enumerate(texts)
     ]  # fmt: skip
@@ -373,6 +377,8 @@ def main() -> None:
             "one_client": http_run(args.port, bots, repeated * 25, 1),
             "8_clients": http_run(args.port, bots, repeated * 200, 8),
         }
+        # What this server and client pair can do at all: GET /healthz (no database, no Redis).
+        report["http_floor_healthz_8_clients"] = http_run(args.port, bots, [None] * 4000, 8)
     finally:
         server.terminate()
         server.wait(30)

@@ -13,6 +13,7 @@ import atexit
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import time
 import warnings
@@ -50,6 +51,19 @@ def postgres_url() -> str:
             server = pgserver.get_server(VAR_DIR / "pg", cleanup_mode="stop")
             admin_uri = server.get_uri()
             with psycopg.connect(admin_uri, autocommit=True) as conn:
+                # Room for the HNSW indexes in PostgreSQL's own cache (the default is 128MB); the
+                # setting applies from the server's next start.
+                buffers = os.environ.get("EMBEDDED_PG_SHARED_BUFFERS", "512MB")
+                if (
+                    re.fullmatch(r"[0-9]+(kB|MB|GB)", buffers)
+                    and conn.execute(
+                        "SELECT setting FROM pg_file_settings WHERE name = 'shared_buffers' AND "
+                        "sourcefile LIKE '%%auto.conf' AND setting = %s",
+                        [buffers],
+                    ).fetchone()
+                    is None
+                ):
+                    conn.execute(f"ALTER SYSTEM SET shared_buffers = '{buffers}'")
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
                 if not exists:
                     conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')

@@ -108,7 +108,8 @@ class LocalProvider:
         if model.training:
             model.eval()
         with torch.inference_mode():
-            features = model.tokenize([text])
+            prepare = getattr(model, "preprocess", None) or model.tokenize
+            features = prepare([text])
             vector = model.forward(features)["sentence_embedding"][0]
             vector = torch.nn.functional.normalize(vector, p=2, dim=0)
         return vector.tolist()
