@@ -355,7 +355,8 @@ def main() -> None:
     }
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "chatbot_training.wsgi", "-b", f"127.0.0.1:{args.port}",
-         "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads), "--preload", "--log-level", "warning"],
+         "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads), "--preload",
+         "--log-level", "warning"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:
