@@ -107,6 +107,7 @@ SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=400
 # Search logs go through a Redis list and are written in batches (search/logbuffer.py).
 SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)
 SEARCH_LOG_FLUSH_SECONDS = env.float("SEARCH_LOG_FLUSH_SECONDS", default=1.0)
+SEARCH_LOG_FLUSHER_THREAD = env.bool("SEARCH_LOG_FLUSHER_THREAD", default=True)  # off in tests
 # A search whose best cosine similarity is below this is a knowledge gap ("low score").
 SEARCH_LOW_SCORE = env.float("SEARCH_LOW_SCORE", default=0.35)
 

@@ -15,7 +15,7 @@ import uuid
 
 import redis
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections, connection, transaction
 
 from search import cache
 
@@ -39,7 +39,8 @@ def search_log_enqueue(row: dict) -> None:
         if client is not None:
             try:
                 client.rpush(_key(), json.dumps(row, default=str))
-                _ensure_flusher()
+                if settings.SEARCH_LOG_FLUSHER_THREAD:
+                    _ensure_flusher()
                 return
             except redis.RedisError as error:
                 cache._failed(error)
@@ -78,7 +79,12 @@ def search_logs_flush(*, limit: int = 100_000) -> int:
             except (ValueError, TypeError) as error:  # a malformed row must not block the others
                 logger.error("dropping an unreadable search log row: %s", error)
         try:
-            SearchLog.objects.bulk_create(rows, ignore_conflicts=True)
+            try:
+                with transaction.atomic():
+                    _constraints_now()
+                    SearchLog.objects.bulk_create(rows, ignore_conflicts=True)
+            except IntegrityError:  # a key, user or chatbot was deleted meanwhile
+                _insert_each(rows)
         except Exception:
             # Put the rows back so a database hiccup loses nothing; the next flush retries.
             try:
@@ -88,6 +94,30 @@ def search_logs_flush(*, limit: int = 100_000) -> int:
             raise
         written += len(rows)
     return written
+
+
+def _constraints_now() -> None:
+    """Django's foreign keys are deferred to commit; check them per statement here, so a bad row
+    is caught where it can be handled."""
+    with connection.cursor() as cursor:
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+
+
+def _insert_each(rows) -> None:
+    """Row by row: a row whose API key or user is gone keeps the search without them; a row
+    whose chatbot or tenant is gone is dropped (its logs would have been deleted with it)."""
+    for row in rows:
+        for attempt in range(2):
+            try:
+                with transaction.atomic():
+                    _constraints_now()
+                    row.save(force_insert=True)
+                break
+            except IntegrityError:
+                if attempt == 0:
+                    row.api_key_id = row.user_id = None
+                else:
+                    logger.warning("dropping the log of search %s: its chatbot is gone", row.query_id)
 
 
 def _loop() -> None:

@@ -60,7 +60,11 @@ def _fresh_search_cache():
 
     # Logs are written at once (tests read them right after a search); tests/test_search.py
     # covers the Redis-buffered path explicitly.
-    with override_settings(SEARCH_CACHE_PREFIX=f"search-test-{uuid.uuid4().hex[:8]}:", SEARCH_LOG_BUFFER=False):
+    with override_settings(
+        SEARCH_CACHE_PREFIX=f"search-test-{uuid.uuid4().hex[:8]}:",
+        SEARCH_LOG_BUFFER=False,
+        SEARCH_LOG_FLUSHER_THREAD=False,  # a thread's own connection cannot see a test's rows
+    ):
         cache.reset()
         yield
 

@@ -2,6 +2,7 @@
 Celery is eager: ingestion runs the task function in-process."""
 
 import json
+import uuid
 
 import numpy as np
 import pytest
@@ -552,3 +553,46 @@ def test_fast_path_leaves_errors_to_the_full_path(api, bundle, other_bundle, faq
         search(api, bundle.chatbot.pk, query="How can I pay?", max_results=0).json()["error"]["field"] == "max_results"
     )
     assert search(api, bundle.chatbot.pk, query="How can I pay?", filters={"content_types": ["x"]}).status_code == 400
+
+
+def test_log_flush_survives_rows_whose_key_or_chatbot_is_gone(bundle, other_bundle, faq, settings):
+    """A key revoked-and-deleted or a chatbot deleted between a search and the flush must not
+    block the queue: the row is kept without the key, or dropped with its chatbot."""
+    from search.logbuffer import search_log_enqueue, search_logs_flush
+    from tenants.models import ApiKey
+
+    settings.SEARCH_LOG_BUFFER = True
+    search_logs_flush()
+    key = ApiKey.objects.get(prefix=bundle.api_key[:12])
+    base = {
+        "query": "q",
+        "mode": "semantic",
+        "took_ms": 1.0,
+        "embedding_space": "s",
+        "created_at": "2026-11-24T10:00:00+00:00",
+    }
+    rows = [
+        {
+            **base,
+            "tenant_id": bundle.tenant.pk,
+            "chatbot_id": bundle.chatbot.pk,
+            "api_key_id": key.pk,
+            "query_id": str(uuid.uuid4()),
+        },
+        {
+            **base,
+            "tenant_id": other_bundle.tenant.pk,
+            "chatbot_id": other_bundle.chatbot.pk,
+            "query_id": str(uuid.uuid4()),
+        },
+        {**base, "tenant_id": bundle.tenant.pk, "chatbot_id": bundle.chatbot.pk, "query_id": str(uuid.uuid4())},
+    ]
+    for row in rows:
+        search_log_enqueue(row)
+    key.delete()
+    other_bundle.chatbot.delete()
+    search_logs_flush()
+    written = SearchLog.objects.filter(query_id__in=[r["query_id"] for r in rows])
+    assert sorted(str(log.query_id) for log in written) == sorted([rows[0]["query_id"], rows[2]["query_id"]])
+    assert all(log.api_key_id is None for log in written)
+    assert search_logs_flush() == 0  # nothing left behind
