@@ -212,7 +212,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fresh", action="store_true", help="drop and re-ingest the quality database")
     parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--modes", default="semantic,keyword,hybrid,hybrid_rrf_equal")
+    parser.add_argument("--modes", default="semantic,keyword,hybrid,hybrid_even_blend")
     args = parser.parse_args()
     if not (DATA / "scifact" / "corpus.jsonl").exists():
         print(json.dumps({"skipped": f"needs {DATA} (../shared is not beside this clone)"}))
@@ -228,7 +228,7 @@ def main() -> None:
         "semantic": ("semantic", None),
         "keyword": ("keyword", None),
         "hybrid": ("hybrid", None),
-        "hybrid_rrf_equal": ("hybrid", 0.5),
+        "hybrid_even_blend": ("hybrid", 0.5),
     }
     modes = {name: modes[name] for name in args.modes.split(",")}
     report = {"benchmark": "quality", "database": DATABASE, "datasets": {}}
