@@ -46,7 +46,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    "search.fastpath.CachedSearchMiddleware",  # cached searches, before everything else
+    "search.fastpath.SearchFastPathMiddleware",  # chatbot searches, before everything else
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "monitoring.middleware.UploadSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",

@@ -295,6 +295,7 @@ def search_run(
     source: str = SearchLog.Source.API,
     log: bool = True,
     use_cache: bool = True,
+    space: EmbeddingSpace | None = None,
 ) -> SearchResult:
     """Runs one search and logs it. ``semantic_weight`` (hybrid only): 0 = keyword only,
     1 = vectors only, ``None`` = chosen per query (see ``auto_semantic_weight``)."""
@@ -302,7 +303,7 @@ def search_run(
         raise NotFound("Chatbot not found.", field="chatbot_id")
     query = _validate(query, mode, conversation)
     began = time.perf_counter()
-    space = _active_space(chatbot)
+    space = space or _active_space(chatbot)
     plan = query_plan_build(query=query, conversation=conversation)
     key = results_cache_key(
         chatbot_id=chatbot.pk,

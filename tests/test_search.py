@@ -596,3 +596,18 @@ def test_log_flush_survives_rows_whose_key_or_chatbot_is_gone(bundle, other_bund
     assert sorted(str(log.query_id) for log in written) == sorted([rows[0]["query_id"], rows[2]["query_id"]])
     assert all(log.api_key_id is None for log in written)
     assert search_logs_flush() == 0  # nothing left behind
+
+
+def test_fast_path_hands_failures_to_the_full_path(api, bundle, faq, monkeypatch):
+    """Uncached searches also take the fast path; if it fails, the full view answers."""
+    from search import apis as search_apis  # binds the real search_run before the patch
+    from search import services as search_services
+
+    assert search_apis.search_run is search_services.search_run
+
+    def broken(**kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(search_services, "search_run", broken)  # the fast path's reference only
+    response = search(api, bundle.chatbot.pk, query="How can I pay?")
+    assert response.status_code == 200 and response.json()["results"]
