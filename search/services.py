@@ -42,11 +42,11 @@ RRF_K = 60
 # Conversation-aware search: weights of earlier user turns (most recent first) in the query
 # vector; the current question weighs 1. A short follow-up ("and how much is it?") leans on the
 # history more, and only a short one gets the history's words added to its keyword query
-# (measured on real conversations: see tests/test_search_shared.py).
+# (measured on real conversations: see tests/test_search_shared.py). Assistant turns are not
+# used: their text is the earlier answer, which would pull the query back to the old question.
 HISTORY_USER_WEIGHTS = (0.3, 0.15, 0.05)
 SHORT_FOLLOW_UP_WEIGHTS = (0.6, 0.3, 0.15)
 SHORT_FOLLOW_UP_WORDS = 3
-HISTORY_ASSISTANT_WEIGHT = 0.0
 HISTORY_KEYWORDS = 6
 
 STOPWORDS = frozenset(
@@ -99,7 +99,6 @@ def query_plan_build(*, query: str, conversation: list[Turn] | None = None) -> Q
     content words to the keyword query, so "and how much does that cost?" keeps its subject."""
     conversation = conversation or []
     users = [t.content for t in conversation if t.role == "user" and t.content.strip()]
-    assistants = [t.content for t in conversation if t.role == "assistant" and t.content.strip()]
     if users and users[-1].strip() == query.strip():
         users = users[:-1]  # the client repeated the current question as the last turn
     present = _content_words(query)
@@ -108,8 +107,6 @@ def query_plan_build(*, query: str, conversation: list[Turn] | None = None) -> Q
     weighted = [(query, 1.0)]
     for text, weight in zip(reversed(users), weights):
         weighted.append((text, weight))
-    if assistants and HISTORY_ASSISTANT_WEIGHT > 0:
-        weighted.append((assistants[-1], HISTORY_ASSISTANT_WEIGHT))
     extra: list[str] = []
     for text in reversed(users[-len(weights) :]) if short else ():
         for word in _content_words(text):
@@ -368,7 +365,8 @@ def search_run(
         scores = [h.score for h in results if h.score is not None]
         top = max(scores) if scores and mode != "keyword" else None
         embedding = None
-        if not results or (top is not None and top < settings.SEARCH_LOW_SCORE):  # a gap: keep its vector
+        gap = not results or (top is not None and top < settings.SEARCH_LOW_SCORE)
+        if gap and not cache_hit:  # a gap keeps its vector (a cached repeat is grouped by its text)
             embedding = vector if vector is not None else query_vector(space, plan)
         search_logged(
             tenant_id=tenant.pk,
@@ -452,7 +450,7 @@ def search_logged(
             "cache_hit": cache_hit,
             "embedding_space": space_key,
             "strategy": strategy,
-            "query_embedding": None if embedding is None else [round(float(x), 6) for x in embedding],
+            "query_embedding": None if embedding is None else np.round(np.asarray(embedding, dtype=float), 6).tolist(),
             "created_at": timezone.now().isoformat(),
         }
     )
