@@ -83,7 +83,9 @@ DATABASE_URL = env("DATABASE_URL", default="") or embedded.postgres_url()
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
 DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# A health check is a SELECT 1 round trip at the start of every request; a connection that
+# breaks is discarded at the end of the request that met the error anyway.
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
 # Server-side prepared statements for the few raw queries that ask for them (the cached-search
 # fast path); the ORM keeps client-side binding. Set 0 behind a transaction-mode pgbouncer.
 DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
