@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+import uuid
 
 import psycopg
 from django.db import connection
@@ -22,8 +24,20 @@ from django.http import HttpResponse
 from django.utils import timezone
 
 from knowledge.models import Document, EmbeddingSpace
+from search import cache
+from search.apis import search_payload
 from search.filters import search_filters_build
-from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn
+from search.selectors import Hit
+from search.services import (
+    MAX_CONVERSATION_TURNS,
+    MAX_QUERY_CHARS,
+    MODES,
+    SearchResult,
+    Turn,
+    query_plan_build,
+    results_cache_key,
+    search_logged,
+)
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Chatbot, Tenant
 from tenants.scoping import tenant_context
@@ -155,9 +169,12 @@ def search_response(request) -> HttpResponse | None:
     if row is None:
         return None
     key_id, tenant_id, last_used, content_version, space_id, provider, model_name, version, dimensions = row
-    from search.apis import search_payload
-    from search.services import search_run
+    from search.services import search_run  # looked up per call (tests patch it)
 
+    result = _cached_result(args, row)
+    if result is not None:
+        _touch(key_id, last_used)
+        return _json(search_payload(result))
     tenant = Tenant(pk=tenant_id)
     try:
         with tenant_context(tenant):
@@ -179,10 +196,71 @@ def search_response(request) -> HttpResponse | None:
     except Exception:  # the full path runs it again and answers the error properly
         logger.warning("search fast path gave up; the full path takes over", exc_info=True)
         return None
+    _touch(key_id, last_used)
+    return _json(search_payload(result))
+
+
+def _cached_result(args: dict, row):
+    """A cached answer without the rest of ``search_run`` (the hot path of repeated questions)."""
+    key_id, tenant_id, _, content_version, space_id, provider, model_name, version, _ = row
+    began = time.perf_counter()
+    plan = query_plan_build(query=args["query"], conversation=args["conversation"])
+    key = results_cache_key(
+        chatbot_id=args["chatbot_id"],
+        content_version=content_version,
+        space_id=space_id,
+        plan=plan,
+        mode=args["mode"],
+        max_results=args["max_results"],
+        threshold=args["threshold"],
+        filters=args["filters"],
+        weight=args["weight"],
+    )
+    cached = cache.get_json(key, "results", count_miss=False)
+    if cached is None:
+        return None
+    results = [Hit(**hit) for hit in cached["results"]]
+    result = SearchResult(
+        results=results,
+        took_ms=round((time.perf_counter() - began) * 1000, 2),
+        embedding_space=f"{provider}:{model_name}@{version}",
+        mode=args["mode"],
+        query_id=uuid.uuid4(),
+        effective_query=plan.effective_query,
+        cache_hit=True,
+        strategy=cached["strategy"],
+        semantic_weight=cached["weight"] if args["mode"] == "hybrid" else None,
+    )
+    search_logged(
+        tenant_id=tenant_id,
+        chatbot_id=args["chatbot_id"],
+        space_key=result.embedding_space,
+        plan=plan,
+        query_id=result.query_id,
+        mode=args["mode"],
+        filters=args["filters"],
+        parameters={"max_results": args["max_results"], "threshold": args["threshold"], "weight": args["weight"]},
+        conversation=args["conversation"],
+        results=results,
+        took_ms=result.took_ms,
+        cache_hit=True,
+        strategy=result.strategy,
+        embedding=None,
+        api_key_id=key_id,
+        user_id=None,
+        source="api",
+    )
+    return result
+
+
+def _touch(key_id: int, last_used) -> None:
     if last_used is None or (timezone.now() - last_used).total_seconds() > 60:
         with connection.cursor() as cursor:
             cursor.execute("UPDATE tenants_apikey SET last_used_at = now() WHERE id = %s", [key_id])
-    return HttpResponse(json.dumps(search_payload(result), separators=(",", ":")), content_type="application/json")
+
+
+def _json(body: dict) -> HttpResponse:
+    return HttpResponse(json.dumps(body, separators=(",", ":")), content_type="application/json")
 
 
 class SearchFastPathMiddleware:
