@@ -362,8 +362,7 @@ def search_run(
     took_ms = round((time.perf_counter() - began) * 1000, 2)
     query_id = uuid.uuid4()
     if log:
-        scores = [h.score for h in results if h.score is not None]
-        top = max(scores) if scores and mode != "keyword" else None
+        top = top_cosine(results, mode)
         embedding = None
         gap = not results or (top is not None and top < settings.SEARCH_LOW_SCORE)
         if gap and not cache_hit:  # a gap keeps its vector (a cached repeat is grouped by its text)
@@ -400,6 +399,12 @@ def search_run(
     )
 
 
+def top_cosine(results: list[Hit], mode: str) -> float | None:
+    """The best cosine similarity of a result list (keyword scores are not cosines)."""
+    scores = [h.score for h in results if h.score is not None]
+    return max(scores) if scores and mode != "keyword" else None
+
+
 def results_cache_key(
     *, chatbot_id: int, content_version: int, space_id: int, plan: QueryPlan, mode: str, max_results: int,
     threshold: float, filters: SearchFilters, weight: float | None,
@@ -428,7 +433,6 @@ def search_logged(
     SEARCH_LATENCY.labels(mode, cached_label).observe(took_ms / 1000)
     if not results:
         ZERO_RESULTS.labels(mode).inc()
-    scores = [h.score for h in results if h.score is not None]
     search_log_enqueue(
         {
             "tenant_id": tenant_id,
@@ -445,7 +449,7 @@ def search_logged(
             "conversation_turns": len(conversation or []),
             "result_count": len(results),
             "result_chunk_ids": [h.chunk_id for h in results],
-            "top_score": max(scores) if scores and mode != "keyword" else None,
+            "top_score": top_cosine(results, mode),
             "took_ms": took_ms,
             "cache_hit": cache_hit,
             "embedding_space": space_key,
