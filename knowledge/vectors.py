@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.db import connection
 
 from knowledge.models import EmbeddingSpace
@@ -28,6 +30,65 @@ def ensure_space_index(space: EmbeddingSpace) -> None:
             f"USING hnsw ({space_vector_expr(space)} vector_cosine_ops) "
             f"WITH (m = 16, ef_construction = 64) WHERE space_id = {int(space.pk)}"
         )
+
+
+CHATBOT_INDEX_PATTERN = r"^chunkemb_hnsw_s[0-9]+_c[0-9]+$"
+
+
+def chatbot_index_name(*, space_id: int, chatbot_id: int) -> str:
+    return f"chunkemb_hnsw_s{int(space_id)}_c{int(chatbot_id)}"
+
+
+def vector_counts(*, chatbot_id: int | None = None) -> dict[tuple[int, int], int]:
+    """Vectors per (space, chatbot): all of them, or one chatbot's."""
+    where, args = ("WHERE chatbot_id = %s", [chatbot_id]) if chatbot_id is not None else ("", [])
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT space_id, chatbot_id, count(*) FROM knowledge_chunkembedding {where} GROUP BY 1, 2", args
+        )
+        return {(space, chatbot): count for space, chatbot, count in cursor.fetchall()}
+
+
+def chatbot_indexes() -> dict[str, bool]:
+    """The per-chatbot HNSW indexes: name -> valid (an interrupted concurrent build leaves an
+    invalid one behind)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT c.relname, i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid
+            WHERE i.indrelid = 'knowledge_chunkembedding'::regclass AND c.relname ~ %s
+            """,
+            [CHATBOT_INDEX_PATTERN],
+        )
+        return dict(cursor.fetchall())
+
+
+def chatbot_index_create(*, space: EmbeddingSpace, chatbot_id: int) -> str:
+    """A partial HNSW index over one chatbot's vectors in one space. The planner picks it for that
+    chatbot's searches (their WHERE implies its predicate), so the index walk meets only the
+    chatbot's own vectors instead of skipping everyone else's. Built CONCURRENTLY (searches and
+    ingestion go on) unless called inside a transaction."""
+    name = chatbot_index_name(space_id=space.pk, chatbot_id=chatbot_id)
+    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    with connection.cursor() as cursor:
+        if connection.in_atomic_block:  # deferred FK checks pending in this transaction block DDL
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(
+            f"CREATE INDEX {concurrently} IF NOT EXISTS {name} ON knowledge_chunkembedding "
+            f"USING hnsw ({space_vector_expr(space)} vector_cosine_ops) WITH (m = 16, ef_construction = 64) "
+            f"WHERE space_id = {int(space.pk)} AND chatbot_id = {int(chatbot_id)}"
+        )
+    return name
+
+
+def chatbot_index_drop(name: str) -> None:
+    if not re.fullmatch(CHATBOT_INDEX_PATTERN, name):
+        raise ValueError(f"not a chatbot vector index: {name!r}")
+    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
+    with connection.cursor() as cursor:
+        if connection.in_atomic_block:
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
 
 
 def flag_near_duplicates(

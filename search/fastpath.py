@@ -260,7 +260,10 @@ def _touch(key_id: int, last_used) -> None:
 
 
 def _json(body: dict) -> HttpResponse:
-    return HttpResponse(json.dumps(body, separators=(",", ":")), content_type="application/json")
+    content = json.dumps(body, separators=(",", ":")).encode()
+    response = HttpResponse(content, content_type="application/json")
+    response["Content-Length"] = str(len(content))  # else the server sends it chunked
+    return response
 
 
 class SearchFastPathMiddleware:

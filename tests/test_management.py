@@ -94,3 +94,11 @@ def test_a_command_attached_to_the_embedded_database_leaves_it_running():
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
         assert cursor.fetchone() == (1,)
+
+
+def test_pgvector_build_runs_on_this_cpu():
+    """``make install`` swaps in a portable pgvector where the shipped one needs AVX-512; the probe
+    (a 384-dimension cosine on a throw-away server) must pass on the build in use."""
+    from chatbot_training.pgvector_cpu import probe
+
+    assert probe() is None

@@ -345,6 +345,75 @@ def test_hnsw_path_uses_the_space_index_and_exact_path_does_not(bundle):
     assert space_index_name(space) not in plans[True], plans[True]
 
 
+def _chatbot_index_recall(space, chatbot, rng) -> float:
+    from search.selectors import NO_FILTERS, semantic_hits
+    from search.services import _semantic_search
+
+    recalls = []
+    for _ in range(10):
+        vector = clustered_vectors(rng, 1)[0]
+        exact = semantic_hits(
+            space=space, chatbot_id=chatbot.pk, vector=vector, limit=10, filters=NO_FILTERS, exact=True
+        )
+        found, strategy = _semantic_search(space=space, chatbot=chatbot, vector=vector, limit=10, filters=NO_FILTERS)
+        assert strategy == "hnsw"
+        recalls.append(len({h.chunk_id for h in found} & {h.chunk_id for h in exact}) / 10)
+    return float(np.mean(recalls))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_big_chatbots_get_their_own_vector_index_built_concurrently(bundle, other_bundle, settings):
+    """The optimiser (called directly, outside a transaction: CREATE/DROP INDEX CONCURRENTLY) gives
+    each chatbot above VECTOR_CHATBOT_INDEX_MIN a partial HNSW index, the planner uses it for that
+    chatbot's searches, and it is dropped again when the chatbot shrinks."""
+    from knowledge.models import Document
+    from knowledge.services import chatbot_space_ensure_active, vector_index_wanted, vector_indexes_optimize
+    from knowledge.vectors import chatbot_index_name, chatbot_indexes, space_index_name
+    from search.selectors import NO_FILTERS, semantic_plan
+    from tenants.services import chatbot_create
+
+    settings.VECTOR_CHATBOT_INDEX_MIN = 400
+    settings.SEARCH_EXACT_MAX = 10
+    big = chatbot_create(tenant=other_bundle.tenant, name="Big")
+    small = chatbot_create(tenant=bundle.tenant, name="Small")
+    _insert_random_vectors(big, 2000, 1)
+    _insert_random_vectors(bundle.chatbot, 600, 2)
+    _insert_random_vectors(small, 100, 3)
+    space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
+    assert vector_index_wanted(chatbot_id=bundle.chatbot.pk) and not vector_index_wanted(chatbot_id=small.pk)
+
+    done = vector_indexes_optimize()
+    names = {bot.pk: chatbot_index_name(space_id=space.pk, chatbot_id=bot.pk) for bot in (big, bundle.chatbot, small)}
+    assert sorted(done["created"]) == sorted([names[big.pk], names[bundle.chatbot.pk]])
+    assert chatbot_indexes() == {names[big.pk]: True, names[bundle.chatbot.pk]: True}
+    assert not vector_index_wanted(chatbot_id=bundle.chatbot.pk)
+    assert vector_indexes_optimize() == {"created": [], "dropped": [], "rebuilt": []}  # idempotent
+
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE knowledge_chunkembedding")
+    plan = semantic_plan(
+        space=space, chatbot_id=bundle.chatbot.pk, vector=[0.01] * 384, limit=5, filters=NO_FILTERS, exact=False
+    )
+    assert names[bundle.chatbot.pk] in plan and space_index_name(space) not in plan, plan
+    assert _chatbot_index_recall(space, bundle.chatbot, np.random.default_rng(4)) >= 0.95
+
+    Document.objects.filter(chatbot=bundle.chatbot).delete()  # the chatbot shrinks to nothing
+    done = vector_indexes_optimize()
+    assert done["dropped"] == [names[bundle.chatbot.pk]]
+    assert chatbot_indexes() == {names[big.pk]: True}
+
+
+def test_ingesting_past_the_threshold_builds_the_chatbots_index(bundle, settings):
+    """The ingestion task (run eagerly in-process) asks for the index once the chatbot is big enough."""
+    from knowledge.services import chatbot_space_ensure_active
+    from knowledge.vectors import chatbot_index_name, chatbot_indexes
+
+    settings.VECTOR_CHATBOT_INDEX_MIN = 2  # the FAQ has 3 rows
+    space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
+    assert chatbot_indexes() == {chatbot_index_name(space_id=space.pk, chatbot_id=bundle.chatbot.pk): True}
+
+
 def test_conversation_keeps_the_subject_of_earlier_turns(api, bundle, products):
     conversation = [
         {"role": "user", "content": "I'm interested in the X200 router for my flat."},

@@ -5,6 +5,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask
 SCHEDULE = {
     "Sweep stuck ingestion jobs": ("knowledge.ingestion_jobs_sweep", 60, 55),
     "Write queued search logs": ("search.logs_flush", 10, 9),
+    "Optimise per-chatbot vector indexes": ("knowledge.vector_indexes_optimize", 900, 850),
 }
 
 
