@@ -10,7 +10,7 @@ their vectors are the sentences' real all-MiniLM-L6-v2 embeddings plus a little 
 - recall@10 of the service's vector search against exact search, per chatbot, plain and with a
   metadata filter (the planner picks exact search for small candidate sets, HNSW otherwise);
 - the raw ceiling, in-process: query embedding + the vector SQL alone, one client and one per core;
-- over HTTP (gunicorn, one worker per core): one client and 8 concurrent clients, uncached
+- over HTTP (granian, one worker per core): one client and 8 concurrent clients, uncached
   (every query new) and cached (repeated queries): p50/p95 latency and searches/s.
 Prints JSON.
 """
@@ -324,8 +324,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=400, help="uncached queries per HTTP run")
     parser.add_argument("--recall-queries", type=int, default=20, help="recall queries per chatbot and filter")
     parser.add_argument("--port", type=int, default=8766)
-    parser.add_argument("--workers", type=int, default=CORES * 2, help="gunicorn worker processes")
-    parser.add_argument("--threads", type=int, default=2, help="threads per gunicorn worker")
+    parser.add_argument("--workers", type=int, default=CORES, help="granian worker processes")
+    parser.add_argument("--threads", type=int, default=4, help="blocking (request) threads per worker")
     args = parser.parse_args()
     if not (SHARED / "datasets" / "scifact" / "corpus.jsonl").exists():
         print(json.dumps({"skipped": f"needs {SHARED} (../shared is not beside this clone)"}))
@@ -379,7 +379,7 @@ def main() -> None:
         "build_seconds": state["build_seconds"],
         "hnsw_index_build_seconds": state["index"],
         "chatbot_hnsw_indexes": state.get("chatbot_indexes"),
-        "server": f"gunicorn gthread, {args.workers} workers x {args.threads} threads, torch 1 thread each",
+        "server": f"granian WSGI, {args.workers} workers x {args.threads} threads, 1 embedding thread each",
         "settings": {
             "SEARCH_EXACT_MAX": settings.SEARCH_EXACT_MAX,
             "SEARCH_HNSW_EF_SEARCH": settings.SEARCH_HNSW_EF_SEARCH,
@@ -408,9 +408,9 @@ def main() -> None:
         "EMBEDDING_TORCH_THREADS": "1",
     }
     server = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "-c", "chatbot_training/gunicorn_conf.py", "chatbot_training.wsgi",
-         "-b", f"127.0.0.1:{args.port}", "-w", str(args.workers), "-k", "gthread", "--threads", str(args.threads),
-         "--preload", "--log-level", "warning"],
+        [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi", "--host", "127.0.0.1",
+         "--port", str(args.port), "--workers", str(args.workers), "--blocking-threads", str(args.threads),
+         "--log-level", "warning", "chatbot_training.wsgi:application"],
         cwd=ROOT, env=env,
     )  # fmt: skip
     try:
@@ -430,7 +430,7 @@ def main() -> None:
         http_run(args.port, bots, repeated, 1)  # fill the cache
         report["http_cached"] = {
             "one_client": http_run(args.port, bots, repeated * 25, 1),
-            "8_clients": http_run(args.port, bots, repeated * 200, 8),
+            "8_clients": http_run(args.port, bots, repeated * 500, 8),
         }
         # What this server and client pair can do at all: GET /healthz (no database, no Redis).
         report["http_floor_healthz_8_clients"] = http_run(args.port, bots, [None] * 4000, 8)

@@ -105,6 +105,7 @@ SEARCH_EMBEDDING_CACHE_TTL = env.int("SEARCH_EMBEDDING_CACHE_TTL", default=7 * 2
 # Filtered candidate sets up to this size are searched exactly (true nearest neighbours).
 SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=1500)
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=200)
+SEARCH_HNSW_EF_SEARCH_OWN_INDEX = env.int("SEARCH_HNSW_EF_SEARCH_OWN_INDEX", default=100)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=40000)
 # Search logs go through a Redis list and are written in batches (search/logbuffer.py).
 SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)

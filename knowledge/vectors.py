@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 from django.db import connection
 
@@ -61,6 +62,19 @@ def chatbot_indexes() -> dict[str, bool]:
             [CHATBOT_INDEX_PATTERN],
         )
         return dict(cursor.fetchall())
+
+
+_known: tuple[float, frozenset[str]] = (0.0, frozenset())
+
+
+def chatbot_index_exists(*, space_id: int, chatbot_id: int) -> bool:
+    """Whether the chatbot has its own valid index in the space (the list is re-read at most once
+    a minute per process: an index is only dropped once its chatbot is small enough to be
+    searched exactly, so a stale answer only costs a wider HNSW walk for a minute)."""
+    global _known
+    if time.monotonic() > _known[0]:
+        _known = (time.monotonic() + 60, frozenset(name for name, valid in chatbot_indexes().items() if valid))
+    return chatbot_index_name(space_id=space_id, chatbot_id=chatbot_id) in _known[1]
 
 
 def chatbot_index_create(*, space: EmbeddingSpace, chatbot_id: int) -> str:

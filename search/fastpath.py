@@ -1,24 +1,32 @@
-"""Chatbot searches answered in front of the middleware stack and DRF.
+"""Chatbot searches answered in front of Django.
 
 ``POST /api/search`` is the hot path: a cached answer should cost a cache lookup, an uncached
-one the embedding and the SQL, not a full Django/DRF request around them.
-``SearchFastPathMiddleware`` (first in ``MIDDLEWARE``) takes a request only when every part of it
-is plainly valid: one prepared SQL statement checks the key (not revoked, not expired, tenant
-active, chatbot scope) and reads the chatbot's content version and active space — what the full
-path reads with three queries — so revocation and content changes apply on the very next
-request; then the same ``search_run`` serves it, cached or not, logged and counted. Anything
-else — an unusual body, a bad key, another tenant's chatbot, a failure — falls through to the
-normal view, which answers it (and its errors) in full.
+one the embedding and the SQL, not a full Django/DRF request around them. ``FastPathWSGI`` wraps
+the WSGI application (``chatbot_training/wsgi.py``) and ``SearchFastPathMiddleware`` (first in
+``MIDDLEWARE``, for the test client) does the same inside Django. A request is taken only when
+every part of it is plainly valid; anything else — an unusual body, a bad key, another tenant's
+chatbot, a failure — falls through to the normal view, which answers it (and its errors) in full.
+
+The key/chatbot context (key valid, tenant active, chatbot scope, content version, active space)
+comes from one prepared SQL statement, or from memory while this process hears PostgreSQL's
+``access_changed`` notifications: triggers send one at commit whenever a key, tenant, chatbot or
+space changes (whoever changes it), and every notification empties the memory. If the listening
+connection is down, nothing is remembered and every request reads the database. So revocation,
+expiry and new content apply on the very next request, and a cached answer costs no SQL at all.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import os
+import threading
 import time
 import uuid
 
 import psycopg
+from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
@@ -27,6 +35,8 @@ from knowledge.models import Document, EmbeddingSpace
 from search import cache
 from search.apis import search_payload
 from search.filters import search_filters_build
+from search.logbuffer import cached_get_logged
+from search.metrics import CACHE_EVENTS
 from search.selectors import Hit
 from search.services import (
     MAX_CONVERSATION_TURNS,
@@ -36,6 +46,8 @@ from search.services import (
     Turn,
     query_plan_build,
     results_cache_key,
+    search_count,
+    search_log_row,
     search_logged,
 )
 from tenants.errors import DomainError
@@ -66,7 +78,7 @@ MAX_BODY = 64 * 1024
 
 _CONTEXT_SQL = """
     SELECT k.id, k.tenant_id, k.last_used_at, c.content_version, s.id, s.provider, s.model_name, s.version,
-           s.dimensions
+           s.dimensions, k.expires_at
     FROM tenants_apikey k
     JOIN tenants_tenant t ON t.id = k.tenant_id AND t.is_active
     JOIN tenants_chatbot c ON c.id = %(chatbot)s AND c.tenant_id = k.tenant_id
@@ -77,13 +89,109 @@ _CONTEXT_SQL = """
 """
 
 
-def _context(*, chatbot_id: int, key_hash: str):
+def _context_query(*, chatbot_id: int, key_hash: str):
     """The key, chatbot and space row, as a server-side prepared statement (planned once per
-    connection: this query runs on every cached search)."""
+    connection)."""
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
         cursor.execute(_CONTEXT_SQL, {"chatbot": chatbot_id, "hash": key_hash}, prepare=True)
         return cursor.fetchone()
+
+
+class AccessCache:
+    """Context rows by (key hash, chatbot id), kept only while a dedicated connection LISTENs to
+    ``access_changed``; pending notifications are drained (a non-blocking read) before each use."""
+
+    LISTEN_RETRY_SECONDS = 5.0
+    MAX_ROWS = 10000
+
+    def __init__(self):
+        self.rows: dict = {}
+        self.heard = 0  # notifications drained (tests wait on it)
+        self.lock = threading.Lock()
+        self.listener = None
+        self.pid = None
+        self.retry_at = 0.0
+
+    def _connect(self) -> None:
+        params = {
+            k: v
+            for k, v in connection.get_connection_params().items()
+            if k not in ("cursor_factory", "context", "prepare_threshold", "server_side_binding")
+        }
+        listener = psycopg.connect(**params, autocommit=True, connect_timeout=2)
+        listener.execute("LISTEN access_changed")
+        self.listener, self.pid = listener, os.getpid()
+        self.rows.clear()  # anything remembered before may have missed a notification
+
+    def _drop(self) -> None:
+        if self.listener is not None and self.pid == os.getpid():
+            try:
+                self.listener.close()
+            except Exception:
+                pass
+        self.listener, self.rows = None, {}
+        self.retry_at = time.monotonic() + self.LISTEN_RETRY_SECONDS
+
+    def _listening(self) -> bool:
+        """Drain notifications (each empties the memory); False if not listening."""
+        if self.listener is not None and self.pid != os.getpid():  # a forked child: not our socket
+            self.listener, self.rows = None, {}
+        if self.listener is None:
+            if time.monotonic() < self.retry_at:
+                return False
+            try:
+                self._connect()
+            except Exception:
+                logger.warning("search fast path: cannot LISTEN for access changes", exc_info=True)
+                self._drop()
+                return False
+        try:
+            pgconn = self.listener.pgconn
+            # Twice: a terminated backend sends its FATAL message first; the second read sees
+            # the close (on a healthy connection it is one more non-blocking recv).
+            pgconn.consume_input()
+            pgconn.consume_input()
+            while pgconn.notifies() is not None:
+                self.heard += 1
+                self.rows.clear()
+            if pgconn.status != psycopg.pq.ConnStatus.OK:
+                raise psycopg.OperationalError("listener connection lost")
+        except Exception:
+            logger.warning("search fast path: access-change listener lost; reconnecting", exc_info=True)
+            self._drop()
+            return False
+        return True
+
+    def get(self, *, chatbot_id: int, key_hash: str):
+        if connection.in_atomic_block:  # inside a transaction (tests): its own changes are not notified yet
+            return _context_query(chatbot_id=chatbot_id, key_hash=key_hash)
+        with self.lock:
+            listening = self._listening()
+            row = self.rows.get((key_hash, chatbot_id)) if listening else None
+        if row is None:
+            row = _context_query(chatbot_id=chatbot_id, key_hash=key_hash)
+            if row is not None and listening:
+                with self.lock:
+                    if self.listener is not None:
+                        # whatever changed while the query ran is drained (and clears) on next use
+                        if len(self.rows) >= self.MAX_ROWS:
+                            self.rows.clear()
+                        self.rows[(key_hash, chatbot_id)] = row
+        if row is not None and row[9] is not None and row[9] <= timezone.now():
+            return None  # expired since it was read
+        return row
+
+    def clear(self) -> None:
+        with self.lock:
+            self.rows.clear()
+
+
+access_cache = AccessCache()
+
+
+def _context(*, chatbot_id: int, key_hash: str):
+    return access_cache.get(chatbot_id=chatbot_id, key_hash=key_hash)
 
 
 def _number(value, low: float, high: float) -> bool:
@@ -150,17 +258,16 @@ def _parse(body: dict):
     }
 
 
-def search_response(request) -> HttpResponse | None:
-    header = request.META.get("HTTP_AUTHORIZATION", "")
-    parts = header.split()
+def search_answer(meta: dict, body: bytes) -> bytes | None:
+    """The JSON answer to a search request (``meta``: WSGI environ or ``request.META``), or None
+    when the full path must answer it."""
+    parts = meta.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return None
-    if not request.META.get("CONTENT_TYPE", "").startswith("application/json"):
+    if not meta.get("CONTENT_TYPE", "").startswith("application/json") or len(body) > MAX_BODY:
         return None
     try:
-        if int(request.META.get("CONTENT_LENGTH") or 0) > MAX_BODY:
-            return None
-        args = _parse(json.loads(request.body))
+        args = _parse(json.loads(body))
     except ValueError:
         return None
     if args is None:
@@ -168,7 +275,7 @@ def search_response(request) -> HttpResponse | None:
     row = _context(chatbot_id=args["chatbot_id"], key_hash=api_key_hash(parts[1]))
     if row is None:
         return None
-    key_id, tenant_id, last_used, content_version, space_id, provider, model_name, version, dimensions = row
+    key_id, tenant_id, last_used, content_version, space_id, provider, model_name, version, dimensions, _ = row
     from search.services import search_run  # looked up per call (tests patch it)
 
     result = _cached_result(args, row)
@@ -201,8 +308,9 @@ def search_response(request) -> HttpResponse | None:
 
 
 def _cached_result(args: dict, row):
-    """A cached answer without the rest of ``search_run`` (the hot path of repeated questions)."""
-    key_id, tenant_id, _, content_version, space_id, provider, model_name, version, _ = row
+    """A cached answer without the rest of ``search_run`` (the hot path of repeated questions):
+    with buffered logging, one Redis round trip reads the answer and queues its log row."""
+    key_id, tenant_id, _, content_version, space_id, provider, model_name, version, _, _ = row
     began = time.perf_counter()
     plan = query_plan_build(query=args["query"], conversation=args["conversation"])
     key = results_cache_key(
@@ -216,63 +324,131 @@ def _cached_result(args: dict, row):
         filters=args["filters"],
         weight=args["weight"],
     )
-    cached = cache.get_json(key, "results", count_miss=False)
+    log = {
+        "tenant_id": tenant_id,
+        "chatbot_id": args["chatbot_id"],
+        "space_key": f"{provider}:{model_name}@{version}",
+        "plan": plan,
+        "query_id": uuid.uuid4(),
+        "mode": args["mode"],
+        "filters": args["filters"],
+        "parameters": {"max_results": args["max_results"], "threshold": args["threshold"], "weight": args["weight"]},
+        "conversation": args["conversation"],
+        "cache_hit": True,
+        "embedding": None,
+        "api_key_id": key_id,
+        "user_id": None,
+        "source": "api",
+    }
+    if settings.SEARCH_LOG_BUFFER:
+        # took_ms of such an answer covers the work before its one Redis round trip
+        log["took_ms"] = round((time.perf_counter() - began) * 1000, 2)
+        raw = cached_get_logged(key, search_log_row(**log, results=None, strategy=""))
+        cached = json.loads(raw) if raw is not None else None
+        logged = True
+    else:
+        cached = cache.get_json(key, "results", count_miss=False)
+        logged = False
     if cached is None:
         return None
+    if logged:
+        CACHE_EVENTS.labels("results", "hit").inc()
     results = [Hit(**hit) for hit in cached["results"]]
+    took_ms = log.get("took_ms") or round((time.perf_counter() - began) * 1000, 2)
     result = SearchResult(
         results=results,
-        took_ms=round((time.perf_counter() - began) * 1000, 2),
-        embedding_space=f"{provider}:{model_name}@{version}",
+        took_ms=took_ms,
+        embedding_space=log["space_key"],
         mode=args["mode"],
-        query_id=uuid.uuid4(),
+        query_id=log["query_id"],
         effective_query=plan.effective_query,
         cache_hit=True,
         strategy=cached["strategy"],
         semantic_weight=cached["weight"] if args["mode"] == "hybrid" else None,
     )
-    search_logged(
-        tenant_id=tenant_id,
-        chatbot_id=args["chatbot_id"],
-        space_key=result.embedding_space,
-        plan=plan,
-        query_id=result.query_id,
-        mode=args["mode"],
-        filters=args["filters"],
-        parameters={"max_results": args["max_results"], "threshold": args["threshold"], "weight": args["weight"]},
-        conversation=args["conversation"],
-        results=results,
-        took_ms=result.took_ms,
-        cache_hit=True,
-        strategy=result.strategy,
-        embedding=None,
-        api_key_id=key_id,
-        user_id=None,
-        source="api",
-    )
+    if logged:
+        search_count(mode=args["mode"], cache_hit=True, strategy=result.strategy, took_ms=took_ms, empty=not results)
+    else:
+        search_logged(**{**log, "took_ms": took_ms}, results=results, strategy=result.strategy)
     return result
 
 
+TOUCH_SECONDS = 60
+_touched: dict[int, float] = {}  # key id -> when this process last wrote its last_used_at
+
+
 def _touch(key_id: int, last_used) -> None:
-    if last_used is None or (timezone.now() - last_used).total_seconds() > 60:
-        with connection.cursor() as cursor:
-            cursor.execute("UPDATE tenants_apikey SET last_used_at = now() WHERE id = %s", [key_id])
+    """``last_used_at`` to the minute: written when the row read says it is older than that and
+    this process has not written it in the last minute (the remembered row keeps its old value)."""
+    if last_used is not None and (timezone.now() - last_used).total_seconds() <= TOUCH_SECONDS:
+        return
+    now = time.monotonic()
+    if now - _touched.get(key_id, -TOUCH_SECONDS) <= TOUCH_SECONDS:
+        return
+    if len(_touched) > 10000:
+        _touched.clear()
+    _touched[key_id] = now
+    with connection.cursor() as cursor:
+        cursor.execute("UPDATE tenants_apikey SET last_used_at = now() WHERE id = %s", [key_id])
 
 
-def _json(body: dict) -> HttpResponse:
-    content = json.dumps(body, separators=(",", ":")).encode()
-    response = HttpResponse(content, content_type="application/json")
-    response["Content-Length"] = str(len(content))  # else the server sends it chunked
-    return response
+def _json(body: dict) -> bytes:
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+HEADERS = [
+    ("Content-Type", "application/json"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+]
 
 
 class SearchFastPathMiddleware:
+    """The fast path inside Django (the test client, or a server not using ``FastPathWSGI``)."""
+
     def __init__(self, get_response):
         self.get_response = get_response
 
     def __call__(self, request):
         if request.method == "POST" and request.path_info == "/api/search":
-            response = search_response(request)
-            if response is not None:
+            try:
+                content = search_answer(request.META, request.body)
+            except Exception:
+                logger.warning("search fast path gave up; the full path takes over", exc_info=True)
+                content = None
+            if content is not None:
+                response = HttpResponse(content)
+                for name, value in HEADERS:
+                    response[name] = value
+                response["Content-Length"] = str(len(content))
                 return response
         return self.get_response(request)
+
+
+class FastPathWSGI:
+    """The fast path in front of Django's WSGI handler: no request object, signals or middleware
+    for a search it can answer; everything else goes to Django untouched (a body read here is
+    handed on)."""
+
+    def __init__(self, application):
+        self.application = application
+
+    def __call__(self, environ, start_response):
+        if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == "/api/search":
+            try:
+                length = int(environ.get("CONTENT_LENGTH") or 0)
+            except ValueError:
+                length = -1
+            if 0 < length <= MAX_BODY:
+                body = environ["wsgi.input"].read(length)
+                environ["wsgi.input"] = io.BytesIO(body)
+                content = None
+                try:
+                    content = search_answer(environ, body)
+                except Exception:  # e.g. the database went away: Django answers (and reconnects)
+                    logger.warning("search fast path gave up; the full path takes over", exc_info=True)
+                if content is not None:
+                    start_response("200 OK", [*HEADERS, ("Content-Length", str(len(content)))])
+                    return [content]
+        return self.application(environ, start_response)

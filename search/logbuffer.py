@@ -47,9 +47,46 @@ def search_log_enqueue(row: dict) -> None:
     SearchLog.objects.create(**_model_fields(row))
 
 
+# A cached answer and its log row in one Redis round trip: the row is queued with the cached
+# value appended as "from_cache", and completed from it when it is written.
+_GET_AND_LOG = """
+local value = redis.call('GET', KEYS[1])
+if value then redis.call('RPUSH', KEYS[2], ARGV[1] .. value .. '}') end
+return value
+"""
+_script = None
+
+
+def cached_get_logged(key: str, row: dict) -> bytes | None:
+    """The value cached at ``key`` (None if absent or Redis is unavailable); when present, ``row``
+    (a log row without its result fields) is queued in the same round trip."""
+    global _script
+    client = cache._redis()
+    if client is None:
+        return None
+    if _script is None:
+        _script = client.register_script(_GET_AND_LOG)
+    head = json.dumps(row, default=str)
+    try:
+        value = _script(keys=[key, _key()], args=[head[:-1] + ',"from_cache":'], client=client)
+    except redis.RedisError as error:
+        cache._failed(error)
+        return None
+    if value is not None and settings.SEARCH_LOG_FLUSHER_THREAD:
+        _ensure_flusher()
+    return value
+
+
 def _model_fields(row: dict) -> dict:
     fields = dict(row)
     fields["query_id"] = uuid.UUID(str(fields["query_id"]))
+    cached = fields.pop("from_cache", None)
+    if cached is not None:
+        from search.selectors import Hit
+        from search.services import result_fields
+
+        fields.update(result_fields([Hit(**hit) for hit in cached["results"]], fields["mode"]))
+        fields["strategy"] = fields.get("strategy") or cached.get("strategy", "")
     return fields
 
 

@@ -15,6 +15,7 @@ from django.utils import timezone
 from knowledge.embeddings import provider_for
 from knowledge.models import EmbeddingSpace
 from knowledge.services import chatbot_space_ensure_active
+from knowledge.vectors import chatbot_index_exists
 from search import cache
 from search.filters import SearchFilters
 from search.logbuffer import search_log_enqueue, search_logs_flush
@@ -209,13 +210,15 @@ def _semantic_search(
         return semantic_hits(
             space=space, chatbot_id=chatbot.pk, vector=vector, limit=limit, filters=filters, exact=True
         ), "exact"
+    own_index = chatbot_index_exists(space_id=space.pk, chatbot_id=chatbot.pk)
     hits = semantic_hits(
         space=space,
         chatbot_id=chatbot.pk,
         vector=vector,
         limit=limit,
         filters=filters,
-        ef_search=settings.SEARCH_HNSW_EF_SEARCH,
+        # the chatbot's own index holds only its vectors: a narrower walk finds the same neighbours
+        ef_search=settings.SEARCH_HNSW_EF_SEARCH_OWN_INDEX if own_index else settings.SEARCH_HNSW_EF_SEARCH,
         max_scan_tuples=settings.SEARCH_HNSW_MAX_SCAN_TUPLES,
     )
     if len(hits) < limit:
@@ -422,42 +425,65 @@ def results_cache_key(
     )
 
 
-def search_logged(
-    *, tenant_id: int, chatbot_id: int, space_key: str, plan: QueryPlan, query_id, mode: str, filters: SearchFilters,
-    parameters: dict, conversation, results: list[Hit], took_ms: float, cache_hit: bool, strategy: str, embedding,
-    api_key_id: int | None, user_id: int | None, source: str,
-) -> None:  # fmt: skip
-    """Counts the search in the metrics and queues its log row."""
+def search_count(*, mode: str, cache_hit: bool, strategy: str, took_ms: float, empty: bool) -> None:
+    """Counts one search in the Prometheus metrics."""
     cached_label = "yes" if cache_hit else "no"
     SEARCHES.labels(mode, cached_label, strategy or "none").inc()
     SEARCH_LATENCY.labels(mode, cached_label).observe(took_ms / 1000)
-    if not results:
+    if empty:
         ZERO_RESULTS.labels(mode).inc()
-    search_log_enqueue(
-        {
-            "tenant_id": tenant_id,
-            "query_id": str(query_id),
-            "chatbot_id": chatbot_id,
-            "api_key_id": api_key_id,
-            "user_id": user_id,
-            "source": source,
-            "query": plan.query,
-            "effective_query": plan.effective_query if plan.effective_query != plan.query else "",
-            "mode": mode,
-            "filters": filters.as_dict(),
-            "parameters": parameters,
-            "conversation_turns": len(conversation or []),
-            "result_count": len(results),
-            "result_chunk_ids": [h.chunk_id for h in results],
-            "top_score": top_cosine(results, mode),
-            "took_ms": took_ms,
-            "cache_hit": cache_hit,
-            "embedding_space": space_key,
-            "strategy": strategy,
-            "query_embedding": None if embedding is None else np.round(np.asarray(embedding, dtype=float), 6).tolist(),
-            "created_at": timezone.now().isoformat(),
-        }
+
+
+def search_log_row(
+    *, tenant_id: int, chatbot_id: int, space_key: str, plan: QueryPlan, query_id, mode: str, filters: SearchFilters,
+    parameters: dict, conversation, results: list[Hit] | None, took_ms: float, cache_hit: bool, strategy: str,
+    embedding, api_key_id: int | None, user_id: int | None, source: str,
+) -> dict:  # fmt: skip
+    """A SearchLog row as queued (``results`` None: filled in from the cached answer when written)."""
+    row = {
+        "tenant_id": tenant_id,
+        "query_id": str(query_id),
+        "chatbot_id": chatbot_id,
+        "api_key_id": api_key_id,
+        "user_id": user_id,
+        "source": source,
+        "query": plan.query,
+        "effective_query": plan.effective_query if plan.effective_query != plan.query else "",
+        "mode": mode,
+        "filters": filters.as_dict(),
+        "parameters": parameters,
+        "conversation_turns": len(conversation or []),
+        "took_ms": took_ms,
+        "cache_hit": cache_hit,
+        "embedding_space": space_key,
+        "strategy": strategy,
+        "query_embedding": None if embedding is None else np.round(np.asarray(embedding, dtype=float), 6).tolist(),
+        "created_at": timezone.now().isoformat(),
+    }
+    if results is not None:
+        row.update(result_fields(results, mode))
+    return row
+
+
+def result_fields(results: list[Hit], mode: str) -> dict:
+    return {
+        "result_count": len(results),
+        "result_chunk_ids": [h.chunk_id for h in results],
+        "top_score": top_cosine(results, mode),
+    }
+
+
+def search_logged(**fields) -> None:
+    """Counts the search in the metrics and queues its log row (fields as ``search_log_row``)."""
+    results = fields["results"]
+    search_count(
+        mode=fields["mode"],
+        cache_hit=fields["cache_hit"],
+        strategy=fields["strategy"],
+        took_ms=fields["took_ms"],
+        empty=not results,
     )
+    search_log_enqueue(search_log_row(**fields))
 
 
 def search_feedback_create(

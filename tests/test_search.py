@@ -606,6 +606,10 @@ def test_cached_searches_take_the_fast_path_and_stay_correct(api, bundle, faq, s
     assert feedback.status_code == 201  # the fast path's search was logged
     log = SearchLog.objects.get(query_id=again["query_id"])
     assert log.cache_hit and log.api_key.prefix == bundle.api_key[:12] and log.filters == {"categories": ["help"]}
+    # queued in the same Redis round trip as the cached read, completed from the answer when written
+    assert log.result_chunk_ids == [r["chunk_id"] for r in again["results"]] and log.result_count == 2
+    assert log.top_score == pytest.approx(max(r["similarity_score"] for r in again["results"]), abs=1e-5)
+    assert log.strategy == SearchLog.objects.get(query_id=first["query_id"]).strategy != ""
 
     ingest(bundle, make_upload("pay.txt", "You can also pay with PayPal."))
     assert search(api, bundle.chatbot.pk, **body).json()["cached"] is False  # new content version

@@ -1,0 +1,148 @@
+"""The WSGI fast path and its in-memory key/chatbot context, against the real database with
+committed data (a transactional test: PostgreSQL only sends NOTIFY at commit). Ingestion runs
+eagerly in-process; requests are WSGI calls to the application object that servers load."""
+
+import io
+import json
+import time
+from datetime import timedelta
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from search import fastpath
+from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def wsgi(monkeypatch):
+    from django.core.wsgi import get_wsgi_application
+
+    monkeypatch.setenv("EMBEDDING_WARM_UP", "0")
+    fastpath.access_cache.clear()
+    app = fastpath.FastPathWSGI(get_wsgi_application())
+    queries = []
+    real = fastpath._context_query
+
+    def counted(**kwargs):
+        queries.append(kwargs)
+        return real(**kwargs)
+
+    monkeypatch.setattr(fastpath, "_context_query", counted)
+
+    def call(key: str, body: dict):
+        raw = json.dumps(body).encode()
+        environ = {
+            "REQUEST_METHOD": "POST",
+            "PATH_INFO": "/api/search",
+            "SERVER_NAME": "testserver",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "testserver",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(raw),
+            "CONTENT_LENGTH": str(len(raw)),
+            "CONTENT_TYPE": "application/json",
+            "HTTP_AUTHORIZATION": f"Bearer {key}",
+        }
+        started = []
+        chunks = app(environ, lambda status, headers: started.append((status, dict(headers))))
+        content = b"".join(chunks)
+        if hasattr(chunks, "close"):
+            chunks.close()
+        status, headers = started[0]
+        return int(status.split()[0]), headers, json.loads(content)
+
+    call.context_queries = queries
+    yield call
+    fastpath.access_cache._drop()
+    fastpath.access_cache.retry_at = 0.0
+
+
+def _heard(before: int, timeout: float = 2.0) -> None:
+    """Wait until the fast path's listener has drained a notification after ``before``
+    (PostgreSQL delivers it to the listening connection just after the commit)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with fastpath.access_cache.lock:
+            fastpath.access_cache._listening()
+            if fastpath.access_cache.heard > before:
+                return
+        time.sleep(0.005)
+    raise AssertionError("no access_changed notification arrived")
+
+
+def test_cached_answers_need_no_sql_until_access_changes(bundle, wsgi):
+    from tenants.models import ApiKey
+    from tenants.services import api_key_revoke
+
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk, "max_results": 2}
+    status, headers, first = wsgi(bundle.api_key, body)
+    assert status == 200 and first["cached"] is False and headers["X-Content-Type-Options"] == "nosniff"
+    assert "X-Frame-Options" not in headers  # answered in front of Django's middleware
+    assert len(wsgi.context_queries) == 1
+    status, _, again = wsgi(bundle.api_key, body)
+    assert status == 200 and again["cached"] is True and again["results"] == first["results"]
+    assert len(wsgi.context_queries) == 1  # the context came from memory: no SQL at all
+
+    before = fastpath.access_cache.heard
+    ingest(bundle, make_upload("pay.txt", "You can also pay with PayPal."))  # content version bump
+    _heard(before)
+    assert wsgi(bundle.api_key, body)[2]["cached"] is False
+    assert len(wsgi.context_queries) == 2
+
+    before = fastpath.access_cache.heard
+    api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
+    _heard(before)
+    status, headers, answer = wsgi(bundle.api_key, body)
+    assert status == 401 and "X-Frame-Options" in headers, answer  # the full path answered
+
+
+def test_changes_made_in_plain_sql_are_heard_too(bundle, other_bundle, wsgi):
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert wsgi(bundle.api_key, body)[0] == 200
+    before = fastpath.access_cache.heard
+    with connection.cursor() as cursor:  # e.g. a DBA deactivating the tenant by hand
+        cursor.execute("UPDATE tenants_tenant SET is_active = false WHERE id = %s", [bundle.tenant.pk])
+    _heard(before)
+    assert wsgi(bundle.api_key, body)[0] == 401
+    assert wsgi(other_bundle.api_key, {**body, "chatbot_id": other_bundle.chatbot.pk})[0] == 200
+
+
+def test_expiry_applies_without_any_change(bundle, wsgi):
+    from tenants.models import ApiKey
+
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert wsgi(bundle.api_key, body)[0] == 200  # listening from here on
+    before = fastpath.access_cache.heard
+    ApiKey.objects.filter(prefix=bundle.api_key[:12]).update(expires_at=timezone.now() + timedelta(seconds=1))
+    _heard(before)
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert wsgi(bundle.api_key, body)[0] == 200
+    assert wsgi(bundle.api_key, body)[0] == 200 and len(wsgi.context_queries) == 2
+    time.sleep(1.1)
+    assert wsgi(bundle.api_key, body)[0] == 401
+
+
+def test_without_the_listener_nothing_is_remembered(bundle, wsgi):
+    """The listening connection killed (e.g. a database restart): every request reads the
+    database until it listens again; answers stay right throughout."""
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert wsgi(bundle.api_key, body)[0] == 200
+    listener_pid = fastpath.access_cache.listener.info.backend_pid
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [listener_pid])
+    time.sleep(0.2)
+    for expected_queries in (2, 3):
+        assert wsgi(bundle.api_key, body)[0] == 200
+        assert len(wsgi.context_queries) == expected_queries
+    assert fastpath.access_cache.listener is None
+    fastpath.access_cache.retry_at = 0.0  # the retry delay has passed
+    assert wsgi(bundle.api_key, body)[0] == 200
+    assert fastpath.access_cache.listener is not None
