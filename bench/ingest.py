@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -82,6 +83,8 @@ def main() -> None:
         "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:6]}",
         "MEDIA_ROOT": str(settings.VAR_DIR / "bench-media"),
         "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on the loopback
         "LOG_LEVEL": "WARNING",
     }
     manage = [sys.executable, "manage.py"]

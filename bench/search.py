@@ -25,6 +25,7 @@ import json
 import multiprocessing
 import os
 import re
+import secrets
 import statistics
 import subprocess
 import sys
@@ -404,6 +405,8 @@ def main() -> None:
         "SEARCH_CACHE_PREFIX": f"search:{DATABASE}:{time.time_ns()}:",  # start cold
         "CHATBOT_KEEP_EMBEDDED": "1",
         "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
+        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on the loopback
         "LOG_LEVEL": "WARNING",
         "EMBEDDING_TORCH_THREADS": "1",
     }

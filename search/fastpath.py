@@ -404,6 +404,25 @@ HEADERS = [
 ]
 
 
+def _secure(environ: dict) -> bool:
+    header = getattr(settings, "SECURE_PROXY_SSL_HEADER", None)
+    if header:
+        return environ.get(header[0], "").split(",")[0].strip() == header[1]
+    return environ.get("wsgi.url_scheme") == "https"
+
+
+def _headers(secure: bool) -> list[tuple[str, str]]:
+    """What SecurityMiddleware would add to this response."""
+    if secure and settings.SECURE_HSTS_SECONDS:
+        hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
+        if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
+            hsts += "; includeSubDomains"
+        if settings.SECURE_HSTS_PRELOAD:
+            hsts += "; preload"
+        return [*HEADERS, ("Strict-Transport-Security", hsts)]
+    return HEADERS
+
+
 class SearchFastPathMiddleware:
     """The fast path inside Django (the test client, or a server not using ``FastPathWSGI``)."""
 
@@ -411,7 +430,12 @@ class SearchFastPathMiddleware:
         self.get_response = get_response
 
     def __call__(self, request):
-        if request.method == "POST" and request.path_info == "/api/search":
+        secure = _secure(request.META)
+        if (
+            request.method == "POST"
+            and request.path_info == "/api/search"
+            and (secure or not settings.SECURE_SSL_REDIRECT)  # else Django redirects it
+        ):
             try:
                 content = search_answer(request.META, request.body)
             except Exception:
@@ -419,7 +443,7 @@ class SearchFastPathMiddleware:
                 content = None
             if content is not None:
                 response = HttpResponse(content)
-                for name, value in HEADERS:
+                for name, value in _headers(secure):
                     response[name] = value
                 response["Content-Length"] = str(len(content))
                 return response
@@ -435,7 +459,12 @@ class FastPathWSGI:
         self.application = application
 
     def __call__(self, environ, start_response):
-        if environ.get("REQUEST_METHOD") == "POST" and environ.get("PATH_INFO") == "/api/search":
+        secure = _secure(environ)
+        if (
+            environ.get("REQUEST_METHOD") == "POST"
+            and environ.get("PATH_INFO") == "/api/search"
+            and (secure or not settings.SECURE_SSL_REDIRECT)  # else Django redirects it
+        ):
             try:
                 length = int(environ.get("CONTENT_LENGTH") or 0)
             except ValueError:
@@ -449,6 +478,6 @@ class FastPathWSGI:
                 except Exception:  # e.g. the database went away: Django answers (and reconnects)
                     logger.warning("search fast path gave up; the full path takes over", exc_info=True)
                 if content is not None:
-                    start_response("200 OK", [*HEADERS, ("Content-Length", str(len(content)))])
+                    start_response("200 OK", [*_headers(secure), ("Content-Length", str(len(content)))])
                     return [content]
         return self.application(environ, start_response)
