@@ -207,12 +207,18 @@ INGESTION_PROVIDER_MAX_WAIT_RETRIES = env.int("INGESTION_PROVIDER_MAX_WAIT_RETRI
 NEAR_DUPLICATE_SIMILARITY = env.float("NEAR_DUPLICATE_SIMILARITY", default=0.97)
 
 # --- REST framework ---------------------------------------------------------------------
+# Requests per minute per API key, by the tenant's plan (JSON to override, e.g. '{"standard": 1200}').
+API_RATE_LIMITS = {"free": 60, "standard": 600, "enterprise": 6000, **env.json("API_RATE_LIMITS", default={})}
+LOGIN_FAILURES_MAX = env.int("LOGIN_FAILURES_MAX", default=5)  # per username and address...
+LOGIN_FAILURES_WINDOW_SECONDS = env.int("LOGIN_FAILURES_WINDOW_SECONDS", default=900)  # ...in this window
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "tenants.authentication.ApiKeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["tenants.authentication.ApiKeyRateThrottle"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "tenants.errors.api_exception_handler",
     "UNAUTHENTICATED_USER": None,

@@ -50,8 +50,9 @@ from search.services import (
     search_log_row,
     search_logged,
 )
-from tenants.errors import DomainError
+from tenants.errors import DomainError, error_body
 from tenants.models import ApiKey, Chatbot, Tenant
+from tenants.ratelimit import WINDOW_SECONDS, limit_for, rate_hit, window_key
 from tenants.scoping import tenant_context
 from tenants.selectors import api_key_hash
 
@@ -78,7 +79,7 @@ MAX_BODY = 64 * 1024
 
 _CONTEXT_SQL = """
     SELECT k.id, k.tenant_id, k.last_used_at, c.content_version, s.id, s.provider, s.model_name, s.version,
-           s.dimensions, k.expires_at
+           s.dimensions, k.expires_at, t.plan
     FROM tenants_apikey k
     JOIN tenants_tenant t ON t.id = k.tenant_id AND t.is_active
     JOIN tenants_chatbot c ON c.id = %(chatbot)s AND c.tenant_id = k.tenant_id
@@ -258,9 +259,15 @@ def _parse(body: dict):
     }
 
 
-def search_answer(meta: dict, body: bytes) -> bytes | None:
-    """The JSON answer to a search request (``meta``: WSGI environ or ``request.META``), or None
-    when the full path must answer it."""
+class Throttled(Exception):
+    def __init__(self, retry_after: int):
+        self.retry_after = retry_after
+
+
+def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | None:
+    """``(status, JSON body, Retry-After)`` for a search request (``meta``: WSGI environ or
+    ``request.META``): 200 with the results, or 429 when the key is over its plan's rate limit;
+    None when the full path must answer it."""
     parts = meta.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return None
@@ -275,13 +282,21 @@ def search_answer(meta: dict, body: bytes) -> bytes | None:
     row = _context(chatbot_id=args["chatbot_id"], key_hash=api_key_hash(parts[1]))
     if row is None:
         return None
-    key_id, tenant_id, last_used, content_version, space_id, provider, model_name, version, dimensions, _ = row
+    key_id, tenant_id, last_used, content_version, space_id, provider, model_name, version, dimensions, _, plan = row
     from search.services import search_run  # looked up per call (tests patch it)
 
-    result = _cached_result(args, row)
+    try:
+        result, counted = _cached_result(args, row)
+        if not counted:
+            retry_after = rate_hit(key_id=key_id, plan=plan)
+            if retry_after is not None:
+                raise Throttled(retry_after)
+    except Throttled as throttled:
+        message = f"Too many requests for this API key; retry in {throttled.retry_after} s."
+        return 429, _json(error_body("throttled", message)), throttled.retry_after
     if result is not None:
         _touch(key_id, last_used)
-        return _json(search_payload(result))
+        return 200, _json(search_payload(result)), None
     tenant = Tenant(pk=tenant_id)
     try:
         with tenant_context(tenant):
@@ -304,13 +319,13 @@ def search_answer(meta: dict, body: bytes) -> bytes | None:
         logger.warning("search fast path gave up; the full path takes over", exc_info=True)
         return None
     _touch(key_id, last_used)
-    return _json(search_payload(result))
+    return 200, _json(search_payload(result)), None
 
 
 def _cached_result(args: dict, row):
     """A cached answer without the rest of ``search_run`` (the hot path of repeated questions):
     with buffered logging, one Redis round trip reads the answer and queues its log row."""
-    key_id, tenant_id, _, content_version, space_id, provider, model_name, version, _, _ = row
+    key_id, tenant_id, _, content_version, space_id, provider, model_name, version, _, _, tenant_plan = row
     began = time.perf_counter()
     plan = query_plan_build(query=args["query"], conversation=args["conversation"])
     key = results_cache_key(
@@ -340,17 +355,29 @@ def _cached_result(args: dict, row):
         "user_id": None,
         "source": "api",
     }
+    counted = logged = False
+    cached = None
     if settings.SEARCH_LOG_BUFFER:
         # took_ms of such an answer covers the work before its one Redis round trip
         log["took_ms"] = round((time.perf_counter() - began) * 1000, 2)
-        raw = cached_get_logged(key, search_log_row(**log, results=None, strategy=""))
-        cached = json.loads(raw) if raw is not None else None
-        logged = True
+        rate_key, retry_after = window_key(key_id)
+        outcome = cached_get_logged(
+            key,
+            search_log_row(**log, results=None, strategy=""),
+            rate_key=rate_key,
+            rate_limit=limit_for(tenant_plan),
+            rate_ttl=WINDOW_SECONDS + 5,
+        )
+        if outcome is not None:
+            allowed, raw = outcome
+            if not allowed:
+                raise Throttled(retry_after)
+            counted, logged = True, raw is not None
+            cached = json.loads(raw) if raw is not None else None
     else:
         cached = cache.get_json(key, "results", count_miss=False)
-        logged = False
     if cached is None:
-        return None
+        return None, counted
     if logged:
         CACHE_EVENTS.labels("results", "hit").inc()
     results = [Hit(**hit) for hit in cached["results"]]
@@ -370,7 +397,7 @@ def _cached_result(args: dict, row):
         search_count(mode=args["mode"], cache_hit=True, strategy=result.strategy, took_ms=took_ms, empty=not results)
     else:
         search_logged(**{**log, "took_ms": took_ms}, results=results, strategy=result.strategy)
-    return result
+    return result, counted
 
 
 TOUCH_SECONDS = 60
@@ -411,8 +438,10 @@ def _secure(environ: dict) -> bool:
     return environ.get("wsgi.url_scheme") == "https"
 
 
-def _headers(secure: bool) -> list[tuple[str, str]]:
-    """What SecurityMiddleware would add to this response."""
+def _headers(secure: bool, retry_after: int | None = None) -> list[tuple[str, str]]:
+    """What SecurityMiddleware would add to this response (and Retry-After of a 429)."""
+    if retry_after is not None:
+        return [*_headers(secure), ("Retry-After", str(retry_after))]
     if secure and settings.SECURE_HSTS_SECONDS:
         hsts = f"max-age={settings.SECURE_HSTS_SECONDS}"
         if settings.SECURE_HSTS_INCLUDE_SUBDOMAINS:
@@ -437,13 +466,14 @@ class SearchFastPathMiddleware:
             and (secure or not settings.SECURE_SSL_REDIRECT)  # else Django redirects it
         ):
             try:
-                content = search_answer(request.META, request.body)
+                answer = search_answer(request.META, request.body)
             except Exception:
                 logger.warning("search fast path gave up; the full path takes over", exc_info=True)
-                content = None
-            if content is not None:
-                response = HttpResponse(content)
-                for name, value in _headers(secure):
+                answer = None
+            if answer is not None:
+                status, content, retry_after = answer
+                response = HttpResponse(content, status=status)
+                for name, value in _headers(secure, retry_after):
                     response[name] = value
                 response["Content-Length"] = str(len(content))
                 return response
@@ -472,12 +502,16 @@ class FastPathWSGI:
             if 0 < length <= MAX_BODY:
                 body = environ["wsgi.input"].read(length)
                 environ["wsgi.input"] = io.BytesIO(body)
-                content = None
+                answer = None
                 try:
-                    content = search_answer(environ, body)
+                    answer = search_answer(environ, body)
                 except Exception:  # e.g. the database went away: Django answers (and reconnects)
                     logger.warning("search fast path gave up; the full path takes over", exc_info=True)
-                if content is not None:
-                    start_response("200 OK", [*_headers(secure), ("Content-Length", str(len(content)))])
+                if answer is not None:
+                    status, content, retry_after = answer
+                    start_response(
+                        "200 OK" if status == 200 else "429 Too Many Requests",
+                        [*_headers(secure, retry_after), ("Content-Length", str(len(content)))],
+                    )
                     return [content]
         return self.application(environ, start_response)

@@ -47,19 +47,24 @@ def search_log_enqueue(row: dict) -> None:
     SearchLog.objects.create(**_model_fields(row))
 
 
-# A cached answer and its log row in one Redis round trip: the row is queued with the cached
-# value appended as "from_cache", and completed from it when it is written.
+# One Redis round trip for a cached answer: count the request against the key's rate limit; if
+# allowed, read the answer and queue its log row (the cached value appended as "from_cache",
+# completed from it when written). Returns {allowed, value}.
 _GET_AND_LOG = """
+local count = redis.call('INCR', KEYS[3])
+if count == 1 then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
+if count > tonumber(ARGV[2]) then return {0, false} end
 local value = redis.call('GET', KEYS[1])
 if value then redis.call('RPUSH', KEYS[2], ARGV[1] .. value .. '}') end
-return value
+return {1, value}
 """
 _script = None
 
 
-def cached_get_logged(key: str, row: dict) -> bytes | None:
-    """The value cached at ``key`` (None if absent or Redis is unavailable); when present, ``row``
-    (a log row without its result fields) is queued in the same round trip."""
+def cached_get_logged(key: str, row: dict, *, rate_key: str, rate_limit: int, rate_ttl: int):
+    """``(allowed, value)``: whether the request is within its key's rate limit (counted here),
+    and the value cached at ``key`` (None if absent); when present, ``row`` (a log row without its
+    result fields) is queued in the same round trip. None if Redis is unavailable."""
     global _script
     client = cache._redis()
     if client is None:
@@ -68,13 +73,15 @@ def cached_get_logged(key: str, row: dict) -> bytes | None:
         _script = client.register_script(_GET_AND_LOG)
     head = json.dumps(row, default=str)
     try:
-        value = _script(keys=[key, _key()], args=[head[:-1] + ',"from_cache":'], client=client)
+        allowed, value = _script(
+            keys=[key, _key(), rate_key], args=[head[:-1] + ',"from_cache":', rate_limit, rate_ttl], client=client
+        )
     except redis.RedisError as error:
         cache._failed(error)
         return None
     if value is not None and settings.SEARCH_LOG_FLUSHER_THREAD:
         _ensure_flusher()
-    return value
+    return bool(allowed), value
 
 
 def _model_fields(row: dict) -> dict:

@@ -3,9 +3,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
-from rest_framework import authentication, exceptions
+from rest_framework import authentication, exceptions, throttling
 
 from tenants.models import ApiKey
+from tenants.ratelimit import rate_hit
 from tenants.selectors import api_key_find_active
 from tenants.services import api_key_touch
 
@@ -48,6 +49,21 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
+
+
+class ApiKeyRateThrottle(throttling.BaseThrottle):
+    """Per-key limit of the tenant's plan (``API_RATE_LIMITS``); dashboard sessions are not
+    limited here. Over the limit DRF answers 429 with Retry-After."""
+
+    def allow_request(self, request, view) -> bool:
+        api_key = request.auth if isinstance(request.auth, ApiKey) else None
+        if api_key is None:
+            return True
+        self.retry_after = rate_hit(key_id=api_key.pk, plan=api_key.tenant.plan)
+        return self.retry_after is None
+
+    def wait(self) -> float | None:
+        return self.retry_after
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
