@@ -24,7 +24,7 @@ urlpatterns = [
     path("healthz", monitoring_views.healthz, name="healthz"),
     path("readyz", monitoring_views.readyz, name="readyz"),
     path("", include("django_prometheus.urls")),
-    path("login/", auth_views.LoginView.as_view(template_name="dashboard/login.html"), name="login"),
+    path("login/", tenant_views.ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", knowledge_views.home, name="dashboard-home"),
     path("tenant/switch", tenant_views.tenant_switch, name="dashboard-tenant-switch"),

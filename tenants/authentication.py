@@ -2,11 +2,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from django.contrib.auth.backends import ModelBackend
+from django.core.exceptions import PermissionDenied
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, throttling
 
 from tenants.models import ApiKey
-from tenants.ratelimit import rate_hit
+from tenants.ratelimit import login_blocked, login_failed, login_succeeded, rate_hit
 from tenants.selectors import api_key_find_active
 from tenants.services import api_key_touch
 
@@ -72,3 +74,25 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
     def get_security_definition(self, auto_schema):
         return {"type": "http", "scheme": "bearer", "description": "An API key created for the tenant."}
+
+
+def client_address(request) -> str:
+    return (request.META.get("REMOTE_ADDR") or "unknown") if request is not None else "unknown"
+
+
+class ThrottledModelBackend(ModelBackend):
+    """Username/password logins (dashboard and admin) with a failure limit per username and
+    address: after ``LOGIN_FAILURES_MAX`` failures in the window every attempt is refused, right
+    password or not, until the window ends."""
+
+    def authenticate(self, request, username=None, password=None, **kwargs):
+        address = client_address(request)
+        if username and login_blocked(address=address, username=username) is not None:
+            raise PermissionDenied("too many failed logins")
+        user = super().authenticate(request, username=username, password=password, **kwargs)
+        if username:
+            if user is None:
+                login_failed(address=address, username=username)
+            else:
+                login_succeeded(address=address, username=username)
+        return user

@@ -61,3 +61,52 @@ def rate_hit(*, key_id: int, plan: str) -> int | None:
         _down_until = time.monotonic() + 5
         return None
     return retry_after if count > limit_for(plan) else None
+
+
+def _login_key(address: str, username: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256(f"{address}|{username.strip().lower()}".encode()).hexdigest()[:32]
+    return f"{settings.SEARCH_CACHE_PREFIX}login-fail:{digest}"
+
+
+def login_blocked(*, address: str, username: str) -> int | None:
+    """Seconds until this username may try again from this address, or None if it may now
+    (``LOGIN_FAILURES_MAX`` failures within ``LOGIN_FAILURES_WINDOW_SECONDS`` block it)."""
+    global _down_until
+    client = _redis()
+    if client is None or not username:
+        return None
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.get(_login_key(address, username))
+            pipe.ttl(_login_key(address, username))
+            count, ttl = pipe.execute()
+    except redis.RedisError:
+        _down_until = time.monotonic() + 5
+        return None
+    if count is not None and int(count) >= settings.LOGIN_FAILURES_MAX:
+        return max(int(ttl), 1)
+    return None
+
+
+def login_failed(*, address: str, username: str) -> None:
+    global _down_until
+    client = _redis()
+    if client is None or not username:
+        return
+    key = _login_key(address, username)
+    try:
+        if client.incr(key) == 1:  # the window starts at the first failure
+            client.expire(key, settings.LOGIN_FAILURES_WINDOW_SECONDS)
+    except redis.RedisError:
+        _down_until = time.monotonic() + 5
+
+
+def login_succeeded(*, address: str, username: str) -> None:
+    client = _redis()
+    if client is not None and username:
+        try:
+            client.delete(_login_key(address, username))
+        except redis.RedisError:
+            pass

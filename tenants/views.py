@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from tenants.apis import SESSION_TENANT_KEY
+from tenants.authentication import client_address
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Membership
+from tenants.ratelimit import login_blocked
 from tenants.selectors import api_key_list, chatbot_get, chatbot_list, membership_get
 from tenants.services import api_key_create, api_key_revoke
 
@@ -80,3 +83,19 @@ def api_key_revoke_view(request, key_id: int):
             raise Http404("No such key.") from None
         messages.success(request, f"Key {key.prefix}… revoked; it stops working at once.")
     return redirect("dashboard-api-keys")
+
+
+class ThrottledLoginView(LoginView):
+    """The dashboard login: says plainly when too many failed attempts block it (429)."""
+
+    template_name = "dashboard/login.html"
+
+    def post(self, request, *args, **kwargs):
+        username = request.POST.get("username", "")
+        wait = login_blocked(address=client_address(request), username=username)
+        if wait is not None:
+            minutes = max(1, round(wait / 60))
+            message = f"Too many failed logins for this user. Try again in about {minutes} minute(s)."
+            context = self.get_context_data(form=self.get_form(), throttled=message)
+            return self.render_to_response(context, status=429)
+        return super().post(request, *args, **kwargs)

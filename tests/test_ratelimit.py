@@ -80,3 +80,41 @@ def test_redis_down_does_not_block_requests(bundle, limits, monkeypatch):
     monkeypatch.setattr(ratelimit, "_down_until", 0.0)
     client = _client(bundle.api_key)
     assert all(client.get(f"/api/training-data/{bundle.chatbot.pk}").status_code == 200 for _ in range(5))
+
+
+def test_login_is_blocked_after_repeated_failures(bundle, settings):
+    """Five wrong passwords for one user from one address block that pair (dashboard and admin),
+    right password or not; other users and addresses are unaffected."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    settings.LOGIN_FAILURES_MAX = 5
+    get_user_model().objects.filter(username="acme-owner").update(is_staff=True)
+    client = Client(REMOTE_ADDR="203.0.113.7")
+    for _ in range(5):
+        response = client.post("/login/", {"username": "acme-owner", "password": "wrong"})
+        assert response.status_code == 200 and b"and password didn't match" in response.content
+    blocked = client.post("/login/", {"username": "acme-owner", "password": "pw-acme-123"})
+    assert blocked.status_code == 429 and b"Too many failed logins" in blocked.content
+    assert "_auth_user_id" not in client.session
+    admin = client.post("/admin/login/", {"username": "acme-owner", "password": "pw-acme-123"})
+    assert admin.status_code == 200 and "_auth_user_id" not in client.session  # refused there too
+
+    elsewhere = Client(REMOTE_ADDR="198.51.100.2")
+    assert elsewhere.post("/login/", {"username": "acme-owner", "password": "pw-acme-123"}).status_code == 302
+    other_user = client.post("/login/", {"username": "globex-owner", "password": "nope"})
+    assert other_user.status_code == 200  # a plain failed login, not blocked
+
+
+def test_a_successful_login_clears_the_failures(bundle, settings):
+    from django.test import Client
+
+    settings.LOGIN_FAILURES_MAX = 3
+    client = Client(REMOTE_ADDR="203.0.113.8")
+    for _ in range(2):
+        client.post("/login/", {"username": "acme-owner", "password": "wrong"})
+    assert client.post("/login/", {"username": "acme-owner", "password": "pw-acme-123"}).status_code == 302
+    client.logout()
+    for _ in range(2):
+        client.post("/login/", {"username": "acme-owner", "password": "wrong"})
+    assert client.post("/login/", {"username": "acme-owner", "password": "pw-acme-123"}).status_code == 302
