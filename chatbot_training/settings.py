@@ -210,6 +210,7 @@ NEAR_DUPLICATE_SIMILARITY = env.float("NEAR_DUPLICATE_SIMILARITY", default=0.97)
 # --- REST framework ---------------------------------------------------------------------
 # Requests per minute per API key, by the tenant's plan (JSON to override, e.g. '{"standard": 1200}').
 API_RATE_LIMITS = {"free": 60, "standard": 600, "enterprise": 6000, **env.json("API_RATE_LIMITS", default={})}
+API_KEY_ROTATION_GRACE_SECONDS = env.int("API_KEY_ROTATION_GRACE_SECONDS", default=24 * 3600)  # old key's overlap
 LOGIN_FAILURES_MAX = env.int("LOGIN_FAILURES_MAX", default=5)  # per username and address...
 LOGIN_FAILURES_WINDOW_SECONDS = env.int("LOGIN_FAILURES_WINDOW_SECONDS", default=900)  # ...in this window
 

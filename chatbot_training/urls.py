@@ -30,6 +30,7 @@ urlpatterns = [
     path("tenant/switch", tenant_views.tenant_switch, name="dashboard-tenant-switch"),
     path("keys/", tenant_views.api_keys, name="dashboard-api-keys"),
     path("keys/<int:key_id>/revoke", tenant_views.api_key_revoke_view, name="dashboard-api-key-revoke"),
+    path("keys/<int:key_id>/rotate", tenant_views.api_key_rotate_view, name="dashboard-api-key-rotate"),
     path("chatbots/<int:chatbot_id>/", knowledge_views.chatbot_detail, name="dashboard-chatbot"),
     path("chatbots/<int:chatbot_id>/upload", knowledge_views.chatbot_upload, name="dashboard-upload"),
     path("chatbots/<int:chatbot_id>/search/", search_views.search_playground, name="dashboard-search"),

@@ -16,7 +16,8 @@ SESSION_TENANT_KEY = "tenant_id"
 class TenantApi(APIView):
     """Base of every tenant API: resolves the tenant once from the credentials, fails closed.
 
-    API keys act for their tenant (and, if limited, one chatbot) with write access;
+    API keys act for their tenant (and, if limited, one chatbot), writing only with the
+    ``search_upload`` scope;
     dashboard sessions act for the user's current membership with that member's role.
     """
 
@@ -47,6 +48,10 @@ class TenantApi(APIView):
         return chatbot_get(tenant=self.tenant, chatbot_id=chatbot_id, api_key=self.api_key)
 
     def require_write(self) -> None:
+        if self.api_key is not None and not self.api_key.can_upload:
+            raise PermissionDenied(
+                "This API key may only search: use a key with the 'search and upload' scope to change content."
+            )
         if self.membership is not None and not self.membership.can_write:
             raise PermissionDenied("Your role is 'viewer': ask an owner or admin to make this change.")
 

@@ -67,7 +67,17 @@ class Chatbot(TenantOwned):
 
 
 class ApiKey(TenantOwned):
+    class Scope(models.TextChoices):
+        SEARCH = "search", "search only"
+        SEARCH_UPLOAD = "search_upload", "search and upload"
+
     name = models.CharField(max_length=200)
+    scope = models.CharField(
+        max_length=20,
+        choices=Scope.choices,
+        default=Scope.SEARCH_UPLOAD,
+        help_text="search: search, feedback and reads; search_upload: also upload, reprocess and delete.",
+    )
     prefix = models.CharField(max_length=16, unique=True, help_text="Visible part of the key.")
     key_hash = models.CharField(max_length=64, unique=True)
     chatbot = models.ForeignKey(
@@ -81,6 +91,10 @@ class ApiKey(TenantOwned):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def can_upload(self) -> bool:
+        return self.scope == self.Scope.SEARCH_UPLOAD
 
     @property
     def is_active(self) -> bool:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -80,10 +81,18 @@ def chatbot_content_changed(*, chatbot_id: int) -> None:
 
 @transaction.atomic
 def api_key_create(
-    *, tenant: Tenant, name: str, chatbot: Chatbot | None = None, created_by=None, expires_at=None
+    *,
+    tenant: Tenant,
+    name: str,
+    chatbot: Chatbot | None = None,
+    created_by=None,
+    expires_at=None,
+    scope: str = ApiKey.Scope.SEARCH_UPLOAD,
 ) -> IssuedApiKey:
     if chatbot is not None and chatbot.tenant_id != tenant.pk:
         raise DomainError("That chatbot does not belong to this tenant.", field="chatbot")
+    if scope not in ApiKey.Scope.values:
+        raise DomainError(f"Unknown scope {scope!r}: use 'search' or 'search_upload'.", field="scope")
     prefix = secrets.token_hex(4)
     raw_key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey.objects.create(
@@ -94,8 +103,37 @@ def api_key_create(
         chatbot=chatbot,
         created_by=created_by,
         expires_at=expires_at,
+        scope=scope,
     )
     return IssuedApiKey(api_key=api_key, raw_key=raw_key)
+
+
+def api_key_rotate(*, tenant: Tenant, api_key_id: int, created_by=None, grace_seconds: int | None = None):
+    """A new key with the old one's name, chatbot, scope and expiry; the old key keeps working for
+    ``grace_seconds`` (``API_KEY_ROTATION_GRACE_SECONDS``; 0 = it stops at once) so clients can
+    switch. Returns (new issued key, old key)."""
+    grace = settings.API_KEY_ROTATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
+    with transaction.atomic():
+        old = ApiKey.objects.for_tenant(tenant).select_for_update().get(pk=api_key_id)
+        if not old.is_active:
+            raise DomainError("Only an active key can be rotated.", field="api_key")
+        issued = api_key_create(
+            tenant=tenant,
+            name=old.name,
+            chatbot=old.chatbot,
+            created_by=created_by,
+            expires_at=old.expires_at,
+            scope=old.scope,
+        )
+        now = timezone.now()
+        if grace <= 0:
+            old.revoked_at = now
+            old.save(update_fields=["revoked_at"])
+        else:
+            ends = now + timedelta(seconds=grace)
+            old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
+            old.save(update_fields=["expires_at"])
+    return issued, old
 
 
 def api_key_revoke(*, tenant: Tenant, api_key_id: int) -> ApiKey:

@@ -15,7 +15,7 @@ from tenants.errors import DomainError
 from tenants.models import ApiKey, Membership
 from tenants.ratelimit import login_blocked
 from tenants.selectors import api_key_list, chatbot_get, chatbot_list, membership_get
-from tenants.services import api_key_create, api_key_revoke
+from tenants.services import api_key_create, api_key_revoke, api_key_rotate
 
 
 def dashboard_membership(request) -> Membership:
@@ -56,6 +56,7 @@ def api_keys(request):
                 name=request.POST.get("name", "").strip() or "API key",
                 chatbot=chatbot,
                 created_by=request.user,
+                scope=request.POST.get("scope") or ApiKey.Scope.SEARCH,
             )
             new_key = issued.raw_key
             messages.success(request, "Key created. Copy it now: it is shown only once.")
@@ -68,6 +69,7 @@ def api_keys(request):
             "keys": api_key_list(tenant=tenant),
             "chatbots": chatbot_list(tenant=tenant),
             "new_key": new_key,
+            "scopes": ApiKey.Scope.choices,
         },
     )
 
@@ -83,6 +85,35 @@ def api_key_revoke_view(request, key_id: int):
             raise Http404("No such key.") from None
         messages.success(request, f"Key {key.prefix}… revoked; it stops working at once.")
     return redirect("dashboard-api-keys")
+
+
+@login_required
+@require_POST
+def api_key_rotate_view(request, key_id: int):
+    """A new key replaces this one; the old one keeps working for the rotation grace period."""
+    membership = dashboard_membership(request)
+    tenant = membership.tenant
+    if not require_write(request, membership):
+        return redirect("dashboard-api-keys")
+    try:
+        issued, old = api_key_rotate(tenant=tenant, api_key_id=key_id, created_by=request.user)
+    except ApiKey.DoesNotExist:
+        raise Http404("No such key.") from None
+    except DomainError as exc:
+        messages.error(request, exc.message)
+        return redirect("dashboard-api-keys")
+    until = "now" if old.revoked_at else f"at {old.expires_at:%Y-%m-%d %H:%M} UTC"
+    messages.success(request, f"Key {old.prefix}… rotated: it stops working {until}. Copy the new key now.")
+    return render(
+        request,
+        "dashboard/api_keys.html",
+        {
+            "keys": api_key_list(tenant=tenant),
+            "chatbots": chatbot_list(tenant=tenant),
+            "new_key": issued.raw_key,
+            "scopes": ApiKey.Scope.choices,
+        },
+    )
 
 
 class ThrottledLoginView(LoginView):
