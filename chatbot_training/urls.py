@@ -39,6 +39,11 @@ urlpatterns = [
         search_views.search_analytics_view,
         name="dashboard-search-analytics",
     ),
+    path(
+        "chatbots/<int:chatbot_id>/search/export.csv",
+        search_views.search_log_export_view,
+        name="dashboard-search-log-export",
+    ),
     path("chatbots/<int:chatbot_id>/faq", search_views.faq_answer_add, name="dashboard-faq-add"),
     path("documents/<int:document_id>/", knowledge_views.document_detail, name="dashboard-document"),
     path(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
@@ -9,9 +10,15 @@ from rest_framework.response import Response
 from knowledge.models import Document
 from search.filters import search_filters_build
 from search.logbuffer import search_logs_flush
-from search.selectors import knowledge_gaps, search_analytics
+from search.selectors import (
+    SEARCH_LOG_EXPORT_COLUMNS,
+    knowledge_gaps,
+    search_analytics,
+    search_log_export_rows,
+)
 from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn, search_feedback_create, search_run
 from tenants.apis import TenantApi
+from tenants.spreadsheet import csv_rows
 
 FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
 
@@ -318,3 +325,28 @@ class SearchAnalyticsApi(TenantApi):
             :50
         ]
         return Response(SearchAnalyticsResponseSerializer(body).data)
+
+
+class SearchLogExportApi(TenantApi):
+    """The chatbot's search log as CSV (cells that a spreadsheet would run as formulas are
+    neutralised)."""
+
+    @extend_schema(
+        operation_id="search_log_export",
+        parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="1–365, default 7")],
+        responses={(200, "text/csv"): OpenApiTypes.STR},
+        tags=["search"],
+    )
+    def get(self, request, chatbot_id: int):
+        params = SearchAnalyticsQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        chatbot = self.get_chatbot(chatbot_id)
+        return search_log_csv_response(tenant=self.tenant, chatbot=chatbot, days=params.validated_data["days"])
+
+
+def search_log_csv_response(*, tenant, chatbot, days: int) -> StreamingHttpResponse:
+    search_logs_flush()  # include searches still queued for writing
+    rows = search_log_export_rows(tenant=tenant, chatbot_id=chatbot.pk, days=days)
+    response = StreamingHttpResponse(csv_rows(SEARCH_LOG_EXPORT_COLUMNS, rows), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="searches-chatbot-{chatbot.pk}-{days}d.csv"'
+    return response

@@ -475,3 +475,40 @@ def knowledge_gaps(
             }
         )
     return sorted(out, key=lambda g: (-g["count"], g["query"]))
+
+
+SEARCH_LOG_EXPORT_COLUMNS = [
+    "created_at", "query_id", "source", "api_key", "user", "query", "effective_query", "mode", "result_count",
+    "top_score", "took_ms", "cache_hit", "strategy", "embedding_space",
+]  # fmt: skip
+
+
+def search_log_export_rows(*, tenant, chatbot_id: int, days: int):
+    """The chatbot's searches of the last ``days`` days, oldest first, as rows of
+    ``SEARCH_LOG_EXPORT_COLUMNS`` (streamed from the database in chunks)."""
+    from search.models import SearchLog
+
+    since = timezone.now() - timedelta(days=days)
+    logs = (
+        SearchLog.objects.for_tenant(tenant)
+        .filter(chatbot_id=chatbot_id, created_at__gte=since)
+        .order_by("created_at", "id")
+        .values_list(
+            "created_at",
+            "query_id",
+            "source",
+            "api_key__prefix",
+            "user__username",
+            "query",
+            "effective_query",
+            "mode",
+            "result_count",
+            "top_score",
+            "took_ms",
+            "cache_hit",
+            "strategy",
+            "embedding_space",
+        )  # fmt: skip
+    )
+    for row in logs.iterator(chunk_size=2000):
+        yield [row[0].isoformat(), str(row[1]), *row[2:]]

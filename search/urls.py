@@ -6,5 +6,6 @@ urlpatterns = [
     path("search", apis.SearchApi.as_view(), name="api-search"),
     path("search/hybrid/<int:chatbot_id>", apis.SearchHybridApi.as_view(), name="api-search-hybrid"),
     path("search/analytics/<int:chatbot_id>", apis.SearchAnalyticsApi.as_view(), name="api-search-analytics"),
+    path("search/logs/<int:chatbot_id>.csv", apis.SearchLogExportApi.as_view(), name="api-search-log-export"),
     path("search/<uuid:query_id>/feedback", apis.SearchFeedbackCreateApi.as_view(), name="api-search-feedback"),
 ]

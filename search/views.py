@@ -106,6 +106,20 @@ def search_playground(request, chatbot_id: int):
 
 
 @login_required
+def search_log_export_view(request, chatbot_id: int):
+    """The search log as CSV from the analytics page (viewers may export too)."""
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    try:
+        days = min(max(int(request.GET.get("days", 14)), 1), 365)
+    except ValueError:
+        days = 14
+    from search.apis import search_log_csv_response
+
+    return search_log_csv_response(tenant=membership.tenant, chatbot=chatbot, days=days)
+
+
+@login_required
 def search_analytics_view(request, chatbot_id: int):
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
