@@ -29,6 +29,7 @@ urlpatterns = [
     path("", knowledge_views.home, name="dashboard-home"),
     path("tenant/switch", tenant_views.tenant_switch, name="dashboard-tenant-switch"),
     path("keys/", tenant_views.api_keys, name="dashboard-api-keys"),
+    path("audit/", tenant_views.audit_log, name="dashboard-audit"),
     path("keys/<int:key_id>/revoke", tenant_views.api_key_revoke_view, name="dashboard-api-key-revoke"),
     path("keys/<int:key_id>/rotate", tenant_views.api_key_rotate_view, name="dashboard-api-key-rotate"),
     path("chatbots/<int:chatbot_id>/", knowledge_views.chatbot_detail, name="dashboard-chatbot"),

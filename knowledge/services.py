@@ -31,6 +31,7 @@ from knowledge.models import (
     QAPair,
 )
 from knowledge.parsers import ParsedConversation, ParseError, parse_file
+from tenants.audit import audit_record
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
 from tenants.models import Chatbot, Tenant
 from tenants.scoping import tenant_context
@@ -198,6 +199,14 @@ def document_create(
             if existing is not None:
                 return UploadResult(document=existing, job=existing.jobs.order_by("-id").first(), duplicate=True)
         raise
+    audit_record(
+        action="upload",
+        tenant_id=tenant.pk,
+        target=f"document:{document.pk}",
+        filename=document.original_filename,
+        size_bytes=document.size_bytes,
+        chatbot_id=chatbot.pk,
+    )
     return UploadResult(document=document, job=job, duplicate=False)
 
 
@@ -233,6 +242,8 @@ def document_delete(*, tenant: Tenant, document: Document) -> None:
             return
         file_name, storage = document.file.name, document.file.storage
         chatbot_id = document.chatbot_id
+        audit_record(action="document_delete", tenant_id=tenant.pk, target=f"document:{document.pk}",
+                     title=document.title, filename=document.original_filename, chatbot_id=chatbot_id)  # fmt: skip
         document.delete()
         chatbot_content_changed(chatbot_id=chatbot_id)
         transaction.on_commit(lambda: storage.delete(file_name))

@@ -1,6 +1,6 @@
 from django.contrib import admin, messages
 
-from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.models import ApiKey, AuditEvent, Chatbot, Membership, Tenant
 from tenants.services import api_key_revoke
 
 
@@ -50,3 +50,22 @@ class ApiKeyAdmin(admin.ModelAdmin):
         for key in queryset:
             api_key_revoke(tenant=key.tenant, api_key_id=key.pk)
         self.message_user(request, f"Revoked {queryset.count()} keys.", messages.SUCCESS)
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """Every tenant's audit events for staff; read-only (the table is append-only)."""
+
+    list_display = ["created_at", "tenant_id", "action", "actor", "target", "ip"]
+    list_filter = ["action"]
+    search_fields = ["actor", "target", "=tenant_id", "ip"]
+    readonly_fields = [f.name for f in AuditEvent._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -7,6 +7,7 @@ from django.core.exceptions import PermissionDenied
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions, throttling
 
+from tenants.audit import actor_use_api_key
 from tenants.models import ApiKey
 from tenants.ratelimit import login_blocked, login_failed, login_succeeded, rate_hit
 from tenants.selectors import api_key_find_active
@@ -47,6 +48,7 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
         api_key_touch(api_key=api_key)
+        actor_use_api_key(api_key.prefix)
         return ApiKeyPrincipal(api_key=api_key), api_key
 
     def authenticate_header(self, request) -> str:
@@ -88,11 +90,31 @@ class ThrottledModelBackend(ModelBackend):
     def authenticate(self, request, username=None, password=None, **kwargs):
         address = client_address(request)
         if username and login_blocked(address=address, username=username) is not None:
+            self._audit(request, "login_failed", username, None, reason="throttled")
             raise PermissionDenied("too many failed logins")
         user = super().authenticate(request, username=username, password=password, **kwargs)
         if username:
             if user is None:
                 login_failed(address=address, username=username)
+                self._audit(request, "login_failed", username, None, reason="bad credentials")
             else:
                 login_succeeded(address=address, username=username)
+                self._audit(request, "login", username, user)
         return user
+
+    @staticmethod
+    def _audit(request, action: str, username: str, user, **detail) -> None:
+        from tenants.audit import Actor, audit_record
+        from tenants.models import Membership
+
+        actor = Actor(
+            user_id=user.pk if user is not None else None,
+            username=username[:150],
+            ip=request.META.get("REMOTE_ADDR") if request is not None else None,
+            user_agent=request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else "",
+        )
+        # a failed login shows in the log of the tenants the named user (if any) belongs to
+        members = Membership.objects.filter(user=user) if user else Membership.objects.filter(user__username=username)
+        tenants = list(members.values_list("tenant_id", flat=True))
+        for tenant_id in tenants or [None]:  # each tenant the user belongs to sees the login
+            audit_record(action=action, tenant_id=tenant_id, target=f"user:{username[:150]}", actor=actor, **detail)

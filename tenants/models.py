@@ -100,3 +100,38 @@ class ApiKey(TenantOwned):
     def is_active(self) -> bool:
         now = timezone.now()
         return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+
+class AuditEvent(models.Model):
+    """A security-relevant action: who, what, when, from where, for which tenant. Append-only: a
+    database trigger refuses UPDATE and DELETE (tenants/migrations/0004_auditevent.py), and the row
+    keeps its tenant id even after the tenant is gone (no foreign key to cascade or null it)."""
+
+    class Action(models.TextChoices):
+        LOGIN = "login", "login"
+        LOGIN_FAILED = "login_failed", "failed login"
+        KEY_CREATE = "key_create", "API key created"
+        KEY_REVOKE = "key_revoke", "API key revoked"
+        KEY_ROTATE = "key_rotate", "API key rotated"
+        UPLOAD = "upload", "upload"
+        DOCUMENT_DELETE = "document_delete", "document deleted"
+        ADMIN_CHANGE = "admin_change", "admin change"
+        STAFF_ACCESS = "staff_access", "staff access"
+
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    tenant_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    action = models.CharField(max_length=30, choices=Action.choices)
+    actor = models.CharField(max_length=200, help_text="username, or api-key:<prefix>")
+    user_id = models.BigIntegerField(null=True, blank=True)
+    api_key_prefix = models.CharField(max_length=16, blank=True)
+    target = models.CharField(max_length=300, blank=True)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    user_agent = models.CharField(max_length=300, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["tenant_id", "-created_at"], name="audit_tenant_recent")]
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M} {self.actor} {self.action} {self.target}"

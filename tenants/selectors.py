@@ -57,3 +57,10 @@ def chatbot_get(*, tenant: Tenant, chatbot_id, api_key: ApiKey | None = None) ->
     if chatbot is None:
         raise NotFound("Chatbot not found.", field="chatbot_id")
     return chatbot
+
+
+def audit_events(*, tenant: Tenant, action: str | None = None):
+    from tenants.models import AuditEvent
+
+    events = AuditEvent.objects.filter(tenant_id=tenant.pk)
+    return events.filter(action=action) if action else events

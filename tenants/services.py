@@ -11,6 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
+from tenants.audit import audit_record
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
 from tenants.selectors import api_key_hash
@@ -105,6 +106,8 @@ def api_key_create(
         expires_at=expires_at,
         scope=scope,
     )
+    audit_record(action="key_create", tenant_id=tenant.pk, target=f"api-key:{api_key.prefix}", scope=scope,
+                 chatbot_id=chatbot.pk if chatbot else None)  # fmt: skip
     return IssuedApiKey(api_key=api_key, raw_key=raw_key)
 
 
@@ -133,6 +136,8 @@ def api_key_rotate(*, tenant: Tenant, api_key_id: int, created_by=None, grace_se
             ends = now + timedelta(seconds=grace)
             old.expires_at = min(old.expires_at, ends) if old.expires_at else ends
             old.save(update_fields=["expires_at"])
+        audit_record(action="key_rotate", tenant_id=tenant.pk, target=f"api-key:{old.prefix}",
+                     new_key=issued.api_key.prefix, old_key_until=str(old.revoked_at or old.expires_at))  # fmt: skip
     return issued, old
 
 
@@ -141,6 +146,7 @@ def api_key_revoke(*, tenant: Tenant, api_key_id: int) -> ApiKey:
     if api_key.revoked_at is None:
         api_key.revoked_at = timezone.now()
         api_key.save(update_fields=["revoked_at"])
+        audit_record(action="key_revoke", tenant_id=tenant.pk, target=f"api-key:{api_key.prefix}")
     return api_key
 
 

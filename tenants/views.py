@@ -12,9 +12,9 @@ from django.views.decorators.http import require_POST
 from tenants.apis import SESSION_TENANT_KEY
 from tenants.authentication import client_address
 from tenants.errors import DomainError
-from tenants.models import ApiKey, Membership
+from tenants.models import ApiKey, AuditEvent, Membership
 from tenants.ratelimit import login_blocked
-from tenants.selectors import api_key_list, chatbot_get, chatbot_list, membership_get
+from tenants.selectors import api_key_list, audit_events, chatbot_get, chatbot_list, membership_get
 from tenants.services import api_key_create, api_key_revoke, api_key_rotate
 
 
@@ -113,6 +113,21 @@ def api_key_rotate_view(request, key_id: int):
             "new_key": issued.raw_key,
             "scopes": ApiKey.Scope.choices,
         },
+    )
+
+
+@login_required
+def audit_log(request):
+    """The tenant's audit events, newest first; owners and admins only."""
+    membership = dashboard_membership(request)
+    if not membership.can_write:
+        raise Http404("Only owners and admins see the audit log.")
+    action = request.GET.get("action", "")
+    events = audit_events(tenant=membership.tenant, action=action or None)[:500]
+    return render(
+        request,
+        "dashboard/audit.html",
+        {"events": events, "actions": AuditEvent.Action.choices, "action": action},
     )
 
 

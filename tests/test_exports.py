@@ -37,7 +37,9 @@ def test_search_log_export_neutralises_formulas(bundle, other_bundle, client):
     api = APIClient()
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
     for query in [*HOSTILE, "How can I pay?"]:
-        assert api.post("/api/search", {"query": query, "chatbot_id": bundle.chatbot.pk}, format="json").status_code == 200
+        assert (
+            api.post("/api/search", {"query": query, "chatbot_id": bundle.chatbot.pk}, format="json").status_code == 200
+        )
 
     response = api.get(f"/api/search/logs/{bundle.chatbot.pk}.csv?days=1")
     assert response.status_code == 200 and response["Content-Type"].startswith("text/csv")

@@ -1,0 +1,84 @@
+"""The audit log: logins, key changes, uploads, deletes and staff access are recorded with who,
+when, from where and tenant; owners see their tenant's, viewers do not; rows are append-only in
+the database itself. Ingestion runs eagerly in-process."""
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.db import DatabaseError, connection, transaction
+from django.test import Client
+from rest_framework.test import APIClient
+
+from tenants.models import ApiKey, AuditEvent, Membership
+from tests.conftest import make_upload
+
+
+def _actions(tenant) -> list[str]:
+    return list(AuditEvent.objects.filter(tenant_id=tenant.pk).order_by("id").values_list("action", flat=True))
+
+
+def test_security_actions_are_recorded_with_actor_and_address(bundle, other_bundle):
+    client = Client(REMOTE_ADDR="203.0.113.9", HTTP_USER_AGENT="pytest-browser")
+    client.post("/login/", {"username": bundle.username, "password": "wrong"})
+    assert client.post("/login/", {"username": bundle.username, "password": bundle.password}).status_code == 302
+    client.post("/keys/", {"name": "widget", "scope": "search"})
+    key = ApiKey.objects.get(name="widget")
+    client.post(f"/keys/{key.pk}/rotate")
+    client.post(f"/keys/{key.pk}/revoke")
+
+    api = APIClient(REMOTE_ADDR="198.51.100.4")
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
+    upload = api.post(
+        "/api/upload-training-data",
+        {"file": make_upload("a.txt", "Some text."), "chatbot_id": bundle.chatbot.pk},
+        format="multipart",
+    )
+    assert upload.status_code == 202
+    assert api.delete(f"/api/documents/{upload.json()['document_id']}").status_code == 204
+
+    assert _actions(bundle.tenant) == [
+        "key_create",  # the bootstrap key
+        "login_failed", "login", "key_create", "key_create", "key_rotate", "key_revoke", "upload", "document_delete",
+    ]  # fmt: skip
+    events = {e.action: e for e in AuditEvent.objects.filter(tenant_id=bundle.tenant.pk).order_by("id")}
+    assert events["login"].actor == bundle.username and events["login"].ip == "203.0.113.9"
+    assert events["login"].user_agent == "pytest-browser"
+    assert events["key_revoke"].target == f"api-key:{key.prefix}" and events["key_revoke"].actor == bundle.username
+    assert events["upload"].actor == f"api-key:{bundle.api_key[:12]}" and events["upload"].ip == "198.51.100.4"
+    assert events["upload"].detail["filename"] == "a.txt"
+    assert _actions(other_bundle.tenant) == ["key_create"]  # nothing of ours in another tenant's log
+
+    page = client.get("/audit/").content.decode()
+    assert "API key rotated" in page and "203.0.113.9" in page
+    assert "failed login" in client.get("/audit/?action=login_failed").content.decode()
+
+
+def test_viewers_do_not_see_the_audit_log(bundle):
+    viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-1")
+    Membership.objects.create(tenant=bundle.tenant, user=viewer, role="viewer")
+    client = Client()
+    client.force_login(viewer)
+    assert client.get("/audit/").status_code == 404
+
+
+def test_staff_access_to_a_tenants_objects_is_recorded_for_that_tenant(bundle):
+    staff = get_user_model().objects.create_superuser("staff", password="pw-staff-1")
+    client = Client(REMOTE_ADDR="192.0.2.1")
+    client.force_login(staff)
+    key = ApiKey.objects.get(prefix=bundle.api_key[:12])
+    assert client.get(f"/admin/tenants/apikey/{key.pk}/change/").status_code == 200
+    assert client.get(f"/admin/tenants/tenant/{bundle.tenant.pk}/change/").status_code == 200
+    events = AuditEvent.objects.filter(tenant_id=bundle.tenant.pk, action="staff_access")
+    assert {e.target for e in events} == {f"tenants.ApiKey:{key.pk}", f"tenants.Tenant:{bundle.tenant.pk}"}
+    assert all(e.actor == "staff" and e.ip == "192.0.2.1" for e in events)
+    assert client.get("/admin/tenants/auditevent/").status_code == 200  # staff see every tenant's
+
+
+def test_audit_rows_cannot_be_changed_or_deleted(bundle):
+    from tenants.audit import audit_record
+
+    event = audit_record(action="login", tenant_id=bundle.tenant.pk, target="user:x")
+    for statement in ("UPDATE tenants_auditevent SET actor = 'someone else'", "DELETE FROM tenants_auditevent"):
+        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(statement)
+    event.refresh_from_db()
+    assert event.actor != "someone else"
