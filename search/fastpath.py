@@ -282,13 +282,25 @@ def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | No
     row = _context(chatbot_id=args["chatbot_id"], key_hash=api_key_hash(parts[1]))
     if row is None:
         return None
-    key_id, tenant_id, last_used, content_version, space_id, provider, model_name, version, dimensions, _, plan = row
+    (
+        key_id,
+        tenant_id,
+        last_used,
+        content_version,
+        space_id,
+        provider,
+        model_name,
+        version,
+        dimensions,
+        _,
+        tenant_plan,
+    ) = row
     from search.services import search_run  # looked up per call (tests patch it)
 
     try:
         result, counted = _cached_result(args, row)
         if not counted:
-            retry_after = rate_hit(key_id=key_id, plan=plan)
+            retry_after = rate_hit(key_id=key_id, plan=tenant_plan)
             if retry_after is not None:
                 raise Throttled(retry_after)
     except Throttled as throttled:
@@ -381,7 +393,7 @@ def _cached_result(args: dict, row):
     if logged:
         CACHE_EVENTS.labels("results", "hit").inc()
     results = [Hit(**hit) for hit in cached["results"]]
-    took_ms = log.get("took_ms") or round((time.perf_counter() - began) * 1000, 2)
+    took_ms = log["took_ms"] if "took_ms" in log else round((time.perf_counter() - began) * 1000, 2)
     result = SearchResult(
         results=results,
         took_ms=took_ms,
