@@ -10,11 +10,13 @@ from docx.table import Table
 from docx.text.paragraph import Paragraph
 
 from knowledge.parsers.base import Block, ParsedDocument, ParseError, clean_text
+from knowledge.parsers.guards import ooxml_guard
 
 _HEADING = re.compile(r"^(heading|title)\s*(\d*)$", re.I)
 
 
 def parse_docx(data: bytes) -> ParsedDocument:
+    ooxml_guard(data)
     try:
         document = docx.Document(io.BytesIO(data))
     except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError) as exc:

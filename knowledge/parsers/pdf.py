@@ -8,6 +8,7 @@ from collections import Counter
 from pypdf import PdfReader
 from pypdf.errors import FileNotDecryptedError, PdfReadError, PdfStreamError
 
+from knowledge.parsers import guards
 from knowledge.parsers.base import Block, ParsedDocument, ParseError, clean_text
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,8 @@ def parse_pdf(data: bytes) -> ParsedDocument:
     try:
         pages = reader.pages
         page_count = len(pages)
+        if page_count > guards.PDF_MAX_PAGES:
+            raise ParseError(f"The PDF has {page_count:,} pages; at most {guards.PDF_MAX_PAGES:,} are accepted.")
     except FileNotDecryptedError:
         raise ParseError("The PDF is password-protected: remove the password and upload it again.") from None
     except (PdfReadError, PdfStreamError, ValueError, KeyError, TypeError, AttributeError) as exc:

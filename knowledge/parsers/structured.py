@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from knowledge.parsers.base import Block, ParsedConversation, ParsedDocument, ParseError, Turn, clean_text
+from knowledge.parsers.guards import json_loads
 from knowledge.parsers.tabular import ANSWER_COLUMNS, QUESTION_COLUMNS, find_column, html_to_text
 
 CONTENT_KEYS = ("content", "value", "text", "message", "body", "utterance")
@@ -48,9 +49,9 @@ CONTAINER_KEYS = (
 def parse_json_text(text: str, *, lines: bool) -> ParsedDocument:
     try:
         if lines:
-            payload = [json.loads(line) for line in text.splitlines() if line.strip()]
+            payload = [json_loads(line) for line in text.splitlines() if line.strip()]
         else:
-            payload = json.loads(text)
+            payload = json_loads(text)
     except ValueError as exc:
         raise ParseError(f"The JSON is malformed: {exc}.") from None
     payload = _unwrap(payload)

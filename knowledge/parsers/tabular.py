@@ -7,6 +7,7 @@ import html
 import io
 import re
 
+from knowledge.parsers import guards
 from knowledge.parsers.base import Block, ParsedDocument, ParseError
 
 QUESTION_COLUMNS = ("question", "questions", "q", "query", "faq", "faq_question", "title", "prompt")
@@ -39,7 +40,11 @@ def parse_csv(text: str) -> ParsedDocument:
     try:
         reader = csv.DictReader(io.StringIO(text, newline=""), dialect=dialect)
         columns = [c.strip() for c in (reader.fieldnames or [])]
-        records = list(reader)
+        records = []
+        for record in reader:
+            records.append(record)
+            if len(records) > guards.CSV_MAX_ROWS:
+                raise ParseError(f"The CSV has more than {guards.CSV_MAX_ROWS:,} rows; split it into smaller files.")
     except csv.Error as exc:
         raise ParseError(f"The CSV cannot be read: {exc}.") from None
     if len(columns) < 1 or not records:
