@@ -25,6 +25,7 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
         **env,
     }
     environment.pop("DJANGO_SETTINGS_MODULE", None)
+    environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # set by the browser test's runner, never in production
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120
     )
