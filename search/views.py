@@ -105,15 +105,20 @@ def search_playground(request, chatbot_id: int):
     )
 
 
+def _days(request, default: int = 14) -> int:
+    """The ``days`` query parameter, 1–365 (the default when missing or not a number)."""
+    try:
+        return min(max(int(request.GET.get("days", default)), 1), 365)
+    except ValueError:
+        return default
+
+
 @login_required
 def search_log_export_view(request, chatbot_id: int):
     """The search log as CSV from the analytics page (viewers may export too)."""
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    try:
-        days = min(max(int(request.GET.get("days", 14)), 1), 365)
-    except ValueError:
-        days = 14
+    days = _days(request)
     from search.apis import search_log_csv_response
 
     return search_log_csv_response(tenant=membership.tenant, chatbot=chatbot, days=days)
@@ -123,10 +128,7 @@ def search_log_export_view(request, chatbot_id: int):
 def search_analytics_view(request, chatbot_id: int):
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    try:
-        days = min(max(int(request.GET.get("days", 14)), 1), 365)
-    except ValueError:
-        days = 14
+    days = _days(request)
     search_logs_flush()  # include searches still queued for writing
     low = settings.SEARCH_LOW_SCORE
     stats = search_analytics(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)

@@ -62,16 +62,18 @@ def api_keys(request):
             messages.success(request, "Key created. Copy it now: it is shown only once.")
         except DomainError as exc:
             messages.error(request, exc.message)
-    return render(
-        request,
-        "dashboard/api_keys.html",
-        {
-            "keys": api_key_list(tenant=tenant),
-            "chatbots": chatbot_list(tenant=tenant),
-            "new_key": new_key,
-            "scopes": ApiKey.Scope.choices,
-        },
-    )
+    return _api_keys_page(request, tenant, new_key)
+
+
+def _api_keys_page(request, tenant, new_key: str | None):
+    """The keys page; ``new_key`` is shown this once."""
+    context = {
+        "keys": api_key_list(tenant=tenant),
+        "chatbots": chatbot_list(tenant=tenant),
+        "new_key": new_key,
+        "scopes": ApiKey.Scope.choices,
+    }
+    return render(request, "dashboard/api_keys.html", context)
 
 
 @login_required
@@ -104,16 +106,7 @@ def api_key_rotate_view(request, key_id: int):
         return redirect("dashboard-api-keys")
     until = "now" if old.revoked_at else f"at {old.expires_at:%Y-%m-%d %H:%M} UTC"
     messages.success(request, f"Key {old.prefix}… rotated: it stops working {until}. Copy the new key now.")
-    return render(
-        request,
-        "dashboard/api_keys.html",
-        {
-            "keys": api_key_list(tenant=tenant),
-            "chatbots": chatbot_list(tenant=tenant),
-            "new_key": issued.raw_key,
-            "scopes": ApiKey.Scope.choices,
-        },
-    )
+    return _api_keys_page(request, tenant, issued.raw_key)
 
 
 @login_required
