@@ -75,6 +75,7 @@ def build(texts, vectors) -> list[dict]:
     import numpy as np
     from django.db import connection
 
+    from chatbot_training import dbroles
     from knowledge.models import Document
     from knowledge.services import chatbot_space_ensure_active
     from knowledge.vectors import ensure_space_index
@@ -100,8 +101,7 @@ def build(texts, vectors) -> list[dict]:
         picks = rng.integers(0, len(texts), size)
         noisy = vectors[picks] + rng.normal(0, NOISE, (size, vectors.shape[1])).astype(np.float32)
         noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
-        with connection.cursor() as cursor:
-            raw = cursor.cursor if hasattr(cursor, "cursor") else cursor
+        with dbroles.owner_connect() as owner, owner.cursor() as raw:  # bulk load as the owner
             with raw.copy(
                 "COPY knowledge_chunk (tenant_id, chatbot_id, document_id, position, text, token_count, kind, "
                 "metadata, heading_path, content_hash, created_at) FROM STDIN"
@@ -113,8 +113,8 @@ def build(texts, vectors) -> list[dict]:
                         (bundle.tenant.pk, chatbot.pk, document.pk, position, text, len(text.split()), "text",
                          metadata, "[]", f"{number}-{position}", "now")
                     )  # fmt: skip
-            cursor.execute("SELECT id FROM knowledge_chunk WHERE document_id = %s ORDER BY position", [document.pk])
-            ids = [row[0] for row in cursor.fetchall()]
+            raw.execute("SELECT id FROM knowledge_chunk WHERE document_id = %s ORDER BY position", [document.pk])
+            ids = [row[0] for row in raw.fetchall()]
             with raw.copy(
                 "COPY knowledge_chunkembedding (tenant_id, chatbot_id, chunk_id, space_id, embedding, created_at) "
                 "FROM STDIN"
@@ -129,8 +129,9 @@ def build(texts, vectors) -> list[dict]:
         began = time.perf_counter()
         ensure_space_index(space)
         index_seconds = time.perf_counter() - began
-        cursor.execute("VACUUM ANALYZE knowledge_chunkembedding")
-        cursor.execute("VACUUM ANALYZE knowledge_chunk")
+    with dbroles.owner_connect() as owner:
+        owner.execute("VACUUM ANALYZE knowledge_chunkembedding")
+        owner.execute("VACUUM ANALYZE knowledge_chunk")
     return bots, round(index_seconds, 1)
 
 
@@ -142,6 +143,7 @@ def recall(bots, vectors, per_bot: int) -> list[dict]:
     from search.selectors import semantic_hits
     from search.services import _semantic_search
     from tenants.models import Chatbot
+    from tenants.scoping import tenant_context
 
     rng = np.random.default_rng(7)
     rows = []
@@ -155,10 +157,11 @@ def recall(bots, vectors, per_bot: int) -> list[dict]:
             for _ in range(per_bot):
                 query = vectors[rng.integers(0, len(vectors))] + rng.normal(0, 0.05, vectors.shape[1])
                 query = query / np.linalg.norm(query)
-                began = time.perf_counter()
-                found, strategy = _semantic_search(space=space, chatbot=chatbot, vector=query, limit=10,
-                                                   filters=filters)  # fmt: skip
-                times.append((time.perf_counter() - began) * 1000)
+                with tenant_context(chatbot.tenant_id):  # row-level security on, as in a request
+                    began = time.perf_counter()
+                    found, strategy = _semantic_search(space=space, chatbot=chatbot, vector=query, limit=10,
+                                                       filters=filters)  # fmt: skip
+                    times.append((time.perf_counter() - began) * 1000)
                 exact = semantic_hits(space=space, chatbot_id=chatbot.pk, vector=query, limit=10, filters=filters,
                                       exact=True)  # fmt: skip
                 truth = {h.chunk_id for h in exact}
@@ -196,19 +199,24 @@ def _raw_worker(args):
     from search.selectors import NO_FILTERS
     from search.services import _semantic_search
     from tenants.models import Chatbot
+    from tenants.scoping import cross_tenant_context, tenant_context
 
-    chatbots = [Chatbot.objects.get(pk=b["chatbot_id"]) for b in bots]
-    space = chatbot_space_ensure_active(chatbot=chatbots[0]).space
+    with cross_tenant_context("bench"):  # the setup reads every tenant's chatbots
+        chatbots = [Chatbot.objects.get(pk=b["chatbot_id"]) for b in bots]
+        space = chatbot_space_ensure_active(chatbot=chatbots[0]).space
     provider = provider_for(space.model_key)
     provider.embed(["warm up"])
     for chatbot in chatbots:  # the planner's candidate counts, as a warm server has them
-        _semantic_search(space=space, chatbot=chatbot, vector=provider.embed(["x"])[0], limit=5, filters=NO_FILTERS)
+        with tenant_context(chatbot.tenant_id):
+            _semantic_search(space=space, chatbot=chatbot, vector=provider.embed(["x"])[0], limit=5, filters=NO_FILTERS)
     latencies = []
     began = time.perf_counter()
     for i, text in enumerate(texts):
         t = time.perf_counter()
+        chatbot = chatbots[i % len(chatbots)]
         vector = provider.embed([text])[0]
-        _semantic_search(space=space, chatbot=chatbots[i % len(chatbots)], vector=vector, limit=5, filters=NO_FILTERS)
+        with tenant_context(chatbot.tenant_id):  # as a request: row-level security for its tenant
+            _semantic_search(space=space, chatbot=chatbot, vector=vector, limit=5, filters=NO_FILTERS)
         latencies.append((time.perf_counter() - t) * 1000)
     return latencies, time.perf_counter() - began
 
@@ -320,6 +328,16 @@ def http_run(port: int, bots, texts: list[str], clients: int) -> dict:
 
 
 def main() -> None:
+    import django
+
+    django.setup()
+    from tenants.scoping import cross_tenant_context
+
+    with cross_tenant_context("bench"):  # the benchmark builds and reads every tenant's data
+        _main()
+
+
+def _main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--fresh", action="store_true", help="rebuild the benchmark database")
     parser.add_argument("--queries", type=int, default=400, help="uncached queries per HTTP run")
@@ -336,7 +354,7 @@ def main() -> None:
     django.setup()
     from django.conf import settings
 
-    url, created = use_database(DATABASE, fresh=args.fresh)
+    urls, created = use_database(DATABASE, fresh=args.fresh)
     from tenants.models import Chatbot
     from tenants.services import api_key_create
 
@@ -346,7 +364,7 @@ def main() -> None:
     index_seconds = None
     if created or not state_file.exists() or Chatbot.objects.count() != len(SIZES):
         if not created:
-            url, _ = use_database(DATABASE, fresh=True)
+            urls, _ = use_database(DATABASE, fresh=True)
         began = time.perf_counter()
         bots, index_seconds = build(texts, vectors)
         build_seconds = round(time.perf_counter() - began, 1)
@@ -400,7 +418,7 @@ def main() -> None:
 
     env = {
         **os.environ,
-        "DATABASE_URL": url,
+        **urls,
         "REDIS_URL": settings.REDIS_URL,
         "SEARCH_CACHE_PREFIX": f"search:{DATABASE}:{time.time_ns()}:",  # start cold
         "CHATBOT_KEEP_EMBEDDED": "1",

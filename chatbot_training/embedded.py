@@ -25,7 +25,6 @@ logger = logging.getLogger(__name__)
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("CHATBOT_VAR_DIR", BASE_DIR / "var")).resolve()
 DATABASE_NAME = "chatbot_training"
-REQUIRED_EXTENSIONS = ("vector", "pg_trgm")
 
 
 @contextmanager
@@ -39,10 +38,13 @@ def _file_lock(name: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def postgres_url() -> str:
-    """Start (or attach to) the embedded PostgreSQL and return the app database's URL."""
+def postgres_urls() -> tuple[str, str]:
+    """Start (or attach to) the embedded PostgreSQL; return the app role's and the owner role's
+    URLs of the app database (both roles created here, see ``chatbot_training.dbroles``)."""
     import pgserver
     import psycopg
+
+    from chatbot_training import dbroles
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set
@@ -67,12 +69,16 @@ def postgres_url() -> str:
                 exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [DATABASE_NAME]).fetchone()
                 if not exists:
                     conn.execute(f'CREATE DATABASE "{DATABASE_NAME}"')
-            # Extensions live in template1 too, so test databases created by pytest have them.
+                for statement in dbroles.setup_sql(database=DATABASE_NAME):
+                    conn.execute(statement)
+            # template1 too, so test databases created by pytest have the same.
             for database in ("template1", DATABASE_NAME):
                 with psycopg.connect(server.get_uri(database), autocommit=True) as conn:
-                    for extension in REQUIRED_EXTENSIONS:
-                        conn.execute(f"CREATE EXTENSION IF NOT EXISTS {extension}")
-    return server.get_uri(DATABASE_NAME)
+                    for statement in dbroles.database_sql():
+                        conn.execute(statement)
+    app_uri = server.get_uri(DATABASE_NAME)
+    owner_uri = app_uri.replace("postgres:@", f"{dbroles.OWNER_ROLE}:@", 1)
+    return app_uri.replace("postgres:@", f"{dbroles.APP_ROLE}:@", 1), owner_uri
 
 
 def _forget_dead_handles(path: Path) -> None:

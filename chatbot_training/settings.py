@@ -80,6 +80,7 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "tenants.scoping.TenantScopeMiddleware",  # row-level security scope of the request
     "tenants.audit.AuditActorMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
@@ -106,9 +107,20 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
-DATABASE_URL = env("DATABASE_URL", default="") or embedded.postgres_url()
+# Two roles (chatbot_training/dbroles.py): the app connects as DATABASE_URL's role, which owns
+# nothing and is held to row-level security; DATABASE_OWNER_URL's role owns the tables and runs
+# migrations and index builds. The embedded PostgreSQL creates both.
+if env("DATABASE_URL", default=""):
+    DATABASE_URL = env("DATABASE_URL")
+    DATABASE_OWNER_URL = env("DATABASE_OWNER_URL", default="") or DATABASE_URL
+else:
+    DATABASE_URL, DATABASE_OWNER_URL = embedded.postgres_urls()
+    DATABASE_OWNER_URL = env("DATABASE_OWNER_URL", default="") or DATABASE_OWNER_URL
+DATABASE_APP = env.db_url_config(DATABASE_URL)
+DATABASE_OWNER = env.db_url_config(DATABASE_OWNER_URL)
 DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-DATABASES["default"]["ENGINE"] = "django_prometheus.db.backends.postgresql"
+# PostgreSQL with django-prometheus's metrics and the row-level security scope of each transaction.
+DATABASES["default"]["ENGINE"] = "chatbot_training.postgresql"
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
 # A health check is a SELECT 1 round trip at the start of every request; a connection that
 # breaks is discarded at the end of the request that met the error anyway.
@@ -150,6 +162,10 @@ def _kombu_url(url: str) -> str:
 CELERY_BROKER_URL = _kombu_url(REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# A request that queues a job must not hang on a broker that is down: a few quick tries, then the
+# job stays queued in the database for the sweeper (knowledge.services._enqueue).
+CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
@@ -205,6 +221,11 @@ OPENAI_TIMEOUT_SECONDS = env.float("OPENAI_TIMEOUT_SECONDS", default=30.0)
 OPENAI_MAX_RETRIES = env.int("OPENAI_MAX_RETRIES", default=4)
 INGESTION_STALE_AFTER_SECONDS = env.int("INGESTION_STALE_AFTER_SECONDS", default=300)
 INGESTION_MAX_ATTEMPTS = env.int("INGESTION_MAX_ATTEMPTS", default=3)
+# Parsing runs in a child process with these limits (knowledge/parsers/sandbox.py).
+PARSER_SANDBOX = env.bool("PARSER_SANDBOX", default=True)
+PARSER_MEMORY_MB = env.int("PARSER_MEMORY_MB", default=1024)
+PARSER_CPU_SECONDS = env.int("PARSER_CPU_SECONDS", default=120)
+PARSER_WALL_SECONDS = env.float("PARSER_WALL_SECONDS", default=180)
 INGESTION_PROVIDER_MAX_WAIT_RETRIES = env.int("INGESTION_PROVIDER_MAX_WAIT_RETRIES", default=12)
 NEAR_DUPLICATE_SIMILARITY = env.float("NEAR_DUPLICATE_SIMILARITY", default=0.97)
 

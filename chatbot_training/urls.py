@@ -54,3 +54,5 @@ urlpatterns = [
     ),
     path("documents/<int:document_id>/delete", knowledge_views.document_delete_view, name="dashboard-document-delete"),
 ]
+
+handler500 = "monitoring.views.server_error"

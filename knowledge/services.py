@@ -31,10 +31,11 @@ from knowledge.models import (
     QAPair,
 )
 from knowledge.parsers import ParsedConversation, ParseError, parse_file
+from knowledge.parsers.sandbox import Limits, sandbox_parse
 from tenants.audit import audit_record
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
 from tenants.models import Chatbot, Tenant
-from tenants.scoping import tenant_context
+from tenants.scoping import cross_tenant_context, tenant_context
 from tenants.services import chatbot_content_changed
 
 logger = logging.getLogger(__name__)
@@ -212,15 +213,20 @@ def document_create(
 
 def _job_create(document: Document) -> IngestionJob:
     job = IngestionJob.objects.create(tenant_id=document.tenant_id, document=document)
-    job_id = job.pk
-    transaction.on_commit(lambda: _enqueue(job_id))
+    job_id, tenant_id = job.pk, job.tenant_id
+    transaction.on_commit(lambda: _enqueue(job_id, tenant_id))
     return job
 
 
-def _enqueue(job_id: int) -> None:
+def _enqueue(job_id: int, tenant_id: int) -> None:
+    """Send the job's message. If the broker (Redis) is down the upload still stands: the job is
+    committed as ``queued`` and the sweeper sends it again once the broker is back."""
     from knowledge.tasks import ingestion_job_run_task
 
-    ingestion_job_run_task.delay(job_id=job_id)
+    try:
+        ingestion_job_run_task.delay(job_id=job_id, tenant_id=tenant_id)
+    except Exception:  # kombu's OperationalError and friends: nothing is lost, only delayed
+        logger.warning("could not queue ingestion job %s (broker unavailable); the sweeper will", job_id, exc_info=True)
 
 
 def document_reprocess(*, tenant: Tenant, document: Document) -> IngestionJob:
@@ -361,6 +367,18 @@ def ingestion_job_run(*, job_id: int, lease_token: str | None = None) -> str:
     return "failed"
 
 
+def _parse(data: bytes, filename: str):
+    """In a resource-limited child process (``knowledge/parsers/sandbox.py``) unless turned off."""
+    if not settings.PARSER_SANDBOX:
+        return parse_file(data, filename)
+    limits = Limits(
+        memory_mb=settings.PARSER_MEMORY_MB,
+        cpu_seconds=settings.PARSER_CPU_SECONDS,
+        wall_seconds=settings.PARSER_WALL_SECONDS,
+    )
+    return sandbox_parse(data, filename, limits)
+
+
 def _ingest(job: IngestionJob, document: Document) -> None:
     chatbot = document.chatbot
     spaces = ingestion_spaces(chatbot=chatbot)
@@ -369,7 +387,7 @@ def _ingest(job: IngestionJob, document: Document) -> None:
     _heartbeat(job, stage=Stage.PARSING, progress=2)
     with document.file.open("rb") as handle:
         data = handle.read()
-    parsed = parse_file(data, document.original_filename)
+    parsed = _parse(data, document.original_filename)
 
     _heartbeat(job, stage=Stage.CHUNKING, progress=6)
     max_tokens = min(chatbot.chunk_size, primary.max_tokens)
@@ -579,20 +597,30 @@ def ingestion_jobs_sweep() -> dict:
     """Re-queue jobs whose worker went silent or whose message was lost; the claim then counts
     the interruption and gives up after INGESTION_MAX_ATTEMPTS. Nothing stays 'processing'."""
     stale = _stale_before()
-    silent = list(
-        IngestionJob.objects.filter(status=Status.PROCESSING)
-        .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
-        .values_list("id", flat=True)
-    )
-    lost = list(IngestionJob.objects.filter(status=Status.QUEUED, updated_at__lt=stale).values_list("id", flat=True))
-    for job_id in silent + lost:
-        IngestionJob.objects.filter(pk=job_id).update(updated_at=timezone.now())
-        _enqueue(job_id)
+    with cross_tenant_context("ingestion-sweeper"):
+        silent = list(
+            IngestionJob.objects.filter(status=Status.PROCESSING)
+            .filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True))
+            .values_list("id", "tenant_id")
+        )
+        lost = list(
+            IngestionJob.objects.filter(status=Status.QUEUED, updated_at__lt=stale).values_list("id", "tenant_id")
+        )
+        for job_id, tenant_id in silent + lost:
+            IngestionJob.objects.filter(pk=job_id).update(updated_at=timezone.now())
+            _enqueue(job_id, tenant_id)
     return {"requeued_silent": len(silent), "requeued_lost": len(lost)}
 
 
 def ingestion_job_chatbot_id(*, job_id: int) -> int | None:
     return IngestionJob.objects.filter(pk=job_id).values_list("document__chatbot_id", flat=True).first()
+
+
+def ingestion_job_tenant_id(*, job_id: int) -> int | None:
+    """The job's tenant, for a task message sent before messages carried it (the one lookup a
+    task makes before it knows its tenant)."""
+    with cross_tenant_context("ingestion-task-tenant"):
+        return IngestionJob.objects.filter(pk=job_id).values_list("tenant_id", flat=True).first()
 
 
 def vector_index_wanted(*, chatbot_id: int) -> bool:
@@ -610,6 +638,11 @@ def vector_indexes_optimize(*, chatbot_id: int | None = None) -> dict:
     partial HNSW index there (smaller chatbots are searched exactly), rebuild indexes a crashed
     build left invalid, and drop indexes of chatbots that shrank below half the threshold or are
     gone. Run by beat, and for one chatbot after each document it ingests. Returns what it did."""
+    with cross_tenant_context("vector-index-upkeep"):
+        return _vector_indexes_optimize(chatbot_id=chatbot_id)
+
+
+def _vector_indexes_optimize(*, chatbot_id: int | None) -> dict:
     threshold = settings.VECTOR_CHATBOT_INDEX_MIN
     done: dict = {"created": [], "dropped": [], "rebuilt": []}
     with connection.cursor() as cursor:

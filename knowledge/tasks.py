@@ -18,12 +18,22 @@ from knowledge.embeddings import ProviderUnavailable
     soft_time_limit=3600,
     time_limit=3700,
 )
-def ingestion_job_run_task(self, *, job_id: int) -> str:
+def ingestion_job_run_task(self, *, job_id: int, tenant_id: int | None = None) -> str:
     from knowledge import services
+    from tenants.scoping import tenant_context
 
+    if tenant_id is None:
+        tenant_id = services.ingestion_job_tenant_id(job_id=job_id)
+        if tenant_id is None:
+            return "skipped"
+    with tenant_context(tenant_id):
+        return _ingestion_job_run(self, services, job_id)
+
+
+def _ingestion_job_run(task, services, job_id: int) -> str:
     try:
         # The Celery task id is the lease: a message redelivered after its worker died may resume.
-        result = services.ingestion_job_run(job_id=job_id, lease_token=self.request.id)
+        result = services.ingestion_job_run(job_id=job_id, lease_token=task.request.id)
         if result == "ready":
             chatbot_id = services.ingestion_job_chatbot_id(job_id=job_id)
             if chatbot_id is not None and services.vector_index_wanted(chatbot_id=chatbot_id):
@@ -33,9 +43,9 @@ def ingestion_job_run_task(self, *, job_id: int) -> str:
         waits = services.ingestion_job_release(job_id=job_id, reason=str(exc))
         if waits == 0 or waits > settings.INGESTION_PROVIDER_MAX_WAIT_RETRIES:
             return "failed"
-        raise self.retry(countdown=min(300, 5 * 2 ** (waits - 1)), max_retries=None) from None
+        raise task.retry(countdown=min(300, 5 * 2 ** (waits - 1)), max_retries=None) from None
     except OperationalError as exc:  # the database went away: try again shortly
-        raise self.retry(countdown=5, max_retries=20, exc=exc) from None
+        raise task.retry(countdown=5, max_retries=20, exc=exc) from None
 
 
 @shared_task(name="knowledge.ingestion_jobs_sweep", expires=120)

@@ -8,6 +8,7 @@ import time
 
 from django.db import connection
 
+from chatbot_training import dbroles
 from knowledge.models import EmbeddingSpace
 
 
@@ -21,16 +22,13 @@ def space_vector_expr(space: EmbeddingSpace, column: str = "embedding") -> str:
 
 
 def ensure_space_index(space: EmbeddingSpace) -> None:
-    """A partial HNSW (cosine) index holding only this space's vectors."""
+    """A partial HNSW (cosine) index holding only this space's vectors, built in the caller's
+    transaction by the owner's ``app_space_index_ensure`` (the app role owns no table)."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [space_index_name(space)])
         if cursor.fetchone():
             return
-        cursor.execute(
-            f"CREATE INDEX IF NOT EXISTS {space_index_name(space)} ON knowledge_chunkembedding "
-            f"USING hnsw ({space_vector_expr(space)} vector_cosine_ops) "
-            f"WITH (m = 16, ef_construction = 64) WHERE space_id = {int(space.pk)}"
-        )
+        cursor.execute("SELECT app_space_index_ensure(%s, %s)", [int(space.pk), int(space.dimensions)])
 
 
 CHATBOT_INDEX_PATTERN = r"^chunkemb_hnsw_s[0-9]+_c[0-9]+$"
@@ -80,15 +78,19 @@ def chatbot_index_exists(*, space_id: int, chatbot_id: int) -> bool:
 def chatbot_index_create(*, space: EmbeddingSpace, chatbot_id: int) -> str:
     """A partial HNSW index over one chatbot's vectors in one space. The planner picks it for that
     chatbot's searches (their WHERE implies its predicate), so the index walk meets only the
-    chatbot's own vectors instead of skipping everyone else's. Built CONCURRENTLY (searches and
-    ingestion go on) unless called inside a transaction."""
+    chatbot's own vectors instead of skipping everyone else's. Built CONCURRENTLY on an owner
+    connection (searches and ingestion go on); inside a transaction, by the owner's function in
+    that transaction."""
     name = chatbot_index_name(space_id=space.pk, chatbot_id=chatbot_id)
-    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
-    with connection.cursor() as cursor:
-        if connection.in_atomic_block:  # deferred FK checks pending in this transaction block DDL
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(
-            f"CREATE INDEX {concurrently} IF NOT EXISTS {name} ON knowledge_chunkembedding "
+    if connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT app_chatbot_index_create(%s, %s, %s)", [int(space.pk), int(space.dimensions), int(chatbot_id)]
+            )
+        return name
+    with dbroles.owner_connect() as owner:
+        owner.execute(
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {name} ON knowledge_chunkembedding "
             f"USING hnsw ({space_vector_expr(space)} vector_cosine_ops) WITH (m = 16, ef_construction = 64) "
             f"WHERE space_id = {int(space.pk)} AND chatbot_id = {int(chatbot_id)}"
         )
@@ -98,11 +100,12 @@ def chatbot_index_create(*, space: EmbeddingSpace, chatbot_id: int) -> str:
 def chatbot_index_drop(name: str) -> None:
     if not re.fullmatch(CHATBOT_INDEX_PATTERN, name):
         raise ValueError(f"not a chatbot vector index: {name!r}")
-    concurrently = "" if connection.in_atomic_block else "CONCURRENTLY"
-    with connection.cursor() as cursor:
-        if connection.in_atomic_block:
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
-        cursor.execute(f"DROP INDEX {concurrently} IF EXISTS {name}")
+    if connection.in_atomic_block:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT app_chatbot_index_drop(%s)", [name])
+        return
+    with dbroles.owner_connect() as owner:
+        owner.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
 def flag_near_duplicates(

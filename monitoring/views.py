@@ -51,3 +51,34 @@ def readyz(request):
     if down:
         body["down"] = sorted(down)
     return JsonResponse(body, status=503 if down else 200)
+
+
+DATABASE_RETRY_AFTER_SECONDS = 5
+
+
+def server_error(request):
+    """handler500: an unavailable database (restarted, failed over, connection refused) is a 503
+    with Retry-After, not a 500 — JSON on the API, a short page on the dashboard; anything else
+    stays a 500 (JSON on the API)."""
+    import sys
+
+    from django.db import InterfaceError, OperationalError
+    from django.http import HttpResponse
+
+    from tenants.errors import error_body
+
+    error = sys.exc_info()[1]
+    unavailable = isinstance(error, (OperationalError, InterfaceError))
+    if unavailable:
+        status, code = 503, "unavailable"
+        message = f"The database is unavailable; retry in {DATABASE_RETRY_AFTER_SECONDS} s."
+    else:
+        status, code, message = 500, "server_error", "Something went wrong on our side; it has been logged."
+    if request.path.startswith("/api/"):
+        response = JsonResponse(error_body(code, message), status=status)
+    else:
+        page = f"<!doctype html><title>{status}</title><h1>{'Temporarily unavailable' if unavailable else 'Error'}</h1>"
+        response = HttpResponse(f"{page}<p>{message}</p>", status=status)
+    if unavailable:
+        response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
+    return response

@@ -53,7 +53,7 @@ from search.services import (
 from tenants.errors import DomainError, error_body
 from tenants.models import ApiKey, Chatbot, Tenant
 from tenants.ratelimit import WINDOW_SECONDS, limit_for, rate_hit, window_key
-from tenants.scoping import tenant_context
+from tenants.scoping import no_tenant_context, tenant_context, tenant_context_enter
 from tenants.selectors import api_key_hash
 
 logger = logging.getLogger(__name__)
@@ -77,17 +77,9 @@ FIELDS = frozenset(
 FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
 MAX_BODY = 64 * 1024
 
-_CONTEXT_SQL = """
-    SELECT k.id, k.tenant_id, k.last_used_at, c.content_version, s.id, s.provider, s.model_name, s.version,
-           s.dimensions, k.expires_at, t.plan
-    FROM tenants_apikey k
-    JOIN tenants_tenant t ON t.id = k.tenant_id AND t.is_active
-    JOIN tenants_chatbot c ON c.id = %(chatbot)s AND c.tenant_id = k.tenant_id
-    JOIN knowledge_chatbotspace cs ON cs.chatbot_id = c.id AND cs.role = 'active'
-    JOIN knowledge_embeddingspace s ON s.id = cs.space_id
-    WHERE k.key_hash = %(hash)s AND k.revoked_at IS NULL AND (k.expires_at IS NULL OR k.expires_at > now())
-      AND (k.chatbot_id IS NULL OR k.chatbot_id = c.id)
-"""
+# The key is looked up before its tenant is known: the owner's SECURITY DEFINER function
+# (tenants/migrations/0005) finds it, row-level security would show this connection nothing.
+_CONTEXT_SQL = "SELECT * FROM app_search_context(%(hash)s, %(chatbot)s)"
 
 
 def _context_query(*, chatbot_id: int, key_hash: str):
@@ -267,7 +259,12 @@ class Throttled(Exception):
 def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | None:
     """``(status, JSON body, Retry-After)`` for a search request (``meta``: WSGI environ or
     ``request.META``): 200 with the results, or 429 when the key is over its plan's rate limit;
-    None when the full path must answer it."""
+    None when the full path must answer it. Starts with no tenant scope, like any request."""
+    with no_tenant_context():
+        return _search_answer(meta, body)
+
+
+def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | None:
     parts = meta.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return None
@@ -297,6 +294,7 @@ def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | No
     ) = row
     from search.services import search_run  # looked up per call (tests patch it)
 
+    tenant_context_enter(tenant_id)  # the rest acts as the key's tenant (search_answer ends it)
     try:
         result, counted = _cached_result(args, row)
         if not counted:
@@ -307,7 +305,7 @@ def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | No
         message = f"Too many requests for this API key; retry in {throttled.retry_after} s."
         return 429, _json(error_body("throttled", message)), throttled.retry_after
     if result is not None:
-        _touch(key_id, last_used)
+        _touch(key_id, tenant_id, last_used)
         return 200, _json(search_payload(result)), None
     tenant = Tenant(pk=tenant_id)
     try:
@@ -330,7 +328,7 @@ def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | No
     except Exception:  # the full path runs it again and answers the error properly
         logger.warning("search fast path gave up; the full path takes over", exc_info=True)
         return None
-    _touch(key_id, last_used)
+    _touch(key_id, tenant_id, last_used)
     return 200, _json(search_payload(result)), None
 
 
@@ -416,7 +414,7 @@ TOUCH_SECONDS = 60
 _touched: dict[int, float] = {}  # key id -> when this process last wrote its last_used_at
 
 
-def _touch(key_id: int, last_used) -> None:
+def _touch(key_id: int, tenant_id: int, last_used) -> None:
     """``last_used_at`` to the minute: written when the row read says it is older than that and
     this process has not written it in the last minute (the remembered row keeps its old value)."""
     if last_used is not None and (timezone.now() - last_used).total_seconds() <= TOUCH_SECONDS:
@@ -427,7 +425,7 @@ def _touch(key_id: int, last_used) -> None:
     if len(_touched) > 10000:
         _touched.clear()
     _touched[key_id] = now
-    with connection.cursor() as cursor:
+    with tenant_context(tenant_id), connection.cursor() as cursor:
         cursor.execute("UPDATE tenants_apikey SET last_used_at = now() WHERE id = %s", [key_id])
 
 

@@ -98,7 +98,15 @@ def _model_fields(row: dict) -> dict:
 
 
 def search_logs_flush(*, limit: int = 100_000) -> int:
-    """Move queued rows into the database; returns how many were written."""
+    """Move queued rows into the database; returns how many were written. The queue holds every
+    tenant's searches (each row names its tenant), so the flush writes across tenants."""
+    from tenants.scoping import cross_tenant_context
+
+    with cross_tenant_context("search-log-flush"):
+        return _flush(limit)
+
+
+def _flush(limit: int) -> int:
     from search.models import SearchLog
 
     client = cache._redis()

@@ -58,7 +58,7 @@ def audit_record(*, action: str, tenant_id: int | None, target: str = "", actor:
 
     actor = actor or _actor.get() or NOBODY
     try:
-        return AuditEvent.objects.create(
+        event = AuditEvent(
             tenant_id=tenant_id,
             action=action,
             actor=actor.label[:200],
@@ -69,6 +69,11 @@ def audit_record(*, action: str, tenant_id: int | None, target: str = "", actor:
             user_agent=actor.user_agent,
             detail=detail,
         )
+        # No RETURNING: row-level security lets anyone add an audit row but shows it only to its
+        # tenant, and a failed login is recorded for tenants the caller cannot read.
+        fields = [f for f in AuditEvent._meta.local_concrete_fields if not f.primary_key]
+        AuditEvent._base_manager._insert([event], fields=fields, returning_fields=[], using="default")
+        return event
     except Exception:  # the audit must not undo what it records; it is logged loudly instead
         logger.exception("could not record audit event %s %s", action, target)
         return None

@@ -10,6 +10,7 @@ from rest_framework import authentication, exceptions, throttling
 from tenants.audit import actor_use_api_key
 from tenants.models import ApiKey
 from tenants.ratelimit import login_blocked, login_failed, login_succeeded, rate_hit
+from tenants.scoping import cross_tenant_context, tenant_context_enter
 from tenants.selectors import api_key_find_active
 from tenants.services import api_key_touch
 
@@ -47,6 +48,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         api_key = api_key_find_active(raw_key=parts[1])
         if api_key is None:
             raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
+        # The rest of the request acts as the key's tenant (TenantScopeMiddleware ends it).
+        tenant_context_enter(api_key.tenant_id)
         api_key_touch(api_key=api_key)
         actor_use_api_key(api_key.prefix)
         return ApiKeyPrincipal(api_key=api_key), api_key
@@ -114,7 +117,10 @@ class ThrottledModelBackend(ModelBackend):
             user_agent=request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else "",
         )
         # a failed login shows in the log of the tenants the named user (if any) belongs to
-        members = Membership.objects.filter(user=user) if user else Membership.objects.filter(user__username=username)
-        tenants = list(members.values_list("tenant_id", flat=True))
+        with cross_tenant_context("login-audit"):  # the tenants whose log shows this login
+            members = (
+                Membership.objects.filter(user=user) if user else Membership.objects.filter(user__username=username)
+            )
+            tenants = list(members.values_list("tenant_id", flat=True))
         for tenant_id in tenants or [None]:  # each tenant the user belongs to sees the login
             audit_record(action=action, tenant_id=tenant_id, target=f"user:{username[:150]}", actor=actor, **detail)

@@ -1,24 +1,32 @@
 """Tenant scoping lives here and only here.
 
-Every tenant-owned model inherits :class:`TenantOwned`; every read goes through
-``Model.objects.for_tenant(tenant)``. Database-enforced isolation (row-level security,
-``SET LOCAL app.tenant_id``) will hook into :func:`tenant_context`, which requests and tasks
-already enter.
+Two layers. In Python, every tenant-owned model inherits :class:`TenantOwned` and every read goes
+through ``Model.objects.for_tenant(tenant)``. In PostgreSQL, row-level security (``tenants/rls.py``)
+shows a connection only the rows of the tenant named by the transaction-local setting
+``app.tenant_id`` — none when it is empty.
+
+The scope a request, task or command works in is a context variable, entered with
+:func:`tenant_context` (one tenant), :func:`user_context` (a dashboard user's own memberships, to
+find their tenants) or :func:`cross_tenant_context` (staff in the admin and maintenance jobs, an
+explicit and named path). The database backend (``chatbot_training/postgresql``) turns the scope
+into ``set_config(..., true)`` calls inside each transaction before its first statement, and
+wraps a statement run outside a transaction in one: the setting never outlives its transaction,
+so nothing carries over to the next request on a reused connection.
 """
 
 from __future__ import annotations
 
 import contextvars
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING
 
 from django.db import models
 
+from tenants.scope import NO_SCOPE, Scope, _scope
+
 if TYPE_CHECKING:
     from tenants.models import Tenant
-
-_current_tenant_id: contextvars.ContextVar[int | None] = contextvars.ContextVar("current_tenant_id", default=None)
 
 
 class TenantQuerySet(models.QuerySet):
@@ -37,24 +45,76 @@ class TenantOwned(models.Model):
         abstract = True
 
 
+def current_tenant_id() -> int | None:
+    return _scope.get().tenant_id
+
+
+def _tenant_id(tenant) -> int:
+    tenant_id = getattr(tenant, "pk", tenant)
+    if tenant_id is None:
+        raise ValueError("a saved tenant is required")
+    return int(tenant_id)
+
+
 @contextmanager
-def tenant_context(tenant: Tenant) -> Iterator[None]:
-    """Marks the tenant a request or task works for (the hook for row-level security)."""
-    token = _current_tenant_id.set(tenant.pk)
+def scoped(scope: Scope) -> Iterator[None]:
+    token = _scope.set(scope)
     try:
         yield
     finally:
-        _current_tenant_id.reset(token)
+        _scope.reset(token)
 
 
-def tenant_context_enter(tenant: Tenant) -> contextvars.Token:
-    """For request lifecycles that cannot use a ``with`` block (see ``TenantApi``)."""
-    return _current_tenant_id.set(tenant.pk)
+def tenant_context(tenant: Tenant | int) -> AbstractContextManager[None]:
+    """The block works for one tenant (a request once its credentials are known, a task)."""
+    return scoped(Scope(tenant_id=_tenant_id(tenant), user_id=_scope.get().user_id))
+
+
+def user_context(user_id: int | None) -> AbstractContextManager[None]:
+    """A signed-in user before a tenant is chosen: their own memberships and tenants are visible."""
+    return scoped(Scope(user_id=user_id))
+
+
+def cross_tenant_context(reason: str) -> AbstractContextManager[None]:
+    """Every tenant's rows, for staff in the admin (audited there) and maintenance jobs (the
+    sweeper, the search-log flusher, index upkeep, tenant creation). ``reason`` names the path."""
+    if not reason:
+        raise ValueError("say why the block works across tenants")
+    return scoped(Scope(cross_tenant=reason[:60]))
+
+
+def no_tenant_context() -> AbstractContextManager[None]:
+    """Nothing tenant-owned is visible: where each request and task starts."""
+    return scoped(NO_SCOPE)
+
+
+def tenant_context_enter(tenant: Tenant | int) -> contextvars.Token:
+    """For lifecycles that cannot use a ``with`` block (authentication, ``TenantApi``); the
+    request's :class:`TenantScopeMiddleware` puts the previous scope back at its end."""
+    return _scope.set(Scope(tenant_id=_tenant_id(tenant), user_id=_scope.get().user_id))
 
 
 def tenant_context_exit(token: contextvars.Token) -> None:
-    _current_tenant_id.reset(token)
+    _scope.reset(token)
 
 
-def current_tenant_id() -> int | None:
-    return _current_tenant_id.get()
+class TenantScopeMiddleware:
+    """Each request starts with no tenant (a signed-in user sees only their own memberships) and
+    its scope is dropped when it ends; staff in the Django admin work across tenants, and the
+    audit middleware records what they open or change."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        signed_in = bool(user is not None and user.is_authenticated and getattr(user, "pk", None))
+        if signed_in and user.is_staff and user.is_active and request.path.startswith("/admin/"):
+            scope = Scope(user_id=user.pk, cross_tenant=f"staff-admin:{user.pk}")
+        else:
+            scope = Scope(user_id=user.pk if signed_in else None)
+        token = _scope.set(scope)
+        try:
+            return self.get_response(request)
+        finally:
+            _scope.reset(token)

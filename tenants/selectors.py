@@ -3,10 +3,12 @@ from __future__ import annotations
 import hashlib
 
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import QuerySet
 
 from tenants.errors import NotFound
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.scoping import tenant_context
 
 
 def api_key_hash(raw_key: str) -> str:
@@ -14,8 +16,17 @@ def api_key_hash(raw_key: str) -> str:
 
 
 def api_key_find_active(*, raw_key: str) -> ApiKey | None:
-    """The key matching ``raw_key`` if it exists, is not revoked and has not expired."""
-    key = ApiKey.objects.select_related("tenant", "chatbot").filter(key_hash=api_key_hash(raw_key)).first()
+    """The key matching ``raw_key`` if it exists, is not revoked and has not expired. Its tenant
+    comes from ``app_api_key_tenant`` (a SECURITY DEFINER lookup: before this the request has no
+    tenant, so row-level security shows it no key); the key itself is then read as that tenant."""
+    key_hash = api_key_hash(raw_key)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT app_api_key_tenant(%s)", [key_hash])
+        tenant_id = cursor.fetchone()[0]
+    if tenant_id is None:
+        return None
+    with tenant_context(tenant_id):
+        key = ApiKey.objects.select_related("tenant", "chatbot").filter(key_hash=key_hash).first()
     if key is None or not key.is_active or not key.tenant.is_active:
         return None
     return key

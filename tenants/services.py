@@ -14,6 +14,7 @@ from django.utils.text import slugify
 from tenants.audit import audit_record
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.scoping import cross_tenant_context, tenant_context
 from tenants.selectors import api_key_hash
 
 API_KEY_PREFIX = "cbt_"
@@ -38,7 +39,8 @@ def _unique_slug(name: str) -> str:
 def tenant_create(*, name: str, plan: str = "standard") -> Tenant:
     if not name.strip():
         raise DomainError("A tenant needs a name.", field="name")
-    return Tenant.objects.create(name=name.strip(), slug=_unique_slug(name), plan=plan)
+    with cross_tenant_context("tenant-create"):  # slugs are unique across tenants
+        return Tenant.objects.create(name=name.strip(), slug=_unique_slug(name), plan=plan)
 
 
 @transaction.atomic
@@ -184,7 +186,8 @@ def tenant_bootstrap(
     if User.objects.filter(username=username).exists():
         raise DomainError(f"User {username!r} already exists.", field="username")
     user = User.objects.create_user(username=username, password=password)
-    member_add(tenant=tenant, user=user, role=Membership.Role.OWNER)
-    chatbot = chatbot_create(tenant=tenant, name=chatbot_name, embedding_model=embedding_model)
-    issued = api_key_create(tenant=tenant, name=f"{chatbot_name} key", created_by=user)
+    with tenant_context(tenant):
+        member_add(tenant=tenant, user=user, role=Membership.Role.OWNER)
+        chatbot = chatbot_create(tenant=tenant, name=chatbot_name, embedding_model=embedding_model)
+        issued = api_key_create(tenant=tenant, name=f"{chatbot_name} key", created_by=user)
     return TenantBundle(tenant=tenant, chatbot=chatbot, username=username, password=password, api_key=issued.raw_key)

@@ -14,6 +14,7 @@ from tenants.authentication import client_address
 from tenants.errors import DomainError
 from tenants.models import ApiKey, AuditEvent, Membership
 from tenants.ratelimit import login_blocked
+from tenants.scoping import tenant_context_enter
 from tenants.selectors import api_key_list, audit_events, chatbot_get, chatbot_list, membership_get
 from tenants.services import api_key_create, api_key_revoke, api_key_rotate
 
@@ -23,6 +24,8 @@ def dashboard_membership(request) -> Membership:
     membership = membership_get(user=request.user, tenant_id=request.session.get(SESSION_TENANT_KEY))
     if membership is None:
         raise Http404("You are not a member of any tenant. Ask an owner to invite you.")
+    # The rest of the request acts as this tenant (TenantScopeMiddleware ends it).
+    tenant_context_enter(membership.tenant_id)
     return membership
 
 

@@ -39,18 +39,42 @@ def _isolated_media(tmp_path_factory):
         yield media
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _close_stray_connections(django_db_setup, django_db_blocker):
-    """Worker processes and the live server's thread may still hold connections to the test
-    database when the session ends; close them so it can be dropped."""
-    yield
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
+    """The owner role creates and migrates the test database (as `manage.py migrate` does)..."""
+    from chatbot_training import dbroles
+
+    dbroles.default_use_owner()
+
+
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup, django_db_blocker):
+    """...and the tests then connect as the app role, held to row-level security like the app.
+    At the end, worker processes and the live server's thread may still hold connections to the
+    test database: the owner closes them and drops it."""
     from django.db import connection
 
+    from chatbot_training import dbroles
+
+    dbroles.default_use_app()
+    yield
+    dbroles.default_use_owner()
     with django_db_blocker.unblock(), connection.cursor() as cursor:
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()"
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tests_read_every_tenant():
+    """Test code itself (fixtures, assertions) reads like a maintenance job, across tenants. What
+    it exercises does not: each request starts with no tenant (TenantScopeMiddleware), each task
+    too (ScopedTask), and tests/test_isolation.py checks the app role with no scope at all."""
+    from tenants.scoping import cross_tenant_context
+
+    with cross_tenant_context("tests"):
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -268,11 +292,13 @@ def worker_env():
     from django.conf import settings
     from django.db import connection
 
-    parts = urlsplit(settings.DATABASE_URL)
-    url = urlunsplit(parts._replace(path="/" + connection.settings_dict["NAME"]))
+    def on_test_database(url: str) -> str:
+        return urlunsplit(urlsplit(url)._replace(path="/" + connection.settings_dict["NAME"]))
+
     return {
         **os.environ,
-        "DATABASE_URL": url,
+        "DATABASE_URL": on_test_database(settings.DATABASE_URL),
+        "DATABASE_OWNER_URL": on_test_database(settings.DATABASE_OWNER_URL),
         "REDIS_URL": settings.REDIS_URL,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "CHATBOT_KEEP_EMBEDDED": "1",

@@ -2,12 +2,14 @@
 when, from where and tenant; owners see their tenant's, viewers do not; rows are append-only in
 the database itself. Ingestion runs eagerly in-process."""
 
+import psycopg
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from rest_framework.test import APIClient
 
+from chatbot_training import dbroles
 from tenants.models import ApiKey, AuditEvent, Membership
 from tests.conftest import make_upload
 
@@ -76,9 +78,16 @@ def test_staff_access_to_a_tenants_objects_is_recorded_for_that_tenant(bundle):
 def test_audit_rows_cannot_be_changed_or_deleted(bundle):
     from tenants.audit import audit_record
 
-    event = audit_record(action="login", tenant_id=bundle.tenant.pk, target="user:x")
-    for statement in ("UPDATE tenants_auditevent SET actor = 'someone else'", "DELETE FROM tenants_auditevent"):
-        with pytest.raises(DatabaseError, match="append-only"), transaction.atomic(), connection.cursor() as cursor:
-            cursor.execute(statement)
-    event.refresh_from_db()
-    assert event.actor != "someone else"
+    audit_record(action="login", tenant_id=bundle.tenant.pk, target="user:x")
+    statements = ("UPDATE tenants_auditevent SET actor = 'someone else'", "DELETE FROM tenants_auditevent")
+    for statement in statements:  # the app role has no grant for either
+        with pytest.raises(DatabaseError, match="permission denied"), transaction.atomic(), connection.cursor() as c:
+            c.execute(statement)
+    with dbroles.owner_connect(autocommit=False) as owner:  # and the owner is stopped by the trigger
+        owner.execute("INSERT INTO tenants_auditevent (created_at, action, actor, api_key_prefix, target, "
+                      "user_agent, detail) VALUES (now(), 'login', 'x', '', 'user:y', '', '{}')")  # fmt: skip
+        for statement in statements:
+            with pytest.raises(psycopg.Error, match="append-only"), owner.transaction():
+                owner.execute(statement)
+        owner.rollback()
+    assert AuditEvent.objects.filter(target="user:x").exclude(actor="someone else").count() == 1

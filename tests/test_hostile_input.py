@@ -61,7 +61,8 @@ def test_hostile_files_fail_with_a_reason_and_leave_the_rest(bundle, name, reaso
     assert good.status == "ready" and good.chunks.count() == 1
 
 
-def test_row_and_page_caps(bundle, monkeypatch):
+def test_row_and_page_caps(bundle, monkeypatch, settings):
+    settings.PARSER_SANDBOX = False  # the patched caps live in this process, not in the sandbox child
     monkeypatch.setattr(guards, "CSV_MAX_ROWS", 10)
     monkeypatch.setattr(guards, "PDF_MAX_PAGES", 2)
     rows = "question,answer\n" + "".join(f"Question {i}?,Answer {i}.\n" for i in range(20))
@@ -76,3 +77,90 @@ def test_row_and_page_caps(bundle, monkeypatch):
 def test_a_normal_docx_still_passes_the_guards(bundle):
     document = ingest(bundle, make_upload("ok.docx", build_docx(heading="Returns", paragraphs=["Within 30 days."])))
     assert document.status == "ready" and document.chunks.count() >= 1
+
+
+# --- The parsing sandbox (knowledge/parsers/sandbox.py) -----------------------------------
+
+BIG_CSV = "q,a\n" + "".join(f"question {i} about the order,answer {i} with several words\n" for i in range(300_000))
+
+
+@pytest.mark.parametrize(
+    ("limits", "reason"),
+    [
+        ({"PARSER_MEMORY_MB": 200}, "more than 200 MB of memory"),
+        ({"PARSER_CPU_SECONDS": 1}, "more than 1 s of CPU time"),
+        ({"PARSER_WALL_SECONDS": 0.3}, "longer than 0.3 s"),
+    ],
+)
+def test_a_file_past_the_parser_limits_fails_the_job_not_the_worker(bundle, settings, limits, reason):
+    """The limits stop the child process that parses; this (the worker's) process goes on and
+    the next file ingests."""
+    for name, value in limits.items():
+        setattr(settings, name, value)
+    document = ingest(bundle, make_upload("big.csv", BIG_CSV), content_type="faq")
+    assert document.status == "failed" and reason in document.error, document.error
+    assert ingest(bundle, make_upload("ok.txt", "Returns are free within 30 days.")).status == "ready"
+
+
+def test_a_parser_that_dies_is_replaced_and_what_it_parses_is_what_the_worker_would(bundle, settings):
+    import os
+    import signal
+
+    from knowledge.parsers import parse_file
+    from knowledge.parsers.sandbox import Limits, Sandbox
+
+    sandbox = Sandbox(Limits(memory_mb=512, cpu_seconds=30, wall_seconds=30))
+    data = build_docx(heading="Returns", paragraphs=["Send it back within 30 days."], table=[["a", "b"], ["1", "2"]])
+    try:
+        assert sandbox.parse(data, "returns.docx") == parse_file(data, "returns.docx")
+        first = sandbox.process.pid
+        os.kill(first, signal.SIGKILL)  # a parser crash, as seen from the worker
+        sandbox.process.wait()
+        assert sandbox.parse(data, "returns.docx").blocks  # a fresh child took over
+        assert sandbox.process.pid != first
+    finally:
+        sandbox.stop()
+
+
+def _hostile_corpus():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import hostile_corpus
+
+    return hostile_corpus
+
+
+def test_the_hostile_corpus_is_refused_with_reasons_and_stored_as_plain_data(bundle, settings):
+    """Every file of bench/hostile_corpus.py (118: bombs, entity XML, PDF/JSON/CSV attacks,
+    polyglots, renamed executables, hostile names, prompt injection) through the upload service
+    and the ingestion task (eager, in-process, parsing in the sandbox child): a refusal at upload
+    or a failed job with a reason where the corpus says "refuse", a ready document where it says
+    "accept"; nothing left unfinished, and the worker still ingests a normal file afterwards."""
+    from django.test import TestCase
+
+    from knowledge.models import Document
+    from knowledge.services import document_create
+    from tenants.errors import DomainError
+
+    corpus = _hostile_corpus()
+    outcomes, wrong = {}, []
+    for name, data, expect in corpus.corpus():
+        try:
+            with TestCase.captureOnCommitCallbacks(execute=True):
+                created = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload(name, data))
+            document = Document.objects.get(pk=created.document.pk)
+            outcome, reason = document.status, document.error
+        except DomainError as exc:
+            outcome, reason = "refused", exc.message
+        outcomes[name] = (outcome, reason)
+        refused = outcome in ("failed", "refused")
+        if outcome not in ("ready", "failed", "refused") or (refused and not reason):
+            wrong.append((name, outcome, reason))
+        elif (expect == "refuse") != refused:
+            wrong.append((name, expect, outcome, reason[:120]))
+    assert not wrong, "\n".join(map(str, wrong))
+    injected = Document.objects.filter(tenant=bundle.tenant, original_filename="injection.txt").get()
+    assert corpus.INJECTION in injected.chunks.get().text  # kept verbatim, as data
+    assert ingest(bundle, make_upload("after.txt", "Refunds take five days.")).status == "ready"

@@ -8,6 +8,7 @@ from django.utils import timezone
 
 from knowledge.models import IngestionJob
 from knowledge.services import document_create, ingestion_job_run, ingestion_jobs_sweep
+from tenants.scoping import no_tenant_context
 from tests.conftest import SAMPLE_FAQ_CSV, make_upload
 
 pytestmark = pytest.mark.django_db
@@ -25,9 +26,10 @@ def test_silent_processing_jobs_are_requeued_and_finish(bundle, monkeypatch):
     stale = timezone.now() - timedelta(hours=1)
     IngestionJob.objects.filter(pk=job.pk).update(status="processing", lease_token="dead-worker", heartbeat_at=stale)
     sent = []
-    monkeypatch.setattr("knowledge.services._enqueue", sent.append)
-    assert ingestion_jobs_sweep() == {"requeued_silent": 1, "requeued_lost": 0}
-    assert sent == [job.pk]
+    monkeypatch.setattr("knowledge.services._enqueue", lambda job_id, tenant_id: sent.append((job_id, tenant_id)))
+    with no_tenant_context():  # as in its beat task: the sweeper declares its own cross-tenant scope
+        assert ingestion_jobs_sweep() == {"requeued_silent": 1, "requeued_lost": 0}
+    assert sent == [(job.pk, bundle.tenant.pk)]
     assert ingestion_job_run(job_id=job.pk, lease_token="sweeper-message") == "ready"
     job.refresh_from_db()
     assert (job.status, job.interruptions, job.document.status) == ("ready", 1, "ready")
@@ -37,9 +39,10 @@ def test_lost_queued_jobs_are_requeued(bundle, monkeypatch):
     job = queued_job(bundle)
     IngestionJob.objects.filter(pk=job.pk).update(updated_at=timezone.now() - timedelta(hours=1))
     sent = []
-    monkeypatch.setattr("knowledge.services._enqueue", sent.append)
-    assert ingestion_jobs_sweep() == {"requeued_silent": 0, "requeued_lost": 1}
-    assert sent == [job.pk]
+    monkeypatch.setattr("knowledge.services._enqueue", lambda job_id, tenant_id: sent.append((job_id, tenant_id)))
+    with no_tenant_context():
+        assert ingestion_jobs_sweep() == {"requeued_silent": 0, "requeued_lost": 1}
+    assert sent == [(job.pk, bundle.tenant.pk)]
     assert ingestion_jobs_sweep() == {"requeued_silent": 0, "requeued_lost": 0}  # touched, not resent at once
 
 

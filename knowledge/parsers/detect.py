@@ -42,6 +42,8 @@ def decode_text(data: bytes) -> str:
 
 def looks_binary(data: bytes) -> bool:
     sample = data[:8192]
+    if sample.startswith((b"\xff\xfe", b"\xfe\xff")):  # UTF-16 text with its byte order mark
+        return False
     if b"\x00" in sample and not (sample.startswith(b"\xff\xfe") or sample.startswith(b"\xfe\xff")):
         return True
     control = sum(1 for b in sample if b < 9 or 13 < b < 32)

@@ -90,4 +90,21 @@ def json_loads(text: str):
                 raise ParseError(f"The JSON is nested more than {JSON_MAX_DEPTH} levels deep.")
             children = item.values() if isinstance(item, dict) else item
             stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    if re.search(r"\\u[dD][89a-fA-F]", text):  # \ud800-style escapes: maybe lone surrogates
+        value = _no_lone_surrogates(value)
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _no_lone_surrogates(value):
+    """A lone UTF-16 surrogate (``"\\ud800"`` in JSON) is not text: PostgreSQL and the tokenizer
+    reject it. Each becomes U+FFFD (depth is already capped, so recursion is bounded)."""
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_no_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_no_lone_surrogates(k): _no_lone_surrogates(v) for k, v in value.items()}
     return value

@@ -7,6 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tenants.models import ApiKey, Chatbot, Tenant
+from tenants.scoping import cross_tenant_context
 from tenants.services import api_key_create, tenant_bootstrap
 
 DEMO_TENANT = "Demo Company"
@@ -20,8 +21,11 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--json", action="store_true")
 
-    @transaction.atomic
     def handle(self, *args, **options):
+        with cross_tenant_context("manage.py ensure_demo"), transaction.atomic():
+            self._ensure(options)
+
+    def _ensure(self, options):
         password = secrets.token_urlsafe(9)
         tenant = Tenant.objects.filter(name=DEMO_TENANT).first()
         if tenant is None:
