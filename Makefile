@@ -24,10 +24,15 @@ run: install  ## Migrate, create the demo tenant, serve :8000 with a worker and 
 test: install  ## Run the test suite on the embedded PostgreSQL and Redis
 	$(BIN)/python -m pytest
 
-bench: install  ## Run the benchmarks (need ../shared): ingestion, retrieval quality, search speed and recall
+bench: install  ## Benchmarks and drills (some need ../shared; run alone: the drills restart the embedded services)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/quality.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/hostile.py
+	$(BIN)/python bench/schema_fuzz.py
+	$(BIN)/python bench/faults.py
+	$(BIN)/python bench/load.py
 
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .

@@ -87,8 +87,9 @@ class Stack:
     """A benchmark's own web server (runserver) and Celery worker on database ``name`` (fresh),
     with a tenant created by ``create_tenant``; stopped on exit."""
 
-    def __init__(self, name: str, port: int, **extra_env):
+    def __init__(self, name: str, port: int, *, granian_workers: int = 0, **extra_env):
         self.name, self.port, self.extra_env = name, port, extra_env
+        self.granian_workers = granian_workers  # 0: runserver; else the production server
         self.processes = []
 
     def __enter__(self) -> Stack:
@@ -131,9 +132,17 @@ class Stack:
             ).stdout
         )
         quiet = {"cwd": ROOT, "env": self.env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        self.processes.append(
-            subprocess.Popen(manage + ["runserver", f"127.0.0.1:{self.port}", "--noreload", "--skip-checks"], **quiet)
-        )
+        if self.granian_workers:
+            granian = str(Path(sys.executable).with_name("granian"))
+            web = [granian, "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(self.port), "--workers",
+                   str(self.granian_workers), "--blocking-threads", "4", "--log-level", "warning",
+                   "chatbot_training.wsgi:application"]  # fmt: skip
+            web_env = {**self.env, "EMBEDDING_TORCH_THREADS": "1"}
+        else:
+            web = manage + ["runserver", f"127.0.0.1:{self.port}", "--noreload", "--skip-checks"]
+            # runserver starts a thread per request: a kept-open connection would outlive its thread
+            web_env = {**self.env, "DATABASE_CONN_MAX_AGE": "0"}
+        self.processes.append(subprocess.Popen(web, **{**quiet, "env": web_env}))
         worker = worker_command(loglevel="WARNING", queue=self.env["CELERY_QUEUE"])
         self.processes.append(subprocess.Popen(worker, **quiet))
         self.api = f"http://127.0.0.1:{self.port}/api"

@@ -2,7 +2,7 @@
 
 Uploads every file of ``bench/hostile_corpus.py`` (118 built here) and every file under
 ``../shared/fixtures/documents`` (real PDFs/DOCX, some deliberately broken) through the API,
-then follows each job. Goals: each file answered with a 4xx or ends ``failed`` with a reason (or
+one at a time, following each job to its end. Goals: each file answered with a 4xx or ends ``failed`` with a reason (or
 ``ready`` where the corpus expects plain data) within 60 s of its upload; zero 5xx; zero jobs
 left queued or processing; the worker still ingests a normal file afterwards; prompt-injection
 text comes back from search verbatim, as data. Prints a JSON summary.
@@ -48,7 +48,7 @@ def follow(stack: Stack, pending: dict, deadline_seconds: float) -> dict:
                 error = state.get("error") or (state.get("job") or {}).get("error") or ""
                 done[document_id] = (status, error, round(time.monotonic() - began, 2))
                 del pending[document_id]
-        time.sleep(0.2)
+        time.sleep(0.5)
     return done
 
 
@@ -71,27 +71,25 @@ def main() -> None:
     print(json.dumps(report, indent=2, ensure_ascii=False))
 
 
-def run(stack: Stack, files: list, deadline: float) -> dict:
+def run(stack: Stack, files: list, deadline: float, patience: float = 300.0) -> dict:
     began = time.monotonic()
     status, body = upload(stack, "baseline.txt", b"Our support line is open on weekdays from 9 to 17.")
-    baseline = follow(stack, {body["document_id"]: began}, deadline)
-    outcomes, pending, names = [], {}, {}
-    for number, (name, data, expect, source) in enumerate(files):
+    baseline = follow(stack, {body["document_id"]: began}, patience)
+    outcomes = []
+    for number, (name, data, expect, source) in enumerate(files):  # one at a time: 60 s each, no queue
         sent = time.monotonic()
         status, body = upload(stack, name, data)
         record = {"n": number, "name": name[:80], "source": source, "expect": expect, "http": status}
         if status == 202 and not body.get("duplicate"):
-            pending[body["document_id"]] = sent
-            names[body["document_id"]] = record
+            state, error, seconds = follow(stack, {body["document_id"]: sent}, patience)[body["document_id"]]
+            record.update(outcome=state, reason=error, seconds=seconds)
         else:
             record["outcome"] = "duplicate" if status == 202 else "refused"
             record["reason"] = (body.get("error") or {}).get("message", "") if isinstance(body, dict) else ""
         outcomes.append(record)
-    for document_id, (state, error, seconds) in follow(stack, pending, deadline).items():
-        names[document_id].update(outcome=state, reason=error, seconds=seconds)
     after_sent = time.monotonic()
     status, body = upload(stack, "after.txt", b"Refunds reach your card within five business days.")
-    after = follow(stack, {body["document_id"]: after_sent}, deadline)
+    after = follow(stack, {body["document_id"]: after_sent}, patience)
     hits = call(
         f"{stack.api}/search",
         stack.key,
@@ -123,7 +121,7 @@ def run(stack: Stack, files: list, deadline: float) -> dict:
         "failed_without_reason": count(lambda o: o.get("outcome") == "failed" and not o.get("reason")),
         "ready": count(lambda o: o.get("outcome") == "ready"),
         "unfinished": count(lambda o: o.get("outcome") not in ("ready", "failed", "refused", "duplicate")),
-        "over_deadline": count(lambda o: o.get("seconds", 0) > 60),
+        "over_deadline": count(lambda o: o.get("seconds", 0) > deadline),
         "slowest_seconds": slowest,
         "unexpected": unexpected[:20],
         "baseline_normal_file_seconds": next(iter(baseline.values()))[2],

@@ -316,3 +316,33 @@ def test_randomized_requests_with_one_tenants_credentials_and_the_others_ids(two
     # and the same clients do reach their own rows (the test is not blind)
     own = api.get(f"/api/documents/{secrets[mine.tenant.pk][1].pk}")
     assert own.status_code == 200 and secrets[mine.tenant.pk][0] in own.content.decode()
+
+
+def test_staff_work_across_tenants_only_in_the_admin_and_it_is_audited(two_tenants, client):
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import AuditEvent
+
+    mine, theirs, secrets = two_tenants
+    staff = get_user_model().objects.create_user("staff-iso", password="pw-staff-123", is_staff=True, is_superuser=True)
+    client.force_login(staff)
+    listing = client.get("/admin/knowledge/document/").content.decode()
+    assert secrets[mine.tenant.pk][0] in listing and secrets[theirs.tenant.pk][0] in listing
+    their_document = secrets[theirs.tenant.pk][1]
+    assert client.get(f"/admin/knowledge/document/{their_document.pk}/change/").status_code == 200
+    assert AuditEvent.objects.filter(tenant_id=theirs.tenant.pk, action="staff_access", actor="staff-iso").exists()
+    # outside the admin the same person is an ordinary user with no tenant: nothing
+    assert client.get(f"/documents/{their_document.pk}/").status_code == 404
+
+
+def test_database_roles_prints_the_setup_for_an_external_server(db):
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("database_roles", "--database", "bots", stdout=out)
+    sql = out.getvalue()
+    assert "CREATE ROLE chatbot_app LOGIN NOSUPERUSER NOBYPASSRLS" in sql
+    assert "CREATE ROLE chatbot_owner LOGIN NOSUPERUSER BYPASSRLS" in sql
+    assert 'ALTER DATABASE "bots" OWNER TO chatbot_owner' in sql and "LEAKPROOF" in sql

@@ -9,6 +9,7 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
+from chatbot_training import dbroles
 from search import cache
 from search.models import SearchFeedback, SearchLog
 from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
@@ -292,7 +293,6 @@ def _insert_random_vectors(chatbot, count: int, seed: int) -> None:
                 "vectors": literals,
             },
         )
-        cursor.execute("ANALYZE knowledge_chunkembedding")
 
 
 def test_filtered_vector_search_keeps_recall_in_a_shared_table(bundle, other_bundle, settings):
@@ -389,8 +389,8 @@ def test_big_chatbots_get_their_own_vector_index_built_concurrently(bundle, othe
     assert not vector_index_wanted(chatbot_id=bundle.chatbot.pk)
     assert vector_indexes_optimize() == {"created": [], "dropped": [], "rebuilt": []}  # idempotent
 
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE knowledge_chunkembedding")
+    with dbroles.owner_connect() as owner:  # only the table's owner may ANALYZE it
+        owner.execute("ANALYZE knowledge_chunkembedding")
     plan = semantic_plan(
         space=space, chatbot_id=bundle.chatbot.pk, vector=[0.01] * 384, limit=5, filters=NO_FILTERS, exact=False
     )

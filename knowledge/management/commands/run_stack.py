@@ -34,6 +34,7 @@ class Command(BaseCommand):
         env = {
             **os.environ,
             "DATABASE_URL": settings.DATABASE_URL,
+            "DATABASE_OWNER_URL": settings.DATABASE_OWNER_URL,  # the worker builds vector indexes as the owner
             "REDIS_URL": settings.REDIS_URL,
             "CHATBOT_KEEP_EMBEDDED": "1",
             "PYTHONUNBUFFERED": "1",
@@ -44,7 +45,12 @@ class Command(BaseCommand):
             "worker": worker_command(concurrency=options["concurrency"], name="worker@%h"),
             "beat": celery_command("beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")),
         }
-        children = {name: subprocess.Popen(cmd, env=env, cwd=settings.BASE_DIR) for name, cmd in commands.items()}
+        # runserver starts a thread per request: a kept-open connection would outlive its thread.
+        envs = {"web": {**env, "DATABASE_CONN_MAX_AGE": "0"}}
+        children = {
+            name: subprocess.Popen(command, env=envs.get(name, env), cwd=settings.BASE_DIR)
+            for name, command in commands.items()
+        }
         self.stdout.write(
             self.style.SUCCESS(
                 f"\nServing http://{options['addr']}/  (dashboard), /api/docs/ (API), /admin/ (staff). Ctrl-C stops.\n"
