@@ -58,8 +58,11 @@ def statuses(api: str, key: str, chatbot: int) -> dict:
 
 def sweep(stack: Stack) -> dict:
     """What beat's ingestion sweeper does, pointed at this stack's database and queue."""
+    from django.db import close_old_connections
+
     from knowledge.services import ingestion_jobs_sweep
 
+    close_old_connections()  # as a task run does: drop a connection a database restart broke
     return ingestion_jobs_sweep()
 
 
@@ -218,7 +221,8 @@ def drill_postgres(stack: Stack, clients: int = 4, down_seconds: float = 5.0) ->
         stopped = time.monotonic()
         _pg("stop", "-m", "fast", "-w")
         time.sleep(down_seconds)
-        _pg("start", "-w", "-l", str(ROOT / "var" / "pg" / "restart.log"))
+        data = ROOT / "var" / "pg"  # the options pgserver starts it with: socket only, in the data directory
+        _pg("start", "-w", "-l", str(data / "restart.log"), "-o", f"-h '' -k {data}")
         accepting = time.monotonic()
         time.sleep(15)
     answers = load.answers
@@ -323,6 +327,7 @@ def main() -> None:
             elif drill == "redis":
                 report["redis"] = drill_redis(stack)
             report[drill]["drill_seconds"] = round(time.monotonic() - began, 1)
+            print(json.dumps({drill: report[drill]}), file=sys.stderr, flush=True)  # progress, in case
     print(json.dumps(report, indent=2))
 
 

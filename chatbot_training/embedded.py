@@ -171,14 +171,22 @@ def _take_ownership(owner_path: Path, socket_path: Path) -> None:
     """The owner stops Redis when it exits; processes started with REDIS_URL never own it."""
     if os.environ.get("CHATBOT_KEEP_EMBEDDED") == "1":
         return
+    import redis
+
     owner_path.write_text(str(os.getpid()))
-    atexit.register(_redis_stop, socket_path)
+    try:  # the server this process owns: at exit, stop that one only (not one started since)
+        server_pid = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2).info("server")["process_id"]
+    except (redis.RedisError, OSError):
+        return
+    atexit.register(_redis_stop, socket_path, server_pid)
 
 
-def _redis_stop(socket_path: Path) -> None:
+def _redis_stop(socket_path: Path, server_pid: int) -> None:
     import redis
 
     try:
-        redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2).shutdown(nosave=False)
+        client = redis.Redis(unix_socket_path=str(socket_path), socket_timeout=2)
+        if client.info("server")["process_id"] == server_pid:
+            client.shutdown(nosave=False)
     except (redis.RedisError, OSError):
         pass
