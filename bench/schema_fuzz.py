@@ -53,6 +53,7 @@ def main() -> None:
             capture_output=True, text=True, cwd=ROOT, timeout=3600,
         )  # fmt: skip
         seconds = round(time.monotonic() - began, 1)
+    (reports / "output.txt").write_text(done.stdout + done.stderr)
     lines = [line for line in done.stdout.splitlines() if line.strip()]
     summary = [
         line for line in lines if any(w in line for w in ("passed", "failed", "error", "Operations", "Test cases"))
@@ -68,6 +69,7 @@ def main() -> None:
                 "summary": summary[-12:],
                 "failures": [line for line in lines if "✘" in line or "FAILED" in line][:30],
                 "junit": str(reports / "junit.xml"),
+                "output": str(reports / "output.txt"),
                 "goal": "exit code 0: no server errors, every response conforms to the schema",
             },
             indent=2,

@@ -56,3 +56,4 @@ urlpatterns = [
 ]
 
 handler500 = "monitoring.views.server_error"
+handler404 = "monitoring.views.not_found"

@@ -82,3 +82,15 @@ def server_error(request):
     if unavailable:
         response["Retry-After"] = str(DATABASE_RETRY_AFTER_SECONDS)
     return response
+
+
+def not_found(request, exception=None):
+    """handler404: JSON under /api/ (an unknown path or an id that is not a number there is the
+    API's 404, in its error format), Django's page elsewhere."""
+    from django.views.defaults import page_not_found
+
+    from tenants.errors import error_body
+
+    if request.path.startswith("/api/"):
+        return JsonResponse(error_body("not_found", "No such API endpoint or object."), status=404)
+    return page_not_found(request, exception)

@@ -1,0 +1,54 @@
+"""OpenAPI schema post-processing: every operation documents the errors it can answer with.
+
+Each error has the one JSON shape of ``tenants/errors.py`` (``{"error": {"code", "message",
+"field", ...}}``). Declaring them lets clients (and schemathesis's status-code conformance check)
+rely on the schema for 4xx/503 answers, not only for successes.
+"""
+
+from __future__ import annotations
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "error": {
+            "type": "object",
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": "string", "nullable": True},
+            },
+            "required": ["code", "message"],
+            "additionalProperties": True,
+        }
+    },
+    "required": ["error"],
+}
+
+ERRORS = {
+    "400": "Invalid input; `error.field` names the field.",
+    "401": "Missing, invalid, revoked or expired API key.",
+    "403": "The key's scope or the member's role does not allow this.",
+    "404": "No such object for this tenant (another tenant's id is indistinguishable from none).",
+    "405": "Method not allowed.",
+    "409": "Conflicts with the object's state (for example, already processing).",
+    "413": "Body or file over the size limit.",
+    "415": "Unsupported media type.",
+    "429": "Over the key's rate limit; see `Retry-After`.",
+    "503": "A dependency (the database) is unavailable; see `Retry-After`.",
+}
+
+
+def add_error_responses(result, generator, request, public):
+    components = result.setdefault("components", {}).setdefault("schemas", {})
+    components["Error"] = ERROR_SCHEMA
+    reference = {"$ref": "#/components/schemas/Error"}
+    for path in result.get("paths", {}).values():
+        for method, operation in path.items():
+            if method not in ("get", "post", "put", "patch", "delete"):
+                continue
+            responses = operation.setdefault("responses", {})
+            for status, description in ERRORS.items():
+                responses.setdefault(
+                    status, {"description": description, "content": {"application/json": {"schema": reference}}}
+                )
+    return result
