@@ -130,17 +130,24 @@ def as_owner(alias: str = "default") -> Iterator[None]:
         connection.settings_dict = original
 
 
-def owner_connect(*, autocommit: bool = True):
-    """A plain psycopg connection as the owner to the database the app uses (the test database in
-    tests): for DDL the app role may not run, such as CREATE INDEX CONCURRENTLY."""
-    import psycopg
+def plain_connection_params() -> dict:
+    """The default connection's psycopg parameters without Django's cursor and binding options:
+    for connections made beside Django's (the owner's, the fast path's LISTEN connection)."""
     from django.db import connection
 
-    params = {
+    return {
         key: value
         for key, value in connection.get_connection_params().items()
         if key not in ("cursor_factory", "context", "prepare_threshold", "server_side_binding")
     }
+
+
+def owner_connect(*, autocommit: bool = True):
+    """A plain psycopg connection as the owner to the database the app uses (the test database in
+    tests): for DDL the app role may not run, such as CREATE INDEX CONCURRENTLY."""
+    import psycopg
+
+    params = plain_connection_params()
     owner = owner_settings()
     params["user"] = owner.get("USER") or params.get("user")
     if owner.get("PASSWORD"):

@@ -31,6 +31,7 @@ from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
 
+from chatbot_training import dbroles
 from knowledge.models import Document, EmbeddingSpace
 from search import cache
 from search.apis import search_payload
@@ -107,12 +108,7 @@ class AccessCache:
         self.retry_at = 0.0
 
     def _connect(self) -> None:
-        params = {
-            k: v
-            for k, v in connection.get_connection_params().items()
-            if k not in ("cursor_factory", "context", "prepare_threshold", "server_side_binding")
-        }
-        listener = psycopg.connect(**params, autocommit=True, connect_timeout=2)
+        listener = psycopg.connect(**dbroles.plain_connection_params(), autocommit=True, connect_timeout=2)
         listener.execute("LISTEN access_changed")
         self.listener, self.pid = listener, os.getpid()
         self.rows.clear()  # anything remembered before may have missed a notification

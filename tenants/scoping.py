@@ -6,9 +6,10 @@ shows a connection only the rows of the tenant named by the transaction-local se
 ``app.tenant_id`` — none when it is empty.
 
 The scope a request, task or command works in is a context variable, entered with
-:func:`tenant_context` (one tenant), :func:`user_context` (a dashboard user's own memberships, to
-find their tenants) or :func:`cross_tenant_context` (staff in the admin and maintenance jobs, an
-explicit and named path). The database backend (``chatbot_training/postgresql``) turns the scope
+:func:`tenant_context` (one tenant) or :func:`cross_tenant_context` (staff in the admin and
+maintenance jobs, an explicit and named path); :class:`TenantScopeMiddleware` starts each request
+with none, knowing only the signed-in user (whose own memberships are visible, to pick a tenant).
+The database backend (``chatbot_training/postgresql``) turns the scope
 into ``set_config(..., true)`` calls inside each transaction before its first statement, and
 wraps a statement run outside a transaction in one: the setting never outlives its transaction,
 so nothing carries over to the next request on a reused connection.
@@ -68,11 +69,6 @@ def scoped(scope: Scope) -> Iterator[None]:
 def tenant_context(tenant: Tenant | int) -> AbstractContextManager[None]:
     """The block works for one tenant (a request once its credentials are known, a task)."""
     return scoped(Scope(tenant_id=_tenant_id(tenant), user_id=_scope.get().user_id))
-
-
-def user_context(user_id: int | None) -> AbstractContextManager[None]:
-    """A signed-in user before a tenant is chosen: their own memberships and tenants are visible."""
-    return scoped(Scope(user_id=user_id))
 
 
 def cross_tenant_context(reason: str) -> AbstractContextManager[None]:

@@ -80,3 +80,14 @@ def test_the_search_fast_path_hands_a_database_error_to_the_503_answer(bundle, m
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
     response = api.post(path, {"query": "hours", "chatbot_id": bundle.chatbot.pk}, format="json")
     assert response.status_code == 503 and response["Retry-After"] == "5", response.content
+
+
+def test_unknown_api_paths_answer_json_and_the_schema_documents_errors(bundle):
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
+    missing = api.get("/api/documents/not-a-number")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+    schema = api.get("/api/schema/?format=json").json()
+    search = schema["paths"]["/api/search"]["post"]["responses"]
+    assert {"200", "400", "401", "429", "503"} <= set(search)
+    assert search["503"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Error"}

@@ -23,7 +23,7 @@ SCOPE_SQL = (
 
 def _scoped_execute(execute, sql, params, many, context):
     connection = context["connection"]
-    scope = connection.current_scope()
+    scope = current_scope()
     if connection.get_autocommit():
         if not any(scope):
             return execute(sql, params, many, context)
@@ -40,19 +40,17 @@ def _scoped_execute(execute, sql, params, many, context):
 class DatabaseWrapper(base.DatabaseWrapper):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.current_scope = current_scope
-        self.no_scope = NO_SCOPE
         self.scope_applied = NO_SCOPE  # what this connection's open transaction has set
         if self.alias != NO_DB_ALIAS:  # the server-level connection (CREATE DATABASE) has no rows
             self.execute_wrappers.append(_scoped_execute)
 
     # A transaction's settings end with it (and with a rolled-back savepoint).
     def _commit(self):
-        self.scope_applied = self.no_scope
+        self.scope_applied = NO_SCOPE
         return super()._commit()
 
     def _rollback(self):
-        self.scope_applied = self.no_scope
+        self.scope_applied = NO_SCOPE
         return super()._rollback()
 
     def _savepoint_rollback(self, sid):
@@ -61,8 +59,8 @@ class DatabaseWrapper(base.DatabaseWrapper):
         try:
             return super()._savepoint_rollback(sid)
         finally:
-            self.scope_applied = self.no_scope
+            self.scope_applied = NO_SCOPE
 
     def _close(self):
-        self.scope_applied = self.no_scope
+        self.scope_applied = NO_SCOPE
         return super()._close()
