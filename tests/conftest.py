@@ -58,12 +58,13 @@ def django_db_setup(django_db_setup, django_db_blocker):
 
     dbroles.default_use_app()
     yield
-    dbroles.default_use_owner()
-    with django_db_blocker.unblock(), connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        )
+    for use_role in (dbroles.default_use_app, dbroles.default_use_owner):  # each ends its own role's
+        use_role()
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid() AND usename = current_user"
+            )
 
 
 @pytest.fixture(scope="session", autouse=True)
