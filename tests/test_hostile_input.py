@@ -63,6 +63,9 @@ def test_hostile_files_fail_with_a_reason_and_leave_the_rest(bundle, name, reaso
 
 def test_row_and_page_caps(bundle, monkeypatch, settings):
     settings.PARSER_SANDBOX = False  # the patched caps live in this process, not in the sandbox child
+    monkeypatch.setattr(guards, "JSON_MAX_CHARS", 1000)
+    big_json = ingest(bundle, make_upload("big.json", '[{"question": "q?", "answer": "' + "a" * 2000 + '"}]'))
+    assert big_json.status == "failed" and "The JSON is larger than" in big_json.error
     monkeypatch.setattr(guards, "CSV_MAX_ROWS", 10)
     monkeypatch.setattr(guards, "PDF_MAX_PAGES", 2)
     rows = "question,answer\n" + "".join(f"Question {i}?,Answer {i}.\n" for i in range(20))

@@ -4,7 +4,8 @@ memory or CPU, or reach outside the file, are refused with a reason the uploader
 - ZIP containers (DOCX): entry count, total uncompressed size, per-entry compression ratio, and no
   absolute or ``..`` entry names.
 - OOXML XML parts: no DTD or entity declarations (billion laughs, external entities).
-- JSON: no NaN/Infinity, nesting at most ``JSON_MAX_DEPTH`` levels.
+- JSON: at most ``JSON_MAX_CHARS`` characters, no NaN/Infinity, nesting at most ``JSON_MAX_DEPTH``
+  levels.
 - Row and page caps are applied by the CSV and PDF parsers (``CSV_MAX_ROWS``, ``PDF_MAX_PAGES``).
 """
 
@@ -22,6 +23,7 @@ ZIP_MAX_TOTAL_BYTES = 300 * 1024 * 1024
 ZIP_MAX_RATIO = 200  # uncompressed / compressed, for entries over 1 MB uncompressed
 XML_PART_SCAN_BYTES = 64 * 1024 * 1024
 JSON_MAX_DEPTH = 64
+JSON_MAX_CHARS = 32 * 1024 * 1024  # decoded text; Python objects take ~10x that in memory
 CSV_MAX_ROWS = 500_000
 PDF_MAX_PAGES = 5000
 
@@ -78,6 +80,8 @@ def json_loads(text: str):
     """``json.loads`` that refuses NaN/Infinity and nesting deeper than ``JSON_MAX_DEPTH`` (the
     C decoder stops runaway recursion with RecursionError; the depth is then checked without
     recursion)."""
+    if len(text) > JSON_MAX_CHARS:
+        raise ParseError(f"The JSON is larger than {JSON_MAX_CHARS // (1024 * 1024)} MB; split it into several files.")
     try:
         value = json.loads(text, parse_constant=_no_constants)
     except RecursionError:
