@@ -54,7 +54,7 @@ from search.services import (
 from tenants.errors import DomainError, error_body
 from tenants.models import ApiKey, Chatbot, Tenant
 from tenants.ratelimit import WINDOW_SECONDS, limit_for, rate_hit, window_key
-from tenants.scoping import no_tenant_context, tenant_context, tenant_context_enter
+from tenants.scoping import no_tenant_context, tenant_context_enter
 from tenants.selectors import api_key_hash
 
 logger = logging.getLogger(__name__)
@@ -301,30 +301,29 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
         message = f"Too many requests for this API key; retry in {throttled.retry_after} s."
         return 429, _json(error_body("throttled", message)), throttled.retry_after
     if result is not None:
-        _touch(key_id, tenant_id, last_used)
+        _touch(key_id, last_used)
         return 200, _json(search_payload(result)), None
     tenant = Tenant(pk=tenant_id)
     try:
-        with tenant_context(tenant):
-            result = search_run(
-                tenant=tenant,
-                chatbot=Chatbot(pk=args["chatbot_id"], tenant_id=tenant_id, content_version=content_version),
-                space=EmbeddingSpace(
-                    pk=space_id, provider=provider, model_name=model_name, version=version, dimensions=dimensions
-                ),
-                query=args["query"],
-                max_results=args["max_results"],
-                similarity_threshold=args["threshold"],
-                mode=args["mode"],
-                filters=args["filters"],
-                conversation=args["conversation"],
-                semantic_weight=args["weight"],
-                api_key=ApiKey(pk=key_id, tenant_id=tenant_id),
-            )
+        result = search_run(
+            tenant=tenant,
+            chatbot=Chatbot(pk=args["chatbot_id"], tenant_id=tenant_id, content_version=content_version),
+            space=EmbeddingSpace(
+                pk=space_id, provider=provider, model_name=model_name, version=version, dimensions=dimensions
+            ),
+            query=args["query"],
+            max_results=args["max_results"],
+            similarity_threshold=args["threshold"],
+            mode=args["mode"],
+            filters=args["filters"],
+            conversation=args["conversation"],
+            semantic_weight=args["weight"],
+            api_key=ApiKey(pk=key_id, tenant_id=tenant_id),
+        )
     except Exception:  # the full path runs it again and answers the error properly
         logger.warning("search fast path gave up; the full path takes over", exc_info=True)
         return None
-    _touch(key_id, tenant_id, last_used)
+    _touch(key_id, last_used)
     return 200, _json(search_payload(result)), None
 
 
@@ -410,7 +409,7 @@ TOUCH_SECONDS = 60
 _touched: dict[int, float] = {}  # key id -> when this process last wrote its last_used_at
 
 
-def _touch(key_id: int, tenant_id: int, last_used) -> None:
+def _touch(key_id: int, last_used) -> None:
     """``last_used_at`` to the minute: written when the row read says it is older than that and
     this process has not written it in the last minute (the remembered row keeps its old value)."""
     if last_used is not None and (timezone.now() - last_used).total_seconds() <= TOUCH_SECONDS:
@@ -421,7 +420,7 @@ def _touch(key_id: int, tenant_id: int, last_used) -> None:
     if len(_touched) > 10000:
         _touched.clear()
     _touched[key_id] = now
-    with tenant_context(tenant_id), connection.cursor() as cursor:
+    with connection.cursor() as cursor:  # in the key's tenant scope (see _search_answer)
         cursor.execute("UPDATE tenants_apikey SET last_used_at = now() WHERE id = %s", [key_id])
 
 
