@@ -34,6 +34,7 @@ def database_create(name: str, *, fresh: bool) -> tuple[dict, bool]:
     urls = {
         "DATABASE_URL": on(settings.DATABASE_URL, name),
         "DATABASE_OWNER_URL": on(settings.DATABASE_OWNER_URL, name),
+        "DATABASE_MAINTENANCE_URL": on(settings.DATABASE_MAINTENANCE_URL, name),
     }
     return urls, not exists
 
@@ -47,6 +48,7 @@ def use_database(name: str, *, fresh: bool) -> tuple[dict, bool]:
 
     urls, created = database_create(name, fresh=fresh)
     settings.DATABASES["default"]["NAME"] = name
+    settings.DATABASES["maintenance"]["NAME"] = name
     settings.SEARCH_CACHE_PREFIX = f"search:{name}:"
     db.connections.close_all()
     call_command("migrate", verbosity=0)

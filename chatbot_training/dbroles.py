@@ -1,10 +1,19 @@
-"""The two database roles: the owner (migrations, index maintenance) and the app role.
+"""The three database roles: the owner (migrations, index builds), the app role and the
+maintenance role.
 
 The application connects as the app role (``DATABASE_URL``): it owns nothing, is not a superuser,
-has no BYPASSRLS, and reads and writes tenant rows only as row-level security lets it. The owner
-role (``DATABASE_OWNER_URL``) owns every table; only ``migrate``, ``flush`` and the per-chatbot
-vector index builds use it. With one URL for both the app is its own owner, and forced row-level
-security still applies to it (unless that role is a superuser or has BYPASSRLS).
+has no BYPASSRLS, and reads and writes tenant rows only as row-level security lets it: the rows of
+the tenant its transaction names. Work that must see every tenant (the ingestion sweeper, vector
+index upkeep, staff in the admin) runs on a second connection as the maintenance role
+(``DATABASE_MAINTENANCE_URL``), which the policies name (``tenants/rls.py``) and the app role can
+neither become (it is no member) nor imitate with a setting: an SQL injection in the app's
+connection stays inside one tenant. ``tenants.scoping.cross_tenant_context`` is the only way code
+reaches that connection (``tenants/routers.py``). The owner role (``DATABASE_OWNER_URL``) owns
+every table; only ``migrate``, ``flush`` and the per-chatbot vector index builds use it.
+
+Without a maintenance URL the owner's URL serves maintenance (the owner bypasses row-level
+security); with one URL for everything the app is its own owner and maintenance role, and a
+system check warns that tenants are then separated by the application alone.
 
 ``setup_sql`` is what a database administrator runs once on an external server (``manage.py
 database_roles`` prints it); the embedded PostgreSQL runs it itself.
@@ -17,6 +26,8 @@ from contextlib import contextmanager
 
 OWNER_ROLE = "chatbot_owner"
 APP_ROLE = "chatbot_app"
+MAINTENANCE_ROLE = "chatbot_maintenance"
+MAINTENANCE_ALIAS = "maintenance"  # the Django connection of cross-tenant work
 
 # Operators the search queries use in WHERE clauses. PostgreSQL lets a non-leakproof operator
 # reach an index only after the row-level security filter has run, which turns every GIN lookup
@@ -31,9 +42,14 @@ LEAKPROOF_FUNCTIONS = (
 
 
 def setup_sql(
-    *, database: str, owner: str = OWNER_ROLE, app: str = APP_ROLE, passwords: dict | None = None
+    *,
+    database: str,
+    owner: str = OWNER_ROLE,
+    app: str = APP_ROLE,
+    maintenance: str = MAINTENANCE_ROLE,
+    passwords: dict | None = None,
 ) -> list[str]:
-    """Statements (for a superuser) that create both roles and hand the database to the owner."""
+    """Statements (for a superuser) that create the three roles and hand the database to the owner."""
     passwords = passwords or {}
 
     def login(role: str) -> str:
@@ -45,8 +61,16 @@ def setup_sql(
         f"CREATE ROLE {owner} {login(owner)} NOSUPERUSER BYPASSRLS CREATEDB NOCREATEROLE; END IF; END $$",
         f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{app}') THEN "
         f"CREATE ROLE {app} {login(app)} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT; END IF; END $$",
+        f"DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{maintenance}') THEN "
+        f"CREATE ROLE {maintenance} {login(maintenance)} NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOINHERIT; "
+        "END IF; END $$",
+        # nobody is a member of the maintenance role: it is reached only by logging in as it
+        f"DO $$ DECLARE r record; BEGIN FOR r IN SELECT m.rolname FROM pg_auth_members a "
+        f"JOIN pg_roles m ON m.oid = a.member WHERE a.roleid = '{maintenance}'::regrole LOOP "
+        f"EXECUTE format('REVOKE {maintenance} FROM %I', r.rolname); END LOOP; END $$",
         f'ALTER DATABASE "{database}" OWNER TO {owner}',
         f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {app}',
+        f'GRANT CONNECT ON DATABASE "{database}" TO {maintenance}',
     ]
 
 
@@ -91,6 +115,15 @@ def is_separate() -> bool:
     return owner_settings().get("USER") != settings.DATABASE_APP.get("USER")
 
 
+def maintenance_role() -> str | None:
+    """The role the policies let see every tenant: the maintenance URL's user, unless that is the
+    owner (who bypasses row-level security anyway)."""
+    from django.conf import settings
+
+    user = settings.DATABASE_MAINTENANCE.get("USER")
+    return None if user == owner_settings().get("USER") and is_separate() else user
+
+
 def _use(credentials: dict, alias: str = "default") -> None:
     from django.db import connections
 
@@ -108,6 +141,19 @@ def default_use_app() -> None:
     from django.conf import settings
 
     _use(_credentials(settings.DATABASE_APP))
+
+
+def maintenance_use_own_role() -> None:
+    """Give the maintenance connection its own settings and credentials again (the test runner
+    makes every alias of one database share the default connection's settings)."""
+    from django.conf import settings
+    from django.db import connections
+
+    own = {**connections["default"].settings_dict, **_credentials(settings.DATABASE_MAINTENANCE)}
+    connections.settings[MAINTENANCE_ALIAS] = own
+    connection = connections[MAINTENANCE_ALIAS]
+    connection.close()
+    connection.settings_dict = own
 
 
 @contextmanager
@@ -155,4 +201,5 @@ def owner_connect(*, autocommit: bool = True):
     for key in ("HOST", "PORT"):
         if owner.get(key):
             params[key.lower()] = owner[key]
+    params["options"] = "-c statement_timeout=0"  # index builds take as long as they take
     return psycopg.connect(**params, autocommit=autocommit, connect_timeout=10)

@@ -38,9 +38,10 @@ def _file_lock(name: str):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def postgres_urls() -> tuple[str, str]:
-    """Start (or attach to) the embedded PostgreSQL; return the app role's and the owner role's
-    URLs of the app database (both roles created here, see ``chatbot_training.dbroles``)."""
+def postgres_urls() -> tuple[str, str, str]:
+    """Start (or attach to) the embedded PostgreSQL; return the app role's, the owner role's and
+    the maintenance role's URLs of the app database (the roles are created here, see
+    ``chatbot_training.dbroles``)."""
     import pgserver
     import psycopg
 
@@ -76,9 +77,11 @@ def postgres_urls() -> tuple[str, str]:
                 with psycopg.connect(server.get_uri(database), autocommit=True) as conn:
                     for statement in dbroles.database_sql():
                         conn.execute(statement)
-    app_uri = server.get_uri(DATABASE_NAME)
-    owner_uri = app_uri.replace("postgres:@", f"{dbroles.OWNER_ROLE}:@", 1)
-    return app_uri.replace("postgres:@", f"{dbroles.APP_ROLE}:@", 1), owner_uri
+    uri = server.get_uri(DATABASE_NAME)
+    return tuple(
+        uri.replace("postgres:@", f"{role}:@", 1)
+        for role in (dbroles.APP_ROLE, dbroles.OWNER_ROLE, dbroles.MAINTENANCE_ROLE)
+    )
 
 
 def _forget_dead_handles(path: Path) -> None:

@@ -107,29 +107,53 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
-# Two roles (chatbot_training/dbroles.py): the app connects as DATABASE_URL's role, which owns
-# nothing and is held to row-level security; DATABASE_OWNER_URL's role owns the tables and runs
-# migrations and index builds. The embedded PostgreSQL creates both.
+# Three roles (chatbot_training/dbroles.py): the app connects as DATABASE_URL's role, which owns
+# nothing and sees one tenant's rows at a time (row-level security); cross-tenant maintenance
+# (sweeper, index upkeep, staff in the admin) connects as DATABASE_MAINTENANCE_URL's role, which
+# the policies name; DATABASE_OWNER_URL's role owns the tables and runs migrations and index
+# builds. The embedded PostgreSQL creates all three.
 if env("DATABASE_URL", default=""):
     DATABASE_URL = env("DATABASE_URL")
     DATABASE_OWNER_URL = env("DATABASE_OWNER_URL", default="") or DATABASE_URL
+    DATABASE_MAINTENANCE_URL = env("DATABASE_MAINTENANCE_URL", default="") or DATABASE_OWNER_URL
 else:
-    DATABASE_URL, DATABASE_OWNER_URL = embedded.postgres_urls()
-    DATABASE_OWNER_URL = env("DATABASE_OWNER_URL", default="") or DATABASE_OWNER_URL
+    _app_url, _owner_url, _maintenance_url = embedded.postgres_urls()
+    DATABASE_URL = _app_url
+    DATABASE_OWNER_URL = env("DATABASE_OWNER_URL", default="") or _owner_url
+    DATABASE_MAINTENANCE_URL = env("DATABASE_MAINTENANCE_URL", default="") or _maintenance_url
 DATABASE_APP = env.db_url_config(DATABASE_URL)
 DATABASE_OWNER = env.db_url_config(DATABASE_OWNER_URL)
-DATABASES = {"default": env.db_url_config(DATABASE_URL)}
-# PostgreSQL with django-prometheus's metrics and the row-level security scope of each transaction.
-DATABASES["default"]["ENGINE"] = "chatbot_training.postgresql"
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-# A health check is a SELECT 1 round trip at the start of every request; a connection that
-# breaks is discarded at the end of the request that met the error anyway.
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
-# Server-side prepared statements for the few raw queries that ask for them (the cached-search
-# fast path); the ORM keeps client-side binding. Set 0 behind a transaction-mode pgbouncer.
-DATABASES["default"].setdefault("OPTIONS", {})["prepare_threshold"] = (
-    env.int("DATABASE_PREPARE_THRESHOLD", default=5) or None
+DATABASE_MAINTENANCE = env.db_url_config(DATABASE_MAINTENANCE_URL)
+# Statements are cut off after this long: short for web requests (a request must never hold the
+# database), long for workers, beat and management commands. The web entry point
+# (chatbot_training/wsgi.py) says it is one with CHATBOT_PROCESS=web.
+PROCESS_KIND = env("CHATBOT_PROCESS", default="worker")
+DATABASE_STATEMENT_TIMEOUT_MS = (
+    env.int("DATABASE_REQUEST_STATEMENT_TIMEOUT_MS", default=15_000)
+    if PROCESS_KIND == "web"
+    else env.int("DATABASE_WORKER_STATEMENT_TIMEOUT_MS", default=30 * 60_000)
 )
+
+
+def _database(url: str) -> dict:
+    config = env.db_url_config(url)
+    # PostgreSQL with django-prometheus's metrics and the row-level security scope of each transaction.
+    config["ENGINE"] = "chatbot_training.postgresql"
+    config["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    # A health check is a SELECT 1 round trip at the start of every request; a connection that
+    # breaks is discarded at the end of the request that met the error anyway.
+    config["CONN_HEALTH_CHECKS"] = env.bool("DATABASE_CONN_HEALTH_CHECKS", default=True)
+    options = config.setdefault("OPTIONS", {})
+    # Server-side prepared statements for the few raw queries that ask for them (the cached-search
+    # fast path); the ORM keeps client-side binding. Set 0 behind a transaction-mode pgbouncer.
+    options["prepare_threshold"] = env.int("DATABASE_PREPARE_THRESHOLD", default=5) or None
+    options["options"] = f"-c statement_timeout={int(DATABASE_STATEMENT_TIMEOUT_MS)}"
+    return config
+
+
+DATABASES = {"default": _database(DATABASE_URL), "maintenance": _database(DATABASE_MAINTENANCE_URL)}
+# Queries inside tenants.scoping.cross_tenant_context go to the maintenance connection.
+DATABASE_ROUTERS = ["tenants.routers.ScopeRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis and Celery -------------------------------------------------------------------

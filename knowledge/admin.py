@@ -14,6 +14,7 @@ from knowledge.models import (
 )
 from knowledge.services import document_delete, document_reprocess
 from tenants.errors import DomainError
+from tenants.scoping import tenant_context
 
 
 @admin.register(EmbeddingSpace)
@@ -87,12 +88,14 @@ class DocumentAdmin(admin.ModelAdmin):
         colour = {"ready": "#12805c", "failed": "#c4320a"}.get(obj.status, "#3457d5")
         return format_html('<b style="color:{}">{}</b>', colour, obj.status)
 
+    # Actions call the services in each document's own tenant scope, as that tenant's request would.
     @admin.action(description="Reprocess selected documents")
     def reprocess(self, request, queryset):
         done = 0
-        for document in queryset:
+        for document in list(queryset.select_related("tenant")):
             try:
-                document_reprocess(tenant=document.tenant, document=document)
+                with tenant_context(document.tenant):
+                    document_reprocess(tenant=document.tenant, document=document)
                 done += 1
             except DomainError as exc:
                 self.message_user(request, f"{document.title}: {exc.message}", messages.WARNING)
@@ -100,11 +103,11 @@ class DocumentAdmin(admin.ModelAdmin):
 
     @admin.action(description="Delete selected documents with their chunks and vectors")
     def delete_with_chunks(self, request, queryset):
-        count = 0
-        for document in queryset:
-            document_delete(tenant=document.tenant, document=document)
-            count += 1
-        self.message_user(request, f"Deleted {count} documents.", messages.SUCCESS)
+        documents = list(queryset.select_related("tenant"))
+        for document in documents:
+            with tenant_context(document.tenant):
+                document_delete(tenant=document.tenant, document=document)
+        self.message_user(request, f"Deleted {len(documents)} documents.", messages.SUCCESS)
 
 
 @admin.register(IngestionJob)

@@ -12,7 +12,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.core.files.uploadedfile import UploadedFile
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import IntegrityError, OperationalError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -35,7 +35,7 @@ from knowledge.parsers.sandbox import Limits, sandbox_parse
 from tenants.audit import audit_record
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
 from tenants.models import Chatbot, Tenant
-from tenants.scoping import cross_tenant_context, tenant_context
+from tenants.scoping import cross_tenant_context, scope_connection, tenant_context
 from tenants.services import chatbot_content_changed
 
 logger = logging.getLogger(__name__)
@@ -55,7 +55,14 @@ class LeaseLost(Exception):
 def embedding_space_get_or_create(
     *, model_key: str, version: str = "1", tenant: Tenant | None = None
 ) -> EmbeddingSpace:
+    """The space of a model version: a built-in one (no tenant; created, with its index, by the
+    owner's ``app_global_space_ensure``: no tenant may write shared rows) or the tenant's own."""
     provider = provider_for(model_key)
+    if tenant is None:
+        space_id = vectors.global_space_ensure(
+            provider=provider.provider, model_name=provider.model_name, version=version, dimensions=provider.dimensions
+        )
+        return EmbeddingSpace.objects.get(pk=space_id)
     with transaction.atomic():
         space, created = EmbeddingSpace.objects.get_or_create(
             tenant=tenant,
@@ -645,6 +652,7 @@ def vector_indexes_optimize(*, chatbot_id: int | None = None) -> dict:
 def _vector_indexes_optimize(*, chatbot_id: int | None) -> dict:
     threshold = settings.VECTOR_CHATBOT_INDEX_MIN
     done: dict = {"created": [], "dropped": [], "rebuilt": []}
+    connection = scope_connection()
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_try_advisory_lock(hashtext('knowledge.vector_indexes_optimize'))")
         if not cursor.fetchone()[0]:

@@ -10,6 +10,7 @@ from django.db import connection
 
 from chatbot_training import dbroles
 from knowledge.models import EmbeddingSpace
+from tenants.scoping import scope_connection
 
 
 def space_index_name(space: EmbeddingSpace) -> str:
@@ -31,6 +32,15 @@ def ensure_space_index(space: EmbeddingSpace) -> None:
         cursor.execute("SELECT app_space_index_ensure(%s, %s)", [int(space.pk), int(space.dimensions)])
 
 
+def global_space_ensure(*, provider: str, model_name: str, version: str, dimensions: int) -> int:
+    """The id of the built-in space, created with its index if missing (owner's function)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT app_global_space_ensure(%s, %s, %s, %s)", [provider, model_name, str(version), int(dimensions)]
+        )
+        return cursor.fetchone()[0]
+
+
 CHATBOT_INDEX_PATTERN = r"^chunkemb_hnsw_s[0-9]+_c[0-9]+$"
 
 
@@ -41,7 +51,7 @@ def chatbot_index_name(*, space_id: int, chatbot_id: int) -> str:
 def vector_counts(*, chatbot_id: int | None = None) -> dict[tuple[int, int], int]:
     """Vectors per (space, chatbot): all of them, or one chatbot's."""
     where, args = ("WHERE chatbot_id = %s", [chatbot_id]) if chatbot_id is not None else ("", [])
-    with connection.cursor() as cursor:
+    with scope_connection().cursor() as cursor:  # every tenant's, for index upkeep
         cursor.execute(
             f"SELECT space_id, chatbot_id, count(*) FROM knowledge_chunkembedding {where} GROUP BY 1, 2", args
         )

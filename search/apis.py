@@ -18,6 +18,7 @@ from search.selectors import (
 )
 from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn, search_feedback_create, search_run
 from tenants.apis import TenantApi
+from tenants.scoping import scope_kept
 from tenants.spreadsheet import csv_rows
 
 FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
@@ -347,6 +348,8 @@ class SearchLogExportApi(TenantApi):
 def search_log_csv_response(*, tenant, chatbot, days: int) -> StreamingHttpResponse:
     search_logs_flush()  # include searches still queued for writing
     rows = search_log_export_rows(tenant=tenant, chatbot_id=chatbot.pk, days=days)
-    response = StreamingHttpResponse(csv_rows(SEARCH_LOG_EXPORT_COLUMNS, rows), content_type="text/csv; charset=utf-8")
+    # The body streams after the request's tenant scope has ended: each step re-enters it.
+    body = scope_kept(csv_rows(SEARCH_LOG_EXPORT_COLUMNS, rows))
+    response = StreamingHttpResponse(body, content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = f'attachment; filename="searches-chatbot-{chatbot.pk}-{days}d.csv"'
     return response

@@ -483,32 +483,27 @@ SEARCH_LOG_EXPORT_COLUMNS = [
 ]  # fmt: skip
 
 
-def search_log_export_rows(*, tenant, chatbot_id: int, days: int):
+def search_log_export_rows(*, tenant, chatbot_id: int, days: int, batch: int = 2000):
     """The chatbot's searches of the last ``days`` days, oldest first, as rows of
-    ``SEARCH_LOG_EXPORT_COLUMNS`` (streamed from the database in chunks)."""
+    ``SEARCH_LOG_EXPORT_COLUMNS``, read in batches by (created_at, id): each batch is one short
+    query, so a long export holds no cursor or transaction open between batches."""
+    from django.db.models import Q
+
     from search.models import SearchLog
 
     since = timezone.now() - timedelta(days=days)
-    logs = (
-        SearchLog.objects.for_tenant(tenant)
-        .filter(chatbot_id=chatbot_id, created_at__gte=since)
-        .order_by("created_at", "id")
-        .values_list(
-            "created_at",
-            "query_id",
-            "source",
-            "api_key__prefix",
-            "user__username",
-            "query",
-            "effective_query",
-            "mode",
-            "result_count",
-            "top_score",
-            "took_ms",
-            "cache_hit",
-            "strategy",
-            "embedding_space",
+    logs = SearchLog.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id, created_at__gte=since)
+    after = None
+    while True:
+        page = logs.filter(Q(created_at__gt=after[0]) | Q(created_at=after[0], id__gt=after[1])) if after else logs
+        rows = list(
+            page.order_by("created_at", "id").values_list(
+                "created_at", "query_id", "source", "api_key__prefix", "user__username", "query", "effective_query",
+                "mode", "result_count", "top_score", "took_ms", "cache_hit", "strategy", "embedding_space", "id",
+            )[:batch]
         )  # fmt: skip
-    )
-    for row in logs.iterator(chunk_size=2000):
-        yield [row[0].isoformat(), str(row[1]), *row[2:]]
+        for row in rows:
+            yield [row[0].isoformat(), str(row[1]), *row[2:-1]]
+        if len(rows) < batch:
+            return
+        after = (rows[-1][0], rows[-1][-1])

@@ -1,6 +1,7 @@
 from django.contrib import admin, messages
 
 from tenants.models import ApiKey, AuditEvent, Chatbot, Membership, Tenant
+from tenants.scoping import tenant_context
 from tenants.services import api_key_revoke
 
 
@@ -47,9 +48,11 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected keys")
     def revoke(self, request, queryset):
-        for key in queryset:
-            api_key_revoke(tenant=key.tenant, api_key_id=key.pk)
-        self.message_user(request, f"Revoked {queryset.count()} keys.", messages.SUCCESS)
+        keys = list(queryset.select_related("tenant"))
+        for key in keys:
+            with tenant_context(key.tenant):  # the service acts for the key's tenant, as a request would
+                api_key_revoke(tenant=key.tenant, api_key_id=key.pk)
+        self.message_user(request, f"Revoked {len(keys)} keys.", messages.SUCCESS)
 
 
 @admin.register(AuditEvent)

@@ -7,6 +7,7 @@ class TenantsConfig(AppConfig):
     verbose_name = "Tenants and access"
 
     def ready(self):
+        from tenants import checks  # noqa: F401  (registers the system checks)
         from tenants.rls import post_migrate_apply
 
         # After every app has migrated (the signal is sent once per app; this app's is enough).

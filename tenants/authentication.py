@@ -10,7 +10,7 @@ from rest_framework import authentication, exceptions, throttling
 from tenants.audit import actor_use_api_key
 from tenants.models import ApiKey
 from tenants.ratelimit import login_blocked, login_failed, login_succeeded, rate_hit
-from tenants.scoping import cross_tenant_context, tenant_context_enter
+from tenants.scoping import tenant_context_enter, user_context
 from tenants.selectors import api_key_find_active
 from tenants.services import api_key_touch
 
@@ -116,11 +116,17 @@ class ThrottledModelBackend(ModelBackend):
             ip=request.META.get("REMOTE_ADDR") if request is not None else None,
             user_agent=request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else "",
         )
-        # a failed login shows in the log of the tenants the named user (if any) belongs to
-        with cross_tenant_context("login-audit"):  # the tenants whose log shows this login
-            members = (
-                Membership.objects.filter(user=user) if user else Membership.objects.filter(user__username=username)
-            )
-            tenants = list(members.values_list("tenant_id", flat=True))
-        for tenant_id in tenants or [None]:  # each tenant the user belongs to sees the login
-            audit_record(action=action, tenant_id=tenant_id, target=f"user:{username[:150]}", actor=actor, **detail)
+        from django.contrib.auth import get_user_model
+
+        # A login (or a failed one naming an existing user) shows in the log of each tenant the
+        # user belongs to: their own memberships are visible, and writable to the audit log, in a
+        # scope that names the user (tenants/rls.py) — no cross-tenant read.
+        if user is None:
+            user = get_user_model().objects.filter(username=username).first()
+        if user is None:
+            audit_record(action=action, tenant_id=None, target=f"user:{username[:150]}", actor=actor, **detail)
+            return
+        with user_context(user.pk):
+            tenants = list(Membership.objects.filter(user_id=user.pk).values_list("tenant_id", flat=True))
+            for tenant_id in tenants or [None]:
+                audit_record(action=action, tenant_id=tenant_id, target=f"user:{username[:150]}", actor=actor, **detail)

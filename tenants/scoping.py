@@ -7,8 +7,9 @@ shows a connection only the rows of the tenant named by the transaction-local se
 
 The scope a request, task or command works in is a context variable, entered with
 :func:`tenant_context` (one tenant) or :func:`cross_tenant_context` (staff in the admin and
-maintenance jobs, an explicit and named path); :class:`TenantScopeMiddleware` starts each request
-with none, knowing only the signed-in user (whose own memberships are visible, to pick a tenant).
+maintenance jobs, an explicit and named path, on the maintenance role's connection);
+:class:`TenantScopeMiddleware` starts each request with none, knowing only the signed-in user
+(whose own memberships are visible, to pick a tenant).
 The database backend (``chatbot_training/postgresql``) turns the scope
 into ``set_config(..., true)`` calls inside each transaction before its first statement, and
 wraps a statement run outside a transaction in one: the setting never outlives its transaction,
@@ -18,9 +19,9 @@ so nothing carries over to the next request on a reused connection.
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from django.db import models
 
@@ -28,6 +29,8 @@ from tenants.scope import NO_SCOPE, Scope, _scope
 
 if TYPE_CHECKING:
     from tenants.models import Tenant
+
+T = TypeVar("T")
 
 
 class TenantQuerySet(models.QuerySet):
@@ -73,15 +76,49 @@ def tenant_context(tenant: Tenant | int) -> AbstractContextManager[None]:
 
 def cross_tenant_context(reason: str) -> AbstractContextManager[None]:
     """Every tenant's rows, for staff in the admin (audited there) and maintenance jobs (the
-    sweeper, the search-log flusher, index upkeep, tenant creation). ``reason`` names the path."""
+    sweeper, index upkeep). ``reason`` names the path. Queries in the block go to the maintenance
+    role's connection (``tenants/routers.py``), the one role the policies let see every tenant;
+    the reason is set on it as ``app.cross_tenant`` for ``pg_stat_activity`` and the logs."""
     if not reason:
         raise ValueError("say why the block works across tenants")
     return scoped(Scope(cross_tenant=reason[:60]))
 
 
+def scope_connection():
+    """The connection for raw SQL in the current scope (the ORM is routed the same way)."""
+    from django.db import connections
+
+    from tenants.routers import scope_alias
+
+    return connections[scope_alias()]
+
+
+def user_context(user_id: int) -> AbstractContextManager[None]:
+    """No tenant, a signed-in user: their own memberships (and those tenants) are visible."""
+    return scoped(Scope(user_id=int(user_id)))
+
+
 def no_tenant_context() -> AbstractContextManager[None]:
     """Nothing tenant-owned is visible: where each request and task starts."""
     return scoped(NO_SCOPE)
+
+
+def scope_kept(iterable: Iterable[T]) -> Iterator[T]:
+    """``iterable`` with each step run in the scope current now: for a streamed response, whose
+    body is produced after the request (and its scope) has ended, when nothing would be visible."""
+    scope = _scope.get()
+
+    def steps() -> Iterator[T]:
+        iterator = iter(iterable)
+        while True:
+            with scoped(scope):
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+            yield item
+
+    return steps()
 
 
 def tenant_context_enter(tenant: Tenant | int) -> contextvars.Token:

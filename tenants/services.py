@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
@@ -14,7 +14,7 @@ from django.utils.text import slugify
 from tenants.audit import audit_record
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
-from tenants.scoping import cross_tenant_context, tenant_context
+from tenants.scoping import tenant_context
 from tenants.selectors import api_key_hash
 
 API_KEY_PREFIX = "cbt_"
@@ -26,21 +26,28 @@ class IssuedApiKey:
     raw_key: str  # shown once, never stored
 
 
-def _unique_slug(name: str) -> str:
-    base = slugify(name)[:60] or "tenant"
-    slug, n = base, 1
-    while Tenant.objects.filter(slug=slug).exists():
-        n += 1
-        slug = f"{base}-{n}"
-    return slug
-
-
-@transaction.atomic
 def tenant_create(*, name: str, plan: str = "standard") -> Tenant:
+    """A new tenant, created in its own scope: its id is drawn from the sequence first, so the
+    row is written as the tenant it is (no cross-tenant read is needed; a slug another tenant
+    holds shows only as a unique-index conflict, and the next suffix is tried)."""
     if not name.strip():
         raise DomainError("A tenant needs a name.", field="name")
-    with cross_tenant_context("tenant-create"):  # slugs are unique across tenants
-        return Tenant.objects.create(name=name.strip(), slug=_unique_slug(name), plan=plan)
+    if plan not in settings.API_RATE_LIMITS:
+        raise DomainError(f"Unknown plan {plan!r}: use one of {', '.join(settings.API_RATE_LIMITS)}.", field="plan")
+    base = slugify(name)[:60] or "tenant"
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT nextval(pg_get_serial_sequence('tenants_tenant', 'id'))")
+            tenant_id = cursor.fetchone()[0]
+        with tenant_context(tenant_id):
+            for n in range(1, 1000):
+                slug = base if n == 1 else f"{base}-{n}"
+                try:
+                    with transaction.atomic():
+                        return Tenant.objects.create(pk=tenant_id, name=name.strip(), slug=slug, plan=plan)
+                except IntegrityError:
+                    continue
+    raise DomainError("Could not find a free short name for this tenant; choose another name.", field="name")
 
 
 @transaction.atomic

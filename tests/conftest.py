@@ -10,6 +10,7 @@ import io
 import json
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,9 @@ def django_db_setup(django_db_setup, django_db_blocker):
     from chatbot_training import dbroles
 
     dbroles.default_use_app()
+    dbroles.maintenance_use_own_role()
     yield
+    dbroles.maintenance_use_own_role()
     for use_role in (dbroles.default_use_app, dbroles.default_use_owner):  # each ends its own role's
         use_role()
         with django_db_blocker.unblock(), connection.cursor() as cursor:
@@ -67,14 +70,25 @@ def django_db_setup(django_db_setup, django_db_blocker):
             )
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _tests_read_every_tenant():
-    """Test code itself (fixtures, assertions) reads like a maintenance job, across tenants. What
-    it exercises does not: each request starts with no tenant (TenantScopeMiddleware), each task
-    too (ScopedTask), and tests/test_isolation.py checks the app role with no scope at all."""
+@contextmanager
+def across_tenants():
+    """Test code reading every tenant's rows, on the maintenance role's connection (as the
+    sweeper and staff do). It sees committed rows only: use it in ``transaction=True`` tests
+    that declare ``databases=["default", "maintenance"]``, around setup and assertions only."""
     from tenants.scoping import cross_tenant_context
 
     with cross_tenant_context("tests"):
+        yield
+
+
+@contextmanager
+def as_tenant(who):
+    """Test code (setup and assertions) reading or writing one tenant's rows, as that tenant's
+    request or task would: row-level security shows it that tenant only. Never wrap a request,
+    a streamed response or a task under test in it: they set their own scope, as in production."""
+    from tenants.scoping import tenant_context
+
+    with tenant_context(getattr(who, "tenant", who)):
         yield
 
 
@@ -172,9 +186,11 @@ def ingest(bundle, upload, **fields):
     from knowledge.models import Document
     from knowledge.services import document_create
 
-    with TestCase.captureOnCommitCallbacks(execute=True):
-        result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=upload, **fields)
-    return Document.objects.get(pk=result.document.pk)
+    with TestCase.captureOnCommitCallbacks(execute=True):  # the task runs after the "request"
+        with as_tenant(bundle):  # the upload, as the tenant's request makes it
+            result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=upload, **fields)
+    with as_tenant(bundle):
+        return Document.objects.get(pk=result.document.pk)
 
 
 # --- Files the core suite builds itself (no ../shared needed) -----------------------------
@@ -300,6 +316,7 @@ def worker_env():
         **os.environ,
         "DATABASE_URL": on_test_database(settings.DATABASE_URL),
         "DATABASE_OWNER_URL": on_test_database(settings.DATABASE_OWNER_URL),
+        "DATABASE_MAINTENANCE_URL": on_test_database(settings.DATABASE_MAINTENANCE_URL),
         "REDIS_URL": settings.REDIS_URL,
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "CHATBOT_KEEP_EMBEDDED": "1",

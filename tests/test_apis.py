@@ -8,7 +8,7 @@ from django.urls import reverse
 from rest_framework.test import APIClient
 
 from knowledge.models import Chunk, Document
-from tests.conftest import LONG_TEXT, SAMPLE_FAQ_CSV, make_upload
+from tests.conftest import LONG_TEXT, SAMPLE_FAQ_CSV, as_tenant, make_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +39,8 @@ def test_upload_returns_202_and_the_document_becomes_ready(api, bundle, run_jobs
     assert body["status_url"].endswith(f"/api/documents/{body['document_id']}/status")
     status = api.get(body["status_url"]).json()
     assert (status["status"], status["progress"], status["chunk_count"]) == ("ready", 100, 3)
-    document = Document.objects.get(pk=body["document_id"])
+    with as_tenant(bundle):
+        document = Document.objects.get(pk=body["document_id"])
     assert (document.title, document.category, document.source_user_id, document.metadata) == (
         "Store FAQ",
         "shop",
@@ -78,7 +79,9 @@ def test_training_data_list(api, bundle, run_jobs):
 
 def test_document_detail_pages_through_chunks(api, bundle, run_jobs):
     document_id = upload(api, run_jobs, bundle.chatbot.pk, name="long.txt", content=LONG_TEXT).json()["document_id"]
-    total = Chunk.objects.filter(document_id=document_id).count()
+    with as_tenant(bundle):
+        total = Chunk.objects.filter(document_id=document_id).count()
+    assert total > 10
     first = api.get(f"/api/documents/{document_id}?page_size=10").json()
     assert first["chunks"]["total"] == total and first["chunks"]["pages"] == -(-total // 10)
     assert [c["position"] for c in first["chunks"]["results"]] == list(range(10))
@@ -96,7 +99,8 @@ def test_reprocess_and_delete(api, bundle, run_jobs):
     with run_jobs():
         assert api.delete(f"/api/documents/{document_id}").status_code == 204
     assert api.get(f"/api/documents/{document_id}").status_code == 404
-    assert not Chunk.objects.exists()
+    with as_tenant(bundle):
+        assert not Chunk.objects.exists() and not Document.objects.exists()
 
 
 def test_duplicate_upload_answers_200_with_the_existing_document(api, bundle, run_jobs):
@@ -104,7 +108,8 @@ def test_duplicate_upload_answers_200_with_the_existing_document(api, bundle, ru
     second = upload(api, run_jobs, bundle.chatbot.pk, name="again.csv")
     assert second.status_code == 200
     assert second.json()["document_id"] == first["document_id"] and second.json()["duplicate"] is True
-    assert Document.objects.count() == 1
+    with as_tenant(bundle):
+        assert Document.objects.count() == 1
 
 
 @pytest.mark.parametrize(
@@ -123,7 +128,8 @@ def test_bad_parameters_name_the_field(api, bundle, fields, field):
     assert response.status_code == 400
     assert response.json()["error"]["field"] == field
     assert response.json()["error"]["message"].startswith(field)
-    assert not Document.objects.exists()
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_missing_file(api, bundle):
@@ -141,7 +147,8 @@ def test_over_the_limit_is_413_before_anything_is_stored(api, bundle, settings):
         "message": "The upload is larger than the 0 MB limit.",
         "field": "file",
     }
-    assert not Document.objects.exists()
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
     # A file just over the limit inside a small request is refused by the service, also with 413
     settings.UPLOAD_MAX_BYTES = 60_000
     response = api.post(
@@ -149,7 +156,9 @@ def test_over_the_limit_is_413_before_anything_is_stored(api, bundle, settings):
         {"file": make_upload("big.txt", "x" * 70_000), "chatbot_id": bundle.chatbot.pk},
         format="multipart",
     )
-    assert response.status_code == 413 and not Document.objects.exists()
+    assert response.status_code == 413
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_another_tenants_chatbot_and_documents_are_404(api, bundle, other_bundle, run_jobs):
@@ -169,23 +178,26 @@ def test_another_tenants_chatbot_and_documents_are_404(api, bundle, other_bundle
         response = getattr(api, method)(url)
         assert response.status_code == 404, url
         assert response.json()["error"]["code"] == "not_found"
-    assert Document.objects.get(pk=their_doc).status == "ready"
+    with as_tenant(other_bundle):
+        assert Document.objects.get(pk=their_doc).status == "ready"
     assert [c["id"] for c in api.get("/api/chatbots").json()["chatbots"]] == [bundle.chatbot.pk]
 
 
 def test_api_keys(bundle, run_jobs):
     from tenants.services import api_key_create, api_key_revoke, chatbot_create
 
-    second_bot = chatbot_create(tenant=bundle.tenant, name="Second bot")
-    limited = api_key_create(tenant=bundle.tenant, name="only second", chatbot=second_bot)
+    with as_tenant(bundle):
+        second_bot = chatbot_create(tenant=bundle.tenant, name="Second bot")
+        limited = api_key_create(tenant=bundle.tenant, name="only second", chatbot=second_bot)
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {limited.raw_key}")
     assert client.get(f"/api/training-data/{second_bot.pk}").status_code == 200
     assert client.get(f"/api/training-data/{bundle.chatbot.pk}").status_code == 404
     assert limited.api_key.key_hash != limited.raw_key and limited.raw_key.startswith(limited.api_key.prefix)
-    limited.api_key.refresh_from_db()
-    assert limited.api_key.last_used_at is not None
-    api_key_revoke(tenant=bundle.tenant, api_key_id=limited.api_key.pk)
+    with as_tenant(bundle):
+        limited.api_key.refresh_from_db()
+        assert limited.api_key.last_used_at is not None
+        api_key_revoke(tenant=bundle.tenant, api_key_id=limited.api_key.pk)
     response = client.get(f"/api/training-data/{second_bot.pk}")
     assert response.status_code == 401
     assert response.json()["error"]["message"] == "Invalid, revoked or expired API key."
@@ -201,7 +213,8 @@ def test_expired_key_fails(bundle):
 
     from tenants.services import api_key_create
 
-    expired = api_key_create(tenant=bundle.tenant, name="old", expires_at=timezone.now() - timedelta(minutes=1))
+    with as_tenant(bundle):
+        expired = api_key_create(tenant=bundle.tenant, name="old", expires_at=timezone.now() - timedelta(minutes=1))
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {expired.raw_key}")
     assert client.get("/api/chatbots").status_code == 401
@@ -213,7 +226,8 @@ def test_viewer_session_can_read_but_not_write(bundle, run_jobs):
     from tenants.services import member_add
 
     viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-1")
-    member_add(tenant=bundle.tenant, user=viewer, role="viewer")
+    with as_tenant(bundle):
+        member_add(tenant=bundle.tenant, user=viewer, role="viewer")
     client = APIClient()
     client.force_login(viewer)
     assert client.get(f"/api/training-data/{bundle.chatbot.pk}").status_code == 200
@@ -222,7 +236,9 @@ def test_viewer_session_can_read_but_not_write(bundle, run_jobs):
         {"file": make_upload("a.txt", "some words here"), "chatbot_id": bundle.chatbot.pk},
         format="multipart",
     )
-    assert response.status_code == 403 and not Document.objects.exists()
+    assert response.status_code == 403
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_openapi_schema_generates_without_warnings(api, capsys):

@@ -7,7 +7,7 @@ from django.test import Client
 
 from knowledge.models import Document
 from tenants.models import ApiKey
-from tests.conftest import SAMPLE_FAQ_CSV, make_upload
+from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, make_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -47,7 +47,8 @@ def test_upload_several_files_with_metadata(owner, bundle, run_jobs):
         )
     page = response.content.decode()
     assert "faq.csv: queued for processing." in page and "notes.txt: queued for processing." in page
-    documents = {d.original_filename: d for d in Document.objects.all()}
+    with as_tenant(bundle):
+        documents = {d.original_filename: d for d in Document.objects.all()}
     assert {d.status for d in documents.values()} == {"ready", "failed"}
     assert documents["faq.csv"].metadata == {"region": "eu"} and documents["faq.csv"].category == "store"
     # the failure reason shows on the chatbot page and on the document page
@@ -70,7 +71,8 @@ def test_bad_metadata_and_oversize_files_give_readable_messages(owner, bundle, s
     page = response.content.decode()
     assert "big.txt: the file is larger than the 0 MB upload limit." in page
     assert "ok.txt: queued for processing." in page
-    assert list(Document.objects.values_list("original_filename", flat=True)) == ["ok.txt"]
+    with as_tenant(bundle):
+        assert list(Document.objects.values_list("original_filename", flat=True)) == ["ok.txt"]
 
 
 def test_duplicate_upload_is_reported(owner, bundle, run_jobs):
@@ -79,27 +81,32 @@ def test_duplicate_upload_is_reported(owner, bundle, run_jobs):
         owner.post(url, {"files": [make_upload("faq.csv", SAMPLE_FAQ_CSV)]})
     response = owner.post(url, {"files": [make_upload("copy.csv", SAMPLE_FAQ_CSV)]}, follow=True)
     assert "identical content is already uploaded" in response.content.decode()
-    assert Document.objects.count() == 1
+    with as_tenant(bundle):
+        assert Document.objects.count() == 1
 
 
 def test_reprocess_and_delete_from_the_document_page(owner, bundle, run_jobs):
     with run_jobs():
         owner.post(f"/chatbots/{bundle.chatbot.pk}/upload", {"files": [make_upload("faq.csv", SAMPLE_FAQ_CSV)]})
-    document = Document.objects.get()
+    with as_tenant(bundle):
+        document = Document.objects.get()
     with run_jobs():
         response = owner.post(f"/documents/{document.pk}/reprocess", follow=True)
     assert "queued for reprocessing" in response.content.decode()
-    assert document.jobs.count() == 2
+    with as_tenant(bundle):
+        assert document.jobs.count() == 2
     response = owner.post(f"/documents/{document.pk}/delete", follow=True)
     assert "and its chunks were deleted" in response.content.decode()
-    assert not Document.objects.exists()
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_viewer_cannot_upload_or_delete(client, bundle, run_jobs):
     from tenants.services import member_add
 
     viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-1")
-    member_add(tenant=bundle.tenant, user=viewer, role="viewer")
+    with as_tenant(bundle):
+        member_add(tenant=bundle.tenant, user=viewer, role="viewer")
     client.force_login(viewer)
     page = client.get(f"/chatbots/{bundle.chatbot.pk}/").content.decode()
     assert "Upload training data" not in page
@@ -107,7 +114,8 @@ def test_viewer_cannot_upload_or_delete(client, bundle, run_jobs):
         f"/chatbots/{bundle.chatbot.pk}/upload", {"files": [make_upload("a.txt", "some text to upload")]}, follow=True
     )
     assert "Your role is &#x27;viewer&#x27;" in response.content.decode()
-    assert not Document.objects.exists()
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_other_tenants_pages_are_404(owner, other_bundle, run_jobs):
@@ -122,29 +130,35 @@ def test_other_tenants_pages_are_404(owner, other_bundle, run_jobs):
         f"/documents/{theirs.pk}/delete",
     ]:
         assert owner.post(url, {"files": [make_upload("x.txt", "words words words")]}).status_code == 404
-    assert Document.objects.get(pk=theirs.pk).status == "ready"
+    with as_tenant(other_bundle):
+        assert Document.objects.get(pk=theirs.pk).status == "ready"
 
 
 def test_forms_require_csrf(bundle):
     client = Client(enforce_csrf_checks=True)
     client.login(username=bundle.username, password=bundle.password)
     response = client.post(f"/chatbots/{bundle.chatbot.pk}/upload", {"files": [make_upload("a.txt", "hello")]})
-    assert response.status_code == 403 and not Document.objects.exists()
+    assert response.status_code == 403
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_api_keys_page_creates_once_shown_keys_and_revokes(owner, bundle):
     response = owner.post("/keys/", {"name": "widget", "chatbot": bundle.chatbot.pk})
     page = response.content.decode()
-    key = ApiKey.objects.get(name="widget")
+    with as_tenant(bundle):
+        key = ApiKey.objects.get(name="widget")
     assert key.chatbot_id == bundle.chatbot.pk
     raw = page.split('id="new-key">')[1].split("<")[0]
     assert raw.startswith(key.prefix)
     assert raw not in owner.get("/keys/").content.decode()  # shown once
     owner.post(f"/keys/{key.pk}/revoke")
-    key.refresh_from_db()
+    with as_tenant(bundle):
+        key.refresh_from_db()
     assert key.revoked_at is not None
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # staff read on its connection
 def test_admin_lists_every_model(bundle):
     from django.contrib.admin.sites import site
 
@@ -154,3 +168,4 @@ def test_admin_lists_every_model(bundle):
     for model in site._registry:
         url = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
         assert client.get(url).status_code == 200, url
+    assert bundle.chatbot.name in client.get("/admin/tenants/chatbot/").content.decode()  # every tenant's rows

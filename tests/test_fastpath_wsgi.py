@@ -12,7 +12,7 @@ from django.db import connection
 from django.utils import timezone
 
 from search import fastpath
-from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
+from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -95,7 +95,8 @@ def test_cached_answers_need_no_sql_until_access_changes(bundle, wsgi):
     assert len(wsgi.context_queries) == 2
 
     before = fastpath.access_cache.heard
-    api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
+    with as_tenant(bundle):
+        api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
     _heard(before)
     status, headers, answer = wsgi(bundle.api_key, body)
     assert status == 401 and "X-Frame-Options" in headers, answer  # the full path answered
@@ -106,8 +107,9 @@ def test_changes_made_in_plain_sql_are_heard_too(bundle, other_bundle, wsgi):
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200
     before = fastpath.access_cache.heard
-    with connection.cursor() as cursor:  # e.g. a DBA deactivating the tenant by hand
+    with as_tenant(bundle), connection.cursor() as cursor:  # e.g. deactivating the tenant by hand
         cursor.execute("UPDATE tenants_tenant SET is_active = false WHERE id = %s", [bundle.tenant.pk])
+        assert cursor.rowcount == 1
     _heard(before)
     assert wsgi(bundle.api_key, body)[0] == 401
     assert wsgi(other_bundle.api_key, {**body, "chatbot_id": other_bundle.chatbot.pk})[0] == 200
@@ -120,7 +122,8 @@ def test_expiry_applies_without_any_change(bundle, wsgi):
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200  # listening from here on
     before = fastpath.access_cache.heard
-    ApiKey.objects.filter(prefix=bundle.api_key[:12]).update(expires_at=timezone.now() + timedelta(seconds=1))
+    with as_tenant(bundle):
+        ApiKey.objects.filter(prefix=bundle.api_key[:12]).update(expires_at=timezone.now() + timedelta(seconds=1))
     _heard(before)
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200

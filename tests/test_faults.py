@@ -7,7 +7,7 @@ from django.db import OperationalError
 from django.test import Client
 from rest_framework.test import APIClient
 
-from tests.conftest import make_upload
+from tests.conftest import as_tenant, make_upload
 
 
 def _database_down(*args, **kwargs):
@@ -36,6 +36,7 @@ def test_the_dashboard_says_unavailable_too_and_other_errors_stay_500(bundle, mo
     assert broken.status_code == 500 and broken.json()["error"]["code"] == "server_error"
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # the sweeper's connection
 def test_an_upload_while_the_broker_is_down_is_kept_queued_for_the_sweeper(bundle, monkeypatch, run_jobs):
     """Redis (the Celery broker) down: the upload is accepted and stays queued; the sweeper sends
     it again later (here called directly) and it is processed."""
@@ -61,13 +62,15 @@ def test_an_upload_while_the_broker_is_down_is_kept_queued_for_the_sweeper(bundl
             format="multipart",
         )
     assert response.status_code == 202
-    document = Document.objects.get(pk=response.json()["document_id"])
-    assert document.status == "queued"
+    with as_tenant(bundle):
+        document = Document.objects.get(pk=response.json()["document_id"])
+        assert document.status == "queued"
+        document.jobs.update(updated_at=document.created_at.replace(year=2000))  # as if long waiting
     monkeypatch.undo()
-    document.jobs.update(updated_at=document.created_at.replace(year=2000))  # as if long waiting
     with run_jobs():
         assert ingestion_jobs_sweep()["requeued_lost"] == 1
-    document.refresh_from_db()
+    with as_tenant(bundle):
+        document.refresh_from_db()
     assert document.status == "ready"
 
 

@@ -9,7 +9,7 @@ import zipfile
 import pytest
 
 from knowledge.parsers import guards
-from tests.conftest import build_docx, build_pdf, ingest, make_upload
+from tests.conftest import as_tenant, build_docx, build_pdf, ingest, make_upload
 
 
 def _zip(entries: dict[str, bytes]) -> bytes:
@@ -56,9 +56,11 @@ def _hostile(name: str) -> bytes:
 def test_hostile_files_fail_with_a_reason_and_leave_the_rest(bundle, name, reason):
     document = ingest(bundle, make_upload(name, _hostile(name)))
     assert document.status == "failed" and reason in document.error, document.error
-    assert document.chunks.count() == 0 and document.jobs.get().status == "failed"
+    with as_tenant(bundle):
+        assert document.chunks.count() == 0 and document.jobs.get().status == "failed"
     good = ingest(bundle, make_upload("good.txt", "Our support line is open from nine to five on weekdays."))
-    assert good.status == "ready" and good.chunks.count() == 1
+    with as_tenant(bundle):
+        assert good.status == "ready" and good.chunks.count() == 1
 
 
 def test_row_and_page_caps(bundle, monkeypatch, settings):
@@ -79,7 +81,8 @@ def test_row_and_page_caps(bundle, monkeypatch, settings):
 
 def test_a_normal_docx_still_passes_the_guards(bundle):
     document = ingest(bundle, make_upload("ok.docx", build_docx(heading="Returns", paragraphs=["Within 30 days."])))
-    assert document.status == "ready" and document.chunks.count() >= 1
+    with as_tenant(bundle):
+        assert document.status == "ready" and document.chunks.count() >= 1
 
 
 # --- The parsing sandbox (knowledge/parsers/sandbox.py) -----------------------------------
@@ -152,8 +155,12 @@ def test_the_hostile_corpus_is_refused_with_reasons_and_stored_as_plain_data(bun
     for name, data, expect in corpus.corpus():
         try:
             with TestCase.captureOnCommitCallbacks(execute=True):
-                created = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload(name, data))
-            document = Document.objects.get(pk=created.document.pk)
+                with as_tenant(bundle):  # the upload request's scope; the task then sets its own
+                    created = document_create(
+                        tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload(name, data)
+                    )
+            with as_tenant(bundle):
+                document = Document.objects.get(pk=created.document.pk)
             outcome, reason = document.status, document.error
         except DomainError as exc:
             outcome, reason = "refused", exc.message
@@ -164,6 +171,7 @@ def test_the_hostile_corpus_is_refused_with_reasons_and_stored_as_plain_data(bun
         elif (expect == "refuse") != refused:
             wrong.append((name, expect, outcome, reason[:120]))
     assert not wrong, "\n".join(map(str, wrong))
-    injected = Document.objects.filter(tenant=bundle.tenant, original_filename="injection.txt").get()
-    assert corpus.INJECTION in injected.chunks.get().text  # kept verbatim, as data
+    with as_tenant(bundle):
+        injected = Document.objects.filter(tenant=bundle.tenant, original_filename="injection.txt").get()
+        assert corpus.INJECTION in injected.chunks.get().text  # kept verbatim, as data
     assert ingest(bundle, make_upload("after.txt", "Refunds take five days.")).status == "ready"

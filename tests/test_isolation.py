@@ -1,7 +1,8 @@
 """Tenant isolation enforced by PostgreSQL (row-level security, tenants/rls.py).
 
-The tests connect as the app role, like the application. Ingestion runs eagerly in-process.
-Requests go through the Django test client (every middleware, so each starts with no tenant).
+The tests connect as the app role, like the application; cross-tenant work goes through the
+maintenance role's own connection. Ingestion runs eagerly in-process. Requests go through the
+Django test client (every middleware, so each starts with no tenant).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from django.db import connection, transaction
 from rest_framework.test import APIClient
 
 from chatbot_training import dbroles
-from tenants.scoping import no_tenant_context, tenant_context
-from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
+from tenants.scoping import no_tenant_context, tenant_context, user_context
+from tests.conftest import SAMPLE_FAQ_CSV, across_tenants, as_tenant, ingest, make_upload
 
 TENANT_TABLES_MIN = {
     "tenants_tenant",
@@ -50,26 +51,50 @@ def _tenant_tables() -> list[str]:
     return tenant_tables(connection)
 
 
-def test_every_tenant_table_forces_row_level_security_with_the_policy(db):
+def test_every_tenant_table_forces_row_level_security_with_its_policies(db):
+    from tenants.rls import policies_for
+
     tables = _tenant_tables()
     assert TENANT_TABLES_MIN <= set(tables)
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity, count(p.polname)
+            SELECT c.relname, c.relrowsecurity, c.relforcerowsecurity,
+                   array_agg(p.polname ORDER BY p.polname) FILTER (WHERE p.polname IS NOT NULL),
+                   bool_or(pg_get_expr(p.polqual, p.polrelid) LIKE '%%cross_tenant%%'
+                           OR pg_get_expr(p.polwithcheck, p.polrelid) LIKE '%%cross_tenant%%')
             FROM pg_class c LEFT JOIN pg_policy p ON p.polrelid = c.oid
             WHERE c.relname = ANY(%s) GROUP BY 1, 2, 3
             """,
             [tables],
         )
-        state = {name: (enabled, forced, policies) for name, enabled, forced, policies in cursor.fetchall()}
-    assert all(state[t] == (True, True, 1) for t in tables), state
+        state = {row[0]: tuple(row[1:]) for row in cursor.fetchall()}
+    for table in tables:
+        names = sorted(p.name for p in policies_for(table, (dbroles.MAINTENANCE_ROLE,)))
+        assert state[table] == (True, True, names, False), (table, state[table])  # no setting opens every tenant
     from django.apps import apps
 
     from tenants.scoping import TenantOwned
 
     owned = {m._meta.db_table for m in apps.get_models() if issubclass(m, TenantOwned)}
     assert owned <= set(tables)
+
+
+def test_only_the_maintenance_role_is_named_for_every_tenant_and_the_app_role_cannot_become_it(db):
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT DISTINCT r.rolname FROM pg_policy p CROSS JOIN unnest(p.polroles) AS role(oid) "
+            "JOIN pg_roles r ON r.oid = role.oid WHERE p.polname = 'maintenance'"
+        )
+        named = {row[0] for row in cursor.fetchall()}
+        assert dbroles.MAINTENANCE_ROLE in named and dbroles.APP_ROLE not in named
+        cursor.execute("SELECT pg_has_role(current_user, %s, 'MEMBER')", [dbroles.MAINTENANCE_ROLE])
+        assert cursor.fetchone()[0] is False
+        role = dbroles.MAINTENANCE_ROLE
+        for statement in (f"SET ROLE {role}", f"SET SESSION AUTHORIZATION {role}"):
+            with pytest.raises(Exception, match="permission denied"), transaction.atomic():
+                with connection.cursor() as c:
+                    c.execute(statement)
 
 
 def test_the_app_role_owns_nothing_and_cannot_bypass(db):
@@ -102,10 +127,14 @@ def two_tenants(bundle, other_bundle):
 def test_no_tenant_means_zero_rows_and_a_tenant_means_only_its_rows(two_tenants):
     mine, theirs, _ = two_tenants
     tables = [t for t in _tenant_tables() if t not in ("knowledge_embeddingspace", "tenants_auditevent")]
-    everything = {t: _count(t) for t in tables}  # the tests' own cross-tenant scope
-    assert everything["knowledge_chunk"] > 0 and everything["knowledge_chunkembedding"] > 0
+    with as_tenant(mine):
+        assert _count("knowledge_chunk") > 0 and _count("knowledge_chunkembedding") > 0
     with no_tenant_context():
         assert {t: _count(t) for t in tables} == dict.fromkeys(tables, 0)
+        # the setting that once opened every tenant is only a label now
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT set_config('app.cross_tenant', 'injected', true)")
+            assert {t: _count(t) for t in tables} == dict.fromkeys(tables, 0)
     with tenant_context(mine.tenant):
         with connection.cursor() as cursor:
             cursor.execute("SELECT DISTINCT tenant_id FROM knowledge_chunk")
@@ -176,8 +205,10 @@ def test_a_selector_without_the_tenant_filter_is_caught_by_row_level_security(tw
     assert response.status_code == 404, response.content  # RLS hid it
     assert secrets[theirs.tenant.pk][0].encode() not in response.content
 
-    # What the broken selector asks for, read the way the tests read (across tenants): both.
-    assert set(Chatbot.objects.values_list("tenant_id", flat=True)) == {mine.tenant.pk, theirs.tenant.pk}
+    # What the broken selector asks for exists: their chatbot and document, read as their tenant.
+    with as_tenant(theirs):
+        assert Chatbot.objects.filter(pk=theirs.chatbot.pk).exists()
+        assert Document.objects.filter(pk=their_document.pk).exists()
     # And the app role cannot switch row-level security off to get at them.
     with pytest.raises(Exception, match="row-level security"), no_tenant_context(), transaction.atomic():
         with connection.cursor() as cursor:
@@ -205,14 +236,15 @@ def _their_ids(theirs, secrets) -> dict:
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {theirs.api_key}")
     found = client.post("/api/search", {"query": "vault code", "chatbot_id": theirs.chatbot.pk}, format="json")
     assert found.status_code == 200
-    return {
-        "chatbot": [theirs.chatbot.pk],
-        "document": list(Document.objects.filter(tenant=theirs.tenant).values_list("pk", flat=True)),
-        "chunk": list(Chunk.objects.filter(tenant=theirs.tenant).values_list("pk", flat=True)),
-        "key": list(ApiKey.objects.filter(tenant=theirs.tenant).values_list("pk", flat=True)),
-        "query": [str(q) for q in SearchLog.objects.filter(tenant=theirs.tenant).values_list("query_id", flat=True)],
-        "tenant": [theirs.tenant.pk],
-    }
+    with as_tenant(theirs):
+        return {
+            "chatbot": [theirs.chatbot.pk],
+            "document": list(Document.objects.filter(tenant=theirs.tenant).values_list("pk", flat=True)),
+            "chunk": list(Chunk.objects.filter(tenant=theirs.tenant).values_list("pk", flat=True)),
+            "key": list(ApiKey.objects.filter(tenant=theirs.tenant).values_list("pk", flat=True)),
+            "query": [str(q) for q in SearchLog.objects.values_list("query_id", flat=True)],
+            "tenant": [theirs.tenant.pk],
+        }
 
 
 def _api_requests(ids: dict, pick, *, own_chatbot: int) -> list:
@@ -271,17 +303,24 @@ def test_randomized_requests_with_one_tenants_credentials_and_the_others_ids(two
     searches and tenant: no 5xx, nothing of B's in any answer, nothing of B's changed."""
     from django.contrib.auth import get_user_model
 
-    from knowledge.models import Document
+    from knowledge.models import Chunk, Document
     from tenants.models import ApiKey
 
     settings.API_RATE_LIMITS = {"standard": 10**6}
     mine, theirs, secrets = two_tenants
     their_marker = secrets[theirs.tenant.pk][0]
     ids = _their_ids(theirs, secrets)
-    before = {
-        "documents": sorted(Document.objects.filter(tenant=theirs.tenant).values_list("pk", "status", "title")),
-        "keys": sorted(ApiKey.objects.filter(tenant=theirs.tenant).values_list("pk", "revoked_at", "expires_at")),
-    }
+
+    def their_state() -> dict:
+        with as_tenant(theirs):
+            return {
+                "documents": sorted(Document.objects.values_list("pk", "status", "title")),
+                "chunks": Chunk.objects.count(),
+                "keys": sorted(ApiKey.objects.values_list("pk", "revoked_at", "expires_at")),
+            }
+
+    before = their_state()
+    assert before["documents"] and before["chunks"] and before["keys"]
     rng = random.Random(20261125)
 
     def pick(kind: str):
@@ -307,18 +346,18 @@ def test_randomized_requests_with_one_tenants_credentials_and_the_others_ids(two
             content = b"".join(response.streaming_content) if response.streaming else response.content
             assert their_marker.encode() not in content, url()
             assert theirs.tenant.name.encode() not in content, url()
-    after = {
-        "documents": sorted(Document.objects.filter(tenant=theirs.tenant).values_list("pk", "status", "title")),
-        "keys": sorted(ApiKey.objects.filter(tenant=theirs.tenant).values_list("pk", "revoked_at", "expires_at")),
-    }
-    assert after == before
+    assert their_state() == before
     assert statuses.get(404, 0) > 500, statuses  # their ids really were refused, not skipped
     # and the same clients do reach their own rows (the test is not blind)
     own = api.get(f"/api/documents/{secrets[mine.tenant.pk][1].pk}")
     assert own.status_code == 200 and secrets[mine.tenant.pk][0] in own.content.decode()
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
 def test_staff_work_across_tenants_only_in_the_admin_and_it_is_audited(two_tenants, client):
+    """Staff in the admin read every tenant on the maintenance role's connection (committed rows:
+    a transactional test); each list view and each object view is recorded for the tenants it
+    showed."""
     from django.contrib.auth import get_user_model
 
     from tenants.models import AuditEvent
@@ -330,9 +369,72 @@ def test_staff_work_across_tenants_only_in_the_admin_and_it_is_audited(two_tenan
     assert secrets[mine.tenant.pk][0] in listing and secrets[theirs.tenant.pk][0] in listing
     their_document = secrets[theirs.tenant.pk][1]
     assert client.get(f"/admin/knowledge/document/{their_document.pk}/change/").status_code == 200
-    assert AuditEvent.objects.filter(tenant_id=theirs.tenant.pk, action="staff_access", actor="staff-iso").exists()
+    with as_tenant(theirs):
+        events = [e.target for e in AuditEvent.objects.filter(action="staff_access", actor="staff-iso")]
+    assert f"knowledge.Document:{their_document.pk}" in events and "knowledge.Document" in events
     # outside the admin the same person is an ordinary user with no tenant: nothing
     assert client.get(f"/documents/{their_document.pk}/").status_code == 404
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
+def test_the_maintenance_connection_sees_every_tenant_and_the_app_connection_one(two_tenants):
+    from knowledge.models import Chunk
+    from tenants.models import Tenant
+
+    mine, theirs, secrets = two_tenants
+    with across_tenants():
+        tenants = set(Chunk.objects.values_list("tenant_id", flat=True))
+        role = Tenant.objects.raw("SELECT id, current_user AS role FROM tenants_tenant LIMIT 1")[0].role
+    assert tenants == {mine.tenant.pk, theirs.tenant.pk} and role == dbroles.MAINTENANCE_ROLE
+    with as_tenant(mine):
+        assert set(Chunk.objects.values_list("tenant_id", flat=True)) == {mine.tenant.pk}
+
+
+def test_built_in_embedding_spaces_are_read_by_every_tenant_and_written_by_none(bundle):
+    from knowledge.models import EmbeddingSpace
+    from knowledge.services import chatbot_space_ensure_active
+
+    with as_tenant(bundle):
+        space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space  # created by the owner's function
+        assert space.tenant_id is None and EmbeddingSpace.objects.filter(pk=space.pk).exists()
+        with connection.cursor() as cursor:  # invisible to UPDATE and DELETE
+            cursor.execute("UPDATE knowledge_embeddingspace SET dimensions = 3 WHERE id = %s", [space.pk])
+            assert cursor.rowcount == 0
+            cursor.execute("DELETE FROM knowledge_embeddingspace WHERE id = %s", [space.pk])
+            assert cursor.rowcount == 0
+        with pytest.raises(Exception, match="row-level security"), transaction.atomic():
+            EmbeddingSpace.objects.create(provider="local", model_name="evil", version="1", dimensions=3)
+        own = EmbeddingSpace.objects.create(
+            tenant=bundle.tenant, provider="local", model_name="all-MiniLM-L6-v2", version="tuned-1", dimensions=384
+        )
+    with as_tenant(bundle):
+        assert EmbeddingSpace.objects.get(pk=space.pk).dimensions == 384
+    with no_tenant_context():
+        assert list(EmbeddingSpace.objects.values_list("pk", flat=True)) == [space.pk]  # not the tenant's own
+    assert own.pk != space.pk
+
+
+def test_audit_rows_are_added_only_for_the_current_tenant_or_the_signed_in_users(bundle, other_bundle):
+    from django.contrib.auth import get_user_model
+
+    def insert(tenant_id):
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute(
+                "INSERT INTO tenants_auditevent (created_at, tenant_id, action, actor, api_key_prefix, target, "
+                "user_agent, detail) VALUES (now(), %s, 'login', 'x', '', 'user:x', '', '{}')",
+                [tenant_id],
+            )
+
+    with as_tenant(bundle):
+        insert(bundle.tenant.pk)
+        insert(None)  # a failed login naming nobody
+        with pytest.raises(Exception, match="row-level security"):
+            insert(other_bundle.tenant.pk)
+    owner = get_user_model().objects.get(username=other_bundle.username)
+    with user_context(owner.pk):  # a login by one of the other tenant's members is recorded there
+        insert(other_bundle.tenant.pk)
+        with pytest.raises(Exception, match="row-level security"):
+            insert(bundle.tenant.pk)
 
 
 def test_database_roles_prints_the_setup_for_an_external_server(db):
@@ -345,4 +447,5 @@ def test_database_roles_prints_the_setup_for_an_external_server(db):
     sql = out.getvalue()
     assert "CREATE ROLE chatbot_app LOGIN NOSUPERUSER NOBYPASSRLS" in sql
     assert "CREATE ROLE chatbot_owner LOGIN NOSUPERUSER BYPASSRLS" in sql
+    assert "CREATE ROLE chatbot_maintenance LOGIN NOSUPERUSER NOBYPASSRLS" in sql and "DATABASE_MAINTENANCE_URL" in sql
     assert 'ALTER DATABASE "bots" OWNER TO chatbot_owner' in sql and "LEAKPROOF" in sql

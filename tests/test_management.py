@@ -21,6 +21,7 @@ def test_create_tenant_prints_working_credentials():
     assert client.get(f"/api/training-data/{result['chatbot_id']}").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # it finds the demo tenant there
 def test_ensure_demo_renews_the_key_and_password():
     first, second = io.StringIO(), io.StringIO()
     call_command("ensure_demo", "--json", stdout=first)

@@ -117,16 +117,18 @@ def test_bad_key_is_a_permanent_error(fake_openai):
 @pytest.mark.django_db
 def test_a_chatbot_on_openai_stores_1536_dim_vectors_in_its_own_space(fake_openai, bundle):
     from knowledge.models import ChunkEmbedding, EmbeddingSpace
-    from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
+    from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
     bundle.chatbot.embedding_model = "openai:text-embedding-3-small"
-    bundle.chatbot.save()
+    with as_tenant(bundle):
+        bundle.chatbot.save()
     document = ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
     assert document.status == "ready", document.error
-    space = EmbeddingSpace.objects.get(provider="openai")
+    with as_tenant(bundle):
+        space = EmbeddingSpace.objects.get(provider="openai")
+        stored = list(ChunkEmbedding.objects.filter(chunk__document=document))
     assert (space.model_name, space.dimensions) == ("text-embedding-3-small", 1536)
-    stored = ChunkEmbedding.objects.filter(chunk__document=document)
-    assert stored.count() == 3 and {e.space_id for e in stored} == {space.pk}
+    assert len(stored) == 3 and {e.space_id for e in stored} == {space.pk}
     assert all(len(e.embedding) == 1536 for e in stored)
 
 
@@ -139,7 +141,7 @@ def test_when_openai_is_down_the_job_waits_and_never_uses_another_model(bundle, 
     from knowledge.models import ChunkEmbedding, IngestionJob
     from knowledge.services import document_create
     from knowledge.tasks import ingestion_job_run_task
-    from tests.conftest import SAMPLE_FAQ_CSV, make_upload
+    from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, make_upload
 
     settings.OPENAI_API_KEY = "sk-test"
     settings.OPENAI_BASE_URL = "http://127.0.0.1:9/v1"  # nothing listens there
@@ -147,16 +149,17 @@ def test_when_openai_is_down_the_job_waits_and_never_uses_another_model(bundle, 
     settings.OPENAI_TIMEOUT_SECONDS = 1
     reset_providers()
     bundle.chatbot.embedding_model = "openai:text-embedding-3-small"
-    bundle.chatbot.save()
-    with TestCase.captureOnCommitCallbacks(execute=False):
+    with TestCase.captureOnCommitCallbacks(execute=False), as_tenant(bundle):
+        bundle.chatbot.save()
         result = document_create(
             tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("faq.csv", SAMPLE_FAQ_CSV)
         )
     with pytest.raises(Retry):
-        ingestion_job_run_task.apply(kwargs={"job_id": result.job.pk}, throw=True)
-    job = IngestionJob.objects.get(pk=result.job.pk)
+        ingestion_job_run_task.apply(kwargs={"job_id": result.job.pk, "tenant_id": bundle.tenant.pk}, throw=True)
+    with as_tenant(bundle):
+        job = IngestionJob.objects.select_related("document").get(pk=result.job.pk)
+        assert not ChunkEmbedding.objects.exists()
     assert (job.status, job.stage, job.provider_waits) == ("queued", "provider_wait", 1)
     assert "OpenAI embeddings unavailable" in job.error
     assert job.document.status == "queued"
-    assert not ChunkEmbedding.objects.exists()
     reset_providers()

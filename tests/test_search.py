@@ -12,7 +12,7 @@ from rest_framework.test import APIClient
 from chatbot_training import dbroles
 from search import cache
 from search.models import SearchFeedback, SearchLog
-from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
+from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -252,7 +252,13 @@ def clustered_vectors(rng, count: int) -> np.ndarray:
 
 
 def _insert_random_vectors(chatbot, count: int, seed: int) -> None:
-    """Bulk rows straight in SQL: a ready document, ``count`` chunks and clustered 384-d vectors."""
+    """Bulk rows straight in SQL, as the chatbot's tenant: a ready document, ``count`` chunks and
+    clustered 384-d vectors."""
+    with as_tenant(chatbot.tenant_id):
+        _insert_vectors_as_tenant(chatbot, count, seed)
+
+
+def _insert_vectors_as_tenant(chatbot, count: int, seed: int) -> None:
     from knowledge.models import Document
     from knowledge.services import chatbot_space_ensure_active
     from knowledge.vectors import ensure_space_index
@@ -303,28 +309,30 @@ def test_filtered_vector_search_keeps_recall_in_a_shared_table(bundle, other_bun
     from search.services import _semantic_search
     from tenants.services import chatbot_create
 
-    big = chatbot_create(tenant=other_bundle.tenant, name="Big")
+    with as_tenant(other_bundle):
+        big = chatbot_create(tenant=other_bundle.tenant, name="Big")
     _insert_random_vectors(big, 3000, 1)
     _insert_random_vectors(bundle.chatbot, 300, 2)
     from knowledge.services import chatbot_space_ensure_active
 
-    space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
     settings.SEARCH_EXACT_MAX = 10
     rng = np.random.default_rng(3)
     recalls = []
-    for filters in (search_filters_build(), search_filters_build(metadata={"parity": 1})):
-        for _ in range(10):
-            vector = clustered_vectors(rng, 1)[0]
-            exact = semantic_hits(
-                space=space, chatbot_id=bundle.chatbot.pk, vector=vector, limit=10, filters=filters, exact=True
-            )
-            found, strategy = _semantic_search(
-                space=space, chatbot=bundle.chatbot, vector=vector, limit=10, filters=filters
-            )
-            assert strategy == "hnsw" and len(found) == 10
-            if filters.metadata:
-                assert all(h.metadata["parity"] == 1 for h in found)
-            recalls.append(len({h.chunk_id for h in found} & {h.chunk_id for h in exact}) / 10)
+    with as_tenant(bundle):  # the search selectors, as the tenant's request runs them
+        space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
+        for filters in (search_filters_build(), search_filters_build(metadata={"parity": 1})):
+            for _ in range(10):
+                vector = clustered_vectors(rng, 1)[0]
+                exact = semantic_hits(
+                    space=space, chatbot_id=bundle.chatbot.pk, vector=vector, limit=10, filters=filters, exact=True
+                )
+                found, strategy = _semantic_search(
+                    space=space, chatbot=bundle.chatbot, vector=vector, limit=10, filters=filters
+                )
+                assert strategy == "hnsw" and len(found) == 10
+                if filters.metadata:
+                    assert all(h.metadata["parity"] == 1 for h in found)
+                recalls.append(len({h.chunk_id for h in found} & {h.chunk_id for h in exact}) / 10)
     assert np.mean(recalls) >= 0.95, recalls
 
 
@@ -334,13 +342,14 @@ def test_hnsw_path_uses_the_space_index_and_exact_path_does_not(bundle):
     from search.selectors import NO_FILTERS, semantic_plan
 
     _insert_random_vectors(bundle.chatbot, 3000, 3)
-    space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
-    plans = {
-        exact: semantic_plan(
-            space=space, chatbot_id=bundle.chatbot.pk, vector=[0.01] * 384, limit=5, filters=NO_FILTERS, exact=exact
-        )
-        for exact in (False, True)
-    }
+    with as_tenant(bundle):
+        space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
+        plans = {
+            exact: semantic_plan(
+                space=space, chatbot_id=bundle.chatbot.pk, vector=[0.01] * 384, limit=5, filters=NO_FILTERS, exact=exact
+            )
+            for exact in (False, True)
+        }
     assert space_index_name(space) in plans[False], plans[False]
     assert space_index_name(space) not in plans[True], plans[True]
 
@@ -350,7 +359,7 @@ def _chatbot_index_recall(space, chatbot, rng) -> float:
     from search.services import _semantic_search
 
     recalls = []
-    for _ in range(10):
+    for _ in range(10):  # in the chatbot's tenant scope (the caller's)
         vector = clustered_vectors(rng, 1)[0]
         exact = semantic_hits(
             space=space, chatbot_id=chatbot.pk, vector=vector, limit=10, filters=NO_FILTERS, exact=True
@@ -361,7 +370,7 @@ def _chatbot_index_recall(space, chatbot, rng) -> float:
     return float(np.mean(recalls))
 
 
-@pytest.mark.django_db(transaction=True)
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
 def test_big_chatbots_get_their_own_vector_index_built_concurrently(bundle, other_bundle, settings):
     """The optimiser (called directly, outside a transaction: CREATE/DROP INDEX CONCURRENTLY) gives
     each chatbot above VECTOR_CHATBOT_INDEX_MIN a partial HNSW index, the planner uses it for that
@@ -374,44 +383,51 @@ def test_big_chatbots_get_their_own_vector_index_built_concurrently(bundle, othe
 
     settings.VECTOR_CHATBOT_INDEX_MIN = 400
     settings.SEARCH_EXACT_MAX = 10
-    big = chatbot_create(tenant=other_bundle.tenant, name="Big")
-    small = chatbot_create(tenant=bundle.tenant, name="Small")
+    with as_tenant(other_bundle):
+        big = chatbot_create(tenant=other_bundle.tenant, name="Big")
+    with as_tenant(bundle):
+        small = chatbot_create(tenant=bundle.tenant, name="Small")
     _insert_random_vectors(big, 2000, 1)
     _insert_random_vectors(bundle.chatbot, 600, 2)
     _insert_random_vectors(small, 100, 3)
-    space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
-    assert vector_index_wanted(chatbot_id=bundle.chatbot.pk) and not vector_index_wanted(chatbot_id=small.pk)
+    with as_tenant(bundle):  # as the ingestion task asks after a document
+        space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
+        assert vector_index_wanted(chatbot_id=bundle.chatbot.pk) and not vector_index_wanted(chatbot_id=small.pk)
 
-    done = vector_indexes_optimize()
+    done = vector_indexes_optimize()  # as its beat task: no scope of its own
     names = {bot.pk: chatbot_index_name(space_id=space.pk, chatbot_id=bot.pk) for bot in (big, bundle.chatbot, small)}
     assert sorted(done["created"]) == sorted([names[big.pk], names[bundle.chatbot.pk]])
     assert chatbot_indexes() == {names[big.pk]: True, names[bundle.chatbot.pk]: True}
-    assert not vector_index_wanted(chatbot_id=bundle.chatbot.pk)
+    with as_tenant(bundle):
+        assert not vector_index_wanted(chatbot_id=bundle.chatbot.pk)
     assert vector_indexes_optimize() == {"created": [], "dropped": [], "rebuilt": []}  # idempotent
 
     with dbroles.owner_connect() as owner:  # only the table's owner may ANALYZE it
         owner.execute("ANALYZE knowledge_chunkembedding")
-    plan = semantic_plan(
-        space=space, chatbot_id=bundle.chatbot.pk, vector=[0.01] * 384, limit=5, filters=NO_FILTERS, exact=False
-    )
-    assert names[bundle.chatbot.pk] in plan and space_index_name(space) not in plan, plan
-    assert _chatbot_index_recall(space, bundle.chatbot, np.random.default_rng(4)) >= 0.95
-
-    Document.objects.filter(chatbot=bundle.chatbot).delete()  # the chatbot shrinks to nothing
+    with as_tenant(bundle):
+        plan = semantic_plan(
+            space=space, chatbot_id=bundle.chatbot.pk, vector=[0.01] * 384, limit=5, filters=NO_FILTERS, exact=False
+        )
+        assert names[bundle.chatbot.pk] in plan and space_index_name(space) not in plan, plan
+        assert _chatbot_index_recall(space, bundle.chatbot, np.random.default_rng(4)) >= 0.95
+        Document.objects.filter(chatbot=bundle.chatbot).delete()  # the chatbot shrinks to nothing
     done = vector_indexes_optimize()
     assert done["dropped"] == [names[bundle.chatbot.pk]]
     assert chatbot_indexes() == {names[big.pk]: True}
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
 def test_ingesting_past_the_threshold_builds_the_chatbots_index(bundle, settings):
-    """The ingestion task (run eagerly in-process) asks for the index once the chatbot is big enough."""
+    """The ingestion task (run eagerly in-process) asks for the index once the chatbot is big
+    enough; the optimiser task counts every tenant's vectors on the maintenance connection."""
     from knowledge.services import chatbot_space_ensure_active
     from knowledge.vectors import chatbot_index_name, chatbot_indexes
 
     settings.VECTOR_CHATBOT_INDEX_MIN = 2  # the FAQ has 3 rows
-    space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
+    with as_tenant(bundle):
+        space = chatbot_space_ensure_active(chatbot=bundle.chatbot).space
     ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
-    assert chatbot_indexes() == {chatbot_index_name(space_id=space.pk, chatbot_id=bundle.chatbot.pk): True}
+    assert chatbot_indexes()[chatbot_index_name(space_id=space.pk, chatbot_id=bundle.chatbot.pk)] is True
 
 
 def test_conversation_keeps_the_subject_of_earlier_turns(api, bundle, products):
@@ -447,7 +463,8 @@ def test_results_are_cached_and_invalidated_when_content_changes(api, bundle, fa
     ingest(bundle, make_upload("pay.txt", "You can pay with PayPal, bank transfer or Apple Pay."))
     fresh = search(api, bundle.chatbot.pk, query="How can I pay?", max_results=3).json()
     assert fresh["cached"] is False and any("PayPal" in r["content"] for r in fresh["results"])
-    logs = SearchLog.objects.filter(chatbot=bundle.chatbot).order_by("id")
+    with as_tenant(bundle):
+        logs = list(SearchLog.objects.filter(chatbot=bundle.chatbot).order_by("id"))
     assert [log.cache_hit for log in logs] == [False, True, False]
 
 
@@ -467,7 +484,8 @@ def test_every_search_is_logged(api, bundle, faq):
     body = search(
         api, bundle.chatbot.pk, query="refund", mode="hybrid", max_results=2, filters={"categories": ["help"]}
     ).json()
-    log = SearchLog.objects.get(query_id=body["query_id"])
+    with as_tenant(bundle):
+        log = SearchLog.objects.select_related("api_key").get(query_id=body["query_id"])
     assert (log.tenant_id, log.chatbot_id, log.api_key.prefix, log.query, log.mode) == (
         bundle.tenant.pk,
         bundle.chatbot.pk,
@@ -499,7 +517,8 @@ def test_feedback(api, bundle, other_bundle, faq):
         ).status_code
         == 404
     )
-    assert SearchFeedback.objects.filter(search__query_id=body["query_id"]).count() == 2
+    with as_tenant(bundle):
+        assert SearchFeedback.objects.filter(search__query_id=body["query_id"]).count() == 2
 
 
 def test_analytics_and_knowledge_gaps(api, bundle, faq):
@@ -564,15 +583,18 @@ def test_logs_are_queued_in_redis_and_written_in_batches(api, bundle, faq, setti
     search_logs_flush()
     first = search(api, bundle.chatbot.pk, query="How can I pay?").json()
     search(api, bundle.chatbot.pk, query="refund")
-    assert not SearchLog.objects.filter(chatbot=bundle.chatbot).exists()  # queued, not yet written
+    with as_tenant(bundle):
+        assert not SearchLog.objects.filter(chatbot=bundle.chatbot).exists()  # queued, not yet written
     response = api.post(f"/api/search/{first['query_id']}/feedback", {"helpful": True}, format="json")
     assert response.status_code == 201  # feedback found the queued search
-    assert SearchLog.objects.filter(chatbot=bundle.chatbot).count() == 2
+    with as_tenant(bundle):
+        assert SearchLog.objects.filter(chatbot=bundle.chatbot).count() == 2
     search(api, bundle.chatbot.pk, query="change address")
     assert api.get(f"/api/search/analytics/{bundle.chatbot.pk}").json()["searches"] == 3
     search(api, bundle.chatbot.pk, query="delivery")
     assert search_logs_flush_task() == 1
-    log = SearchLog.objects.get(query="delivery")
+    with as_tenant(bundle):
+        log = SearchLog.objects.select_related("api_key").get(query="delivery")
     assert log.api_key.prefix == bundle.api_key[:12] and log.result_count == 3 and log.took_ms > 0
 
 
@@ -583,7 +605,8 @@ def test_logs_are_written_directly_when_redis_is_down(api, bundle, faq, settings
     cache.reset()
     try:
         body = search(api, bundle.chatbot.pk, query="How can I pay?").json()
-        assert SearchLog.objects.filter(query_id=body["query_id"]).exists()
+        with as_tenant(bundle):
+            assert SearchLog.objects.filter(query_id=body["query_id"]).exists()
     finally:
         cache.reset()
 
@@ -604,18 +627,21 @@ def test_cached_searches_take_the_fast_path_and_stay_correct(api, bundle, faq, s
     }
     feedback = api.post(f"/api/search/{again['query_id']}/feedback", {"helpful": True}, format="json")
     assert feedback.status_code == 201  # the fast path's search was logged
-    log = SearchLog.objects.get(query_id=again["query_id"])
+    with as_tenant(bundle):
+        log = SearchLog.objects.select_related("api_key").get(query_id=again["query_id"])
+        first_strategy = SearchLog.objects.get(query_id=first["query_id"]).strategy
     assert log.cache_hit and log.api_key.prefix == bundle.api_key[:12] and log.filters == {"categories": ["help"]}
     # queued in the same Redis round trip as the cached read, completed from the answer when written
     assert log.result_chunk_ids == [r["chunk_id"] for r in again["results"]] and log.result_count == 2
     assert log.top_score == pytest.approx(max(r["similarity_score"] for r in again["results"]), abs=1e-5)
-    assert log.strategy == SearchLog.objects.get(query_id=first["query_id"]).strategy != ""
+    assert log.strategy == first_strategy != ""
 
     ingest(bundle, make_upload("pay.txt", "You can also pay with PayPal."))
     assert search(api, bundle.chatbot.pk, **body).json()["cached"] is False  # new content version
     from tenants.models import ApiKey
 
-    api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
+    with as_tenant(bundle):
+        api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
     assert search(api, bundle.chatbot.pk, **body).status_code == 401
 
 
@@ -636,7 +662,8 @@ def test_log_flush_survives_rows_whose_key_or_chatbot_is_gone(bundle, other_bund
 
     settings.SEARCH_LOG_BUFFER = True
     search_logs_flush()
-    key = ApiKey.objects.get(prefix=bundle.api_key[:12])
+    with as_tenant(bundle):
+        key = ApiKey.objects.get(prefix=bundle.api_key[:12])
     base = {
         "query": "q",
         "mode": "semantic",
@@ -662,10 +689,16 @@ def test_log_flush_survives_rows_whose_key_or_chatbot_is_gone(bundle, other_bund
     ]
     for row in rows:
         search_log_enqueue(row)
-    key.delete()
-    other_bundle.chatbot.delete()
-    search_logs_flush()
-    written = SearchLog.objects.filter(query_id__in=[r["query_id"] for r in rows])
+    with as_tenant(bundle):
+        key.delete()
+    with as_tenant(other_bundle):
+        other_bundle.chatbot.delete()
+    search_logs_flush()  # each row is written as its own tenant
+    ids = [r["query_id"] for r in rows]
+    with as_tenant(bundle):
+        written = list(SearchLog.objects.filter(query_id__in=ids))
+    with as_tenant(other_bundle):
+        assert not SearchLog.objects.filter(query_id__in=ids).exists()
     assert sorted(str(log.query_id) for log in written) == sorted([rows[0]["query_id"], rows[2]["query_id"]])
     assert all(log.api_key_id is None for log in written)
     assert search_logs_flush() == 0  # nothing left behind

@@ -6,7 +6,7 @@ from django.contrib.auth import get_user_model
 
 from knowledge.models import Document
 from search.models import SearchLog
-from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
+from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -25,7 +25,8 @@ def test_playground_shows_semantic_and_hybrid_side_by_side(owner, bundle):
     assert html.count('class="card result-column"') == 2
     assert 'data-mode="semantic"' in html and 'data-mode="hybrid"' in html
     assert "How do I reset my password?" in html and 'class="score"' in html and "faq.csv" in html
-    logs = SearchLog.objects.filter(chatbot=bundle.chatbot)
+    with as_tenant(bundle):
+        logs = list(SearchLog.objects.filter(chatbot=bundle.chatbot).select_related("user"))
     assert sorted(log.mode for log in logs) == ["hybrid", "semantic"]
     assert all(log.source == "dashboard" and log.user.username == bundle.username for log in logs)
 
@@ -51,7 +52,8 @@ def test_playground_filters_conversation_and_errors(owner, bundle):
 def test_analytics_page_with_charts_and_gaps_and_the_faq_shortcut(owner, bundle, run_jobs):
     for q in ["How do I pay?", "Do you ship to Mars?", "Can you deliver to planet Mars?"]:
         owner.get(f"/chatbots/{bundle.chatbot.pk}/search/", {"q": q, "compare": "semantic,hybrid"})
-    SearchLog.objects.filter(query__icontains="mars").update(result_count=0, top_score=None)
+    with as_tenant(bundle):
+        assert SearchLog.objects.filter(query__icontains="mars").update(result_count=0, top_score=None) == 4
     page = owner.get(f"/chatbots/{bundle.chatbot.pk}/search/analytics", {"days": 7}).content.decode()
     for chart in ("chart-volume", "chart-latency", "chart-zero"):
         assert f'id="{chart}"' in page
@@ -64,7 +66,8 @@ def test_analytics_page_with_charts_and_gaps_and_the_faq_shortcut(owner, bundle,
             follow=True,
         )
     assert "FAQ answer for “Do you ship to Mars?” added" in response.content.decode()
-    document = Document.objects.get(title="FAQ: Do you ship to Mars?")
+    with as_tenant(bundle):
+        document = Document.objects.get(title="FAQ: Do you ship to Mars?")
     assert (document.status, document.content_type) == ("ready", "faq")
     page = owner.get(f"/chatbots/{bundle.chatbot.pk}/search/", {"q": "delivery to Mars"}).content.decode()
     assert "we ship to Earth addresses only" in page
@@ -76,12 +79,14 @@ def test_viewer_sees_analytics_but_cannot_add_answers(client, bundle):
     from tenants.services import member_add
 
     viewer = get_user_model().objects.create_user("viewer", password="pw-viewer-1")
-    member_add(tenant=bundle.tenant, user=viewer, role="viewer")
+    with as_tenant(bundle):
+        member_add(tenant=bundle.tenant, user=viewer, role="viewer")
     client.force_login(viewer)
     assert client.get(f"/chatbots/{bundle.chatbot.pk}/search/analytics").status_code == 200
     response = client.post(f"/chatbots/{bundle.chatbot.pk}/faq", {"question": "q?", "answer": "a."}, follow=True)
     assert "Your role is &#x27;viewer&#x27;" in response.content.decode()
-    assert not Document.objects.exists()
+    with as_tenant(bundle):
+        assert not Document.objects.exists()
 
 
 def test_other_tenants_search_pages_are_404(owner, other_bundle):

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from search.services import Turn, search_run
-from tests.conftest import ingest, make_upload, shared_path
+from tests.conftest import as_tenant, ingest, make_upload, shared_path
 
 pytestmark = [pytest.mark.django_db, pytest.mark.shared]
 
@@ -62,16 +62,17 @@ def test_conversation_aware_search_beats_the_last_turn_alone_on_real_conversatio
             ("hybrid", history, hybrid_aware),
         ]
         for mode, history_given, ranks in runs:
-            result = search_run(
-                tenant=bundle.tenant,
-                chatbot=bundle.chatbot,
-                query=query,
-                max_results=10,
-                mode=mode,
-                conversation=history_given,
-                log=False,
-                use_cache=False,
-            )
+            with as_tenant(bundle):  # the service, as the tenant's search request runs it
+                result = search_run(
+                    tenant=bundle.tenant,
+                    chatbot=bundle.chatbot,
+                    query=query,
+                    max_results=10,
+                    mode=mode,
+                    conversation=history_given,
+                    log=False,
+                    use_cache=False,
+                )
             ranks.append(_rank(result.results, number))
 
     def mrr(ranks):

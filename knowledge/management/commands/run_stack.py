@@ -35,6 +35,7 @@ class Command(BaseCommand):
             **os.environ,
             "DATABASE_URL": settings.DATABASE_URL,
             "DATABASE_OWNER_URL": settings.DATABASE_OWNER_URL,  # the worker builds vector indexes as the owner
+            "DATABASE_MAINTENANCE_URL": settings.DATABASE_MAINTENANCE_URL,
             "REDIS_URL": settings.REDIS_URL,
             "CHATBOT_KEEP_EMBEDDED": "1",
             "PYTHONUNBUFFERED": "1",

@@ -7,7 +7,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from tenants.models import ApiKey, Chatbot, Tenant
-from tenants.scoping import cross_tenant_context
+from tenants.scoping import cross_tenant_context, tenant_context
 from tenants.services import api_key_create, tenant_bootstrap
 
 DEMO_TENANT = "Demo Company"
@@ -22,18 +22,24 @@ class Command(BaseCommand):
         parser.add_argument("--json", action="store_true")
 
     def handle(self, *args, **options):
-        with cross_tenant_context("manage.py ensure_demo"), transaction.atomic():
-            self._ensure(options)
+        with cross_tenant_context("manage.py ensure_demo"):  # which tenant is the demo one
+            tenant_id = Tenant.objects.filter(name=DEMO_TENANT).order_by("id").values_list("id", flat=True).first()
+        with transaction.atomic():
+            if tenant_id is None:
+                self._ensure(None, options)
+            else:
+                with tenant_context(tenant_id):
+                    self._ensure(Tenant.objects.get(pk=tenant_id), options)
 
-    def _ensure(self, options):
+    def _ensure(self, tenant, options):
         password = secrets.token_urlsafe(9)
-        tenant = Tenant.objects.filter(name=DEMO_TENANT).first()
         if tenant is None:
             bundle = tenant_bootstrap(
                 name=DEMO_TENANT, chatbot_name="Support bot", username=DEMO_USER, password=password
             )
             tenant, chatbot, raw_key = bundle.tenant, bundle.chatbot, bundle.api_key
-            ApiKey.objects.for_tenant(tenant).update(name=DEMO_KEY_NAME)  # revoked and renewed on the next start
+            with tenant_context(tenant):  # revoked and renewed on the next start
+                ApiKey.objects.for_tenant(tenant).update(name=DEMO_KEY_NAME)
         else:
             user = get_user_model().objects.get(username=DEMO_USER)
             user.set_password(password)
