@@ -82,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "tenants.scoping.TenantScopeMiddleware",  # row-level security scope of the request
     "tenants.audit.AuditActorMiddleware",
+    "tenants.authentication.LoginDeviceCookieMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
@@ -257,8 +258,23 @@ NEAR_DUPLICATE_SIMILARITY = env.float("NEAR_DUPLICATE_SIMILARITY", default=0.97)
 # Requests per minute per API key, by the tenant's plan (JSON to override, e.g. '{"standard": 1200}').
 API_RATE_LIMITS = {"free": 60, "standard": 600, "enterprise": 6000, **env.json("API_RATE_LIMITS", default={})}
 API_KEY_ROTATION_GRACE_SECONDS = env.int("API_KEY_ROTATION_GRACE_SECONDS", default=24 * 3600)  # old key's overlap
-LOGIN_FAILURES_MAX = env.int("LOGIN_FAILURES_MAX", default=5)  # per username and address...
-LOGIN_FAILURES_WINDOW_SECONDS = env.int("LOGIN_FAILURES_WINDOW_SECONDS", default=900)  # ...in this window
+# Login throttling (tenants/ratelimit.py): per address, a hard limit within the window; per account,
+# back-off after the free failures (2, 4, 8 ... s, capped), never a lock-out.
+LOGIN_FAILURES_WINDOW_SECONDS = env.int("LOGIN_FAILURES_WINDOW_SECONDS", default=900)
+LOGIN_ADDRESS_FAILURES_MAX = env.int("LOGIN_ADDRESS_FAILURES_MAX", default=30)
+LOGIN_ACCOUNT_FREE_FAILURES = env.int("LOGIN_ACCOUNT_FREE_FAILURES", default=5)
+LOGIN_ACCOUNT_MAX_DELAY_SECONDS = env.int("LOGIN_ACCOUNT_MAX_DELAY_SECONDS", default=300)
+# Addresses (or networks) of reverse proxies whose X-Forwarded-For is believed, e.g. "10.0.0.0/8".
+TRUSTED_PROXIES = env.list("TRUSTED_PROXIES", default=[])
+
+
+def _networks(values):
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(value.strip(), strict=False) for value in values if value.strip())
+
+
+TRUSTED_PROXY_NETWORKS = _networks(TRUSTED_PROXIES)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

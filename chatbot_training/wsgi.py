@@ -3,6 +3,7 @@ import os
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatbot_training.settings")
+os.environ.setdefault("CHATBOT_PROCESS", "web")  # request connections get the short statement timeout
 application = get_wsgi_application()
 
 from search.fastpath import FastPathWSGI  # noqa: E402 (needs the app registry)

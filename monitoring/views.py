@@ -64,12 +64,16 @@ def server_error(request):
 
     from django.db import InterfaceError, OperationalError
     from django.http import HttpResponse
+    from psycopg.errors import QueryCanceled
 
     from tenants.errors import error_body
 
     error = sys.exc_info()[1]
     unavailable = isinstance(error, (OperationalError, InterfaceError))
-    if unavailable:
+    if unavailable and isinstance(getattr(error, "__cause__", None), QueryCanceled):
+        status, code = 503, "timeout"
+        message = "The request took too long in the database and was stopped; retry, or ask for less at once."
+    elif unavailable:
         status, code = 503, "unavailable"
         message = f"The database is unavailable; retry in {DATABASE_RETRY_AFTER_SECONDS} s."
     else:

@@ -35,12 +35,15 @@ NOBODY = Actor()
 
 
 def request_actor(request) -> Actor:
+    from tenants.authentication import _is_address, client_address
+
     user = getattr(request, "user", None)
     authenticated = bool(user is not None and getattr(user, "is_authenticated", False) and getattr(user, "pk", None))
+    address = client_address(request)
     return Actor(
         user_id=user.pk if authenticated else None,
         username=user.get_username() if authenticated else "",
-        ip=request.META.get("REMOTE_ADDR") or None,
+        ip=address if _is_address(address) else None,
         user_agent=request.META.get("HTTP_USER_AGENT", "")[:300],
     )
 

@@ -9,7 +9,7 @@ from rest_framework import authentication, exceptions, throttling
 
 from tenants.audit import actor_use_api_key
 from tenants.models import ApiKey
-from tenants.ratelimit import login_blocked, login_failed, login_succeeded, rate_hit
+from tenants.ratelimit import login_failed, login_succeeded, login_throttled_first, login_wait, rate_hit
 from tenants.scoping import tenant_context_enter, user_context
 from tenants.selectors import api_key_find_active
 from tenants.services import api_key_touch
@@ -82,27 +82,95 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
 
 
 def client_address(request) -> str:
-    return (request.META.get("REMOTE_ADDR") or "unknown") if request is not None else "unknown"
+    """The client's address: ``REMOTE_ADDR``, or, when that is one of ``TRUSTED_PROXIES``, the
+    last address in ``X-Forwarded-For`` that is not a trusted proxy itself."""
+    if request is None:
+        return "unknown"
+    from django.conf import settings
+
+    remote = request.META.get("REMOTE_ADDR") or "unknown"
+    proxies = settings.TRUSTED_PROXY_NETWORKS
+    if not proxies or not _in(remote, proxies):
+        return remote
+    hops = [hop.strip() for hop in request.META.get("HTTP_X_FORWARDED_FOR", "").split(",") if hop.strip()]
+    for hop in reversed(hops):
+        if not _in(hop, proxies):
+            return hop if _is_address(hop) else remote
+    return remote
+
+
+def _is_address(value: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(value)
+        return True
+    except ValueError:
+        return False
+
+
+def _in(value: str, networks) -> bool:
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+DEVICE_COOKIE = "cbt_device"
+DEVICE_SALT = "tenants.login-device"
+DEVICE_MAX_AGE = 365 * 24 * 3600
+
+
+def device_for(request, username: str | None) -> str | None:
+    """The signed device cookie of a browser that has logged in as ``username`` before, if any."""
+    from django.core import signing
+
+    raw = request.COOKIES.get(DEVICE_COOKIE, "") if request is not None else ""
+    if not raw or not username:
+        return None
+    try:
+        value = signing.loads(raw, salt=DEVICE_SALT, max_age=DEVICE_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    return raw if isinstance(value, dict) and value.get("u") == username.strip().lower() else None
+
+
+def device_cookie(username: str) -> str:
+    import secrets
+
+    from django.core import signing
+
+    return signing.dumps({"u": username.strip().lower(), "n": secrets.token_hex(8)}, salt=DEVICE_SALT)
 
 
 class ThrottledModelBackend(ModelBackend):
-    """Username/password logins (dashboard and admin) with a failure limit per username and
-    address: after ``LOGIN_FAILURES_MAX`` failures in the window every attempt is refused, right
-    password or not, until the window ends."""
+    """Username/password logins (dashboard and admin), limited per address and, with back-off,
+    per account (``tenants/ratelimit.py``); a refused attempt is not checked at all, right
+    password or not. Only the first refused attempt of a throttle is written to the audit log."""
 
     def authenticate(self, request, username=None, password=None, **kwargs):
         address = client_address(request)
-        if username and login_blocked(address=address, username=username) is not None:
-            self._audit(request, "login_failed", username, None, reason="throttled")
+        device = device_for(request, username)
+        wait = login_wait(address=address, username=username, device=device) if username else None
+        if wait is not None:
+            if request is not None:
+                request.login_wait = wait
+            if login_throttled_first(address=address, username=username):
+                self._audit(request, "login_failed", username, None, reason="throttled", wait_seconds=wait)
             raise PermissionDenied("too many failed logins")
         user = super().authenticate(request, username=username, password=password, **kwargs)
         if username:
             if user is None:
-                login_failed(address=address, username=username)
+                login_failed(address=address, username=username, device=device)
                 self._audit(request, "login_failed", username, None, reason="bad credentials")
             else:
-                login_succeeded(address=address, username=username)
+                login_succeeded(address=address, username=username, device=device)
                 self._audit(request, "login", username, user)
+                if request is not None and device is None:
+                    request.login_device_cookie = device_cookie(username)
         return user
 
     @staticmethod
@@ -110,10 +178,11 @@ class ThrottledModelBackend(ModelBackend):
         from tenants.audit import Actor, audit_record
         from tenants.models import Membership
 
+        address = client_address(request)
         actor = Actor(
             user_id=user.pk if user is not None else None,
             username=username[:150],
-            ip=request.META.get("REMOTE_ADDR") if request is not None else None,
+            ip=address if _is_address(address) else None,
             user_agent=request.META.get("HTTP_USER_AGENT", "")[:300] if request is not None else "",
         )
         from django.contrib.auth import get_user_model
@@ -130,3 +199,26 @@ class ThrottledModelBackend(ModelBackend):
             tenants = list(Membership.objects.filter(user_id=user.pk).values_list("tenant_id", flat=True))
             for tenant_id in tenants or [None]:
                 audit_record(action=action, tenant_id=tenant_id, target=f"user:{username[:150]}", actor=actor, **detail)
+
+
+class LoginDeviceCookieMiddleware:
+    """Gives a browser that just logged in the device cookie its later attempts are counted by."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        value = getattr(request, "login_device_cookie", None)
+        if value:
+            from django.conf import settings
+
+            response.set_cookie(
+                DEVICE_COOKIE,
+                value,
+                max_age=DEVICE_MAX_AGE,
+                httponly=True,
+                secure=settings.SESSION_COOKIE_SECURE,
+                samesite="Lax",
+            )
+        return response

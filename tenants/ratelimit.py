@@ -63,50 +63,110 @@ def rate_hit(*, key_id: int, plan: str) -> int | None:
     return retry_after if count > limit_for(plan) else None
 
 
-def _login_key(address: str, username: str) -> str:
+# --- Logins ---------------------------------------------------------------------------------
+#
+# Two limits, neither of which locks the rightful owner out:
+# - per address: more than LOGIN_ADDRESS_FAILURES_MAX failures (any usernames) within
+#   LOGIN_FAILURES_WINDOW_SECONDS refuse that address until the window ends (password spraying);
+# - per account: after LOGIN_ACCOUNT_FREE_FAILURES failures of one username (from any address),
+#   each further attempt must wait 2, 4, 8, ... seconds (at most LOGIN_ACCOUNT_MAX_DELAY_SECONDS)
+#   after the previous failure. A browser that has logged in as that user before carries a signed
+#   device cookie and is counted on its own instead, so an attacker's failures elsewhere do not
+#   delay it (OWASP's "device cookie" scheme).
+# Failures are counted in Redis; with Redis down nothing is limited (and a warning is logged).
+
+
+def _digest(*parts: str) -> str:
     import hashlib
 
-    digest = hashlib.sha256(f"{address}|{username.strip().lower()}".encode()).hexdigest()[:32]
-    return f"{settings.SEARCH_CACHE_PREFIX}login-fail:{digest}"
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
 
 
-def login_blocked(*, address: str, username: str) -> int | None:
-    """Seconds until this username may try again from this address, or None if it may now
-    (``LOGIN_FAILURES_MAX`` failures within ``LOGIN_FAILURES_WINDOW_SECONDS`` block it)."""
+def _normal(username: str) -> str:
+    return username.strip().lower()
+
+
+def _keys(address: str, username: str, device: str | None) -> dict[str, str]:
+    prefix = f"{settings.SEARCH_CACHE_PREFIX}login:"
+    keys = {"address": prefix + "addr:" + _digest(address)}
+    keys["account"] = prefix + ("dev:" + _digest(device) if device else "acct:" + _digest(_normal(username)))
+    return keys
+
+
+def _account_wait(failures: int, last: float, now: float) -> int | None:
+    free = settings.LOGIN_ACCOUNT_FREE_FAILURES
+    if failures < free:
+        return None
+    delay = min(2 ** (failures - free + 1), settings.LOGIN_ACCOUNT_MAX_DELAY_SECONDS)
+    remaining = last + delay - now
+    return max(1, int(remaining + 0.999)) if remaining > 0 else None
+
+
+def login_wait(*, address: str, username: str, device: str | None = None) -> int | None:
+    """Seconds before this attempt may be tried, or None if it may be tried now."""
     global _down_until
     client = _redis()
     if client is None or not username:
         return None
+    keys = _keys(address, username, device)
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.get(_login_key(address, username))
-            pipe.ttl(_login_key(address, username))
-            count, ttl = pipe.execute()
+            pipe.get(keys["address"])
+            pipe.ttl(keys["address"])
+            pipe.hmget(keys["account"], "failures", "last")
+            address_failures, address_ttl, (failures, last) = pipe.execute()
     except redis.RedisError:
         _down_until = time.monotonic() + 5
         return None
-    if count is not None and int(count) >= settings.LOGIN_FAILURES_MAX:
-        return max(int(ttl), 1)
-    return None
+    if address_failures is not None and int(address_failures) >= settings.LOGIN_ADDRESS_FAILURES_MAX:
+        return max(int(address_ttl), 1)
+    if failures is None:
+        return None
+    return _account_wait(int(failures), float(last or 0), _now())
 
 
-def login_failed(*, address: str, username: str) -> None:
+def login_failed(*, address: str, username: str, device: str | None = None) -> None:
     global _down_until
     client = _redis()
     if client is None or not username:
         return
-    key = _login_key(address, username)
+    keys = _keys(address, username, device)
+    window = settings.LOGIN_FAILURES_WINDOW_SECONDS
     try:
-        if client.incr(key) == 1:  # the window starts at the first failure
-            client.expire(key, settings.LOGIN_FAILURES_WINDOW_SECONDS)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.incr(keys["address"])
+            pipe.ttl(keys["address"])
+            pipe.hincrby(keys["account"], "failures", 1)
+            pipe.hset(keys["account"], "last", _now())
+            pipe.expire(keys["account"], window)  # an account's count ends a window after its last failure
+            _, address_ttl, *_ = pipe.execute()
+        if address_ttl < 0:  # the address's window starts at its first failure
+            client.expire(keys["address"], window)
     except redis.RedisError:
         _down_until = time.monotonic() + 5
 
 
-def login_succeeded(*, address: str, username: str) -> None:
+def login_succeeded(*, address: str, username: str, device: str | None = None) -> None:
     client = _redis()
-    if client is not None and username:
-        try:
-            client.delete(_login_key(address, username))
-        except redis.RedisError:
-            pass
+    if client is None or not username:
+        return
+    try:  # a known device clears its own count only: the account's stays for attempts without one
+        client.delete(_keys(address, username, device)["account"])
+    except redis.RedisError:
+        pass
+
+
+def login_throttled_first(*, address: str, username: str) -> bool:
+    """Whether this is the first refused attempt for the account in its current throttle (the
+    audit log records that one, and counts the rest here instead of writing a row each)."""
+    client = _redis()
+    if client is None:
+        return True
+    key = f"{settings.SEARCH_CACHE_PREFIX}login:throttled:" + _digest(_normal(username), address)
+    try:
+        first = client.set(key, 1, nx=True, ex=settings.LOGIN_FAILURES_WINDOW_SECONDS)
+        if not first:
+            client.incr(key)
+        return bool(first)
+    except redis.RedisError:
+        return True

@@ -10,10 +10,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
 from tenants.apis import SESSION_TENANT_KEY
-from tenants.authentication import client_address
 from tenants.errors import DomainError
 from tenants.models import ApiKey, AuditEvent, Membership
-from tenants.ratelimit import login_blocked
 from tenants.scoping import tenant_context_enter
 from tenants.selectors import api_key_list, audit_events, chatbot_get, chatbot_list, membership_get
 from tenants.services import api_key_create, api_key_revoke, api_key_rotate
@@ -133,11 +131,16 @@ class ThrottledLoginView(LoginView):
     template_name = "dashboard/login.html"
 
     def post(self, request, *args, **kwargs):
-        username = request.POST.get("username", "")
-        wait = login_blocked(address=client_address(request), username=username)
+        form = self.get_form()
+        if form.is_valid():
+            return self.form_valid(form)
+        wait = getattr(request, "login_wait", None)  # set by the backend when it refused to check
         if wait is not None:
-            minutes = max(1, round(wait / 60))
-            message = f"Too many failed logins for this user. Try again in about {minutes} minute(s)."
-            context = self.get_context_data(form=self.get_form(), throttled=message)
+            context = self.get_context_data(form=form, throttled=throttle_message(wait))
             return self.render_to_response(context, status=429)
-        return super().post(request, *args, **kwargs)
+        return self.form_invalid(form)
+
+
+def throttle_message(wait: int) -> str:
+    when = f"{wait} seconds" if wait < 120 else f"about {round(wait / 60)} minutes"
+    return f"Too many failed logins. Try again in {when}; the wait grows with each failed attempt."
