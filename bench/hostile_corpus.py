@@ -382,6 +382,83 @@ def prompt_injections() -> list:
     ]
 
 
+def _nested_tables_docx(depth: int) -> bytes:
+    """A Word table in a cell of a table in a cell of ... ``depth`` levels (python-docx walks them)."""
+    cell = "<w:p><w:r><w:t>Innermost cell: returns are free within 30 days.</w:t></w:r></w:p>"
+    for _ in range(depth):
+        cell = f"<w:tbl><w:tr><w:tc>{cell}<w:p/></w:tc></w:tr></w:tbl>"
+    document = docx_template_with_body(cell)
+    return document
+
+
+def docx_template_with_body(body_xml: str) -> bytes:
+    """python-docx's template with ``body_xml`` in place of its body's first paragraph."""
+    import docx
+
+    document = docx.Document()
+    document.add_paragraph("PLACEHOLDER")
+    buffer = io.BytesIO()
+    document.save(buffer)
+    source = zipfile.ZipFile(io.BytesIO(buffer.getvalue()))
+    parts = {name: source.read(name) for name in source.namelist()}
+    paragraph = b"<w:p><w:r><w:t>PLACEHOLDER</w:t></w:r></w:p>"
+    xml = parts["word/document.xml"]
+    assert paragraph in xml
+    parts["word/document.xml"] = xml.replace(paragraph, body_xml.encode())
+    return _zip(parts)
+
+
+def stalling_inputs() -> list:
+    """Small files that once cost a worker minutes of CPU outside the parsing sandbox, or cost it
+    in the parser: runs of Unicode whitespace where patterns backtrack, and structures nested as
+    deep as each format allows. Each must reach a final state quickly."""
+    em = "\u2003" * 1_000_000
+    spaces = "".join(" \u00a0\u2009\u3000\u205f\t"[i % 6] for i in range(600_000))
+    return [
+        ("emspace-run.txt", ("1" + em + "a").encode(), "refuse"),  # a digit, a million em spaces, a letter
+        ("emspace-words.txt", ("Refunds take five days." + em + "Returns are free.").encode(), "accept"),
+        ("emspace-faq.csv", f'question,answer\nHow do I pay?,"1{em[:900_000]}Pay by card."\n'.encode(), "accept"),
+        (
+            "mixed-space-runs.txt",
+            ("Page 1" + spaces + "of 2" + spaces + "Opening hours are nine to five.").encode(),
+            "accept",
+        ),  # fmt: skip
+        ("line-separator-runs.txt", ("Shipping is free." + "\u2028" * 300_000 + "Returns too.").encode(), "accept"),
+        (
+            "spaced-heading.md",
+            ("# Returns" + " " * 500_000 + "x" + " " * 500_000 + "#\n\nFree within 30 days.").encode(),
+            "accept",
+        ),  # fmt: skip
+        ("zero-width-runs.txt", ("Warranty" + "\u200b" * 500_000 + " lasts two years.").encode(), "accept"),
+        (
+            "lt-run-answer.json",
+            json.dumps([{"question": "How do I pay?", "answer_html": "<" * 1_000_000 + "By card."}]).encode(),
+            "accept",
+        ),  # fmt: skip
+        (
+            "nested-html-answer.json",
+            json.dumps(
+                [{"question": "Refunds?", "answer_html": "<div>" * 100_000 + "Five days." + "</div>" * 100_000}]
+            ).encode(),
+            "accept",
+        ),  # fmt: skip
+        ("nested-tables-80.docx", _nested_tables_docx(80), "accept"),
+        ("nested-tables-300.docx", _nested_tables_docx(300), "refuse"),  # past the XML parser's depth limit
+        ("deep-quote.md", (">" * 200_000 + " Returns are free within 30 days.\n").encode(), "accept"),
+        (
+            "deep-list.md",
+            "".join("  " * i + f"- level {i} of the returns policy\n" for i in range(3000)).encode(),
+            "accept",
+        ),  # fmt: skip
+        (
+            "deep-chat.json",
+            ('{"messages": [{"role": "user", "content": "hi", "extra": ' + "[" * 50 + "]" * 50 + "}]}").encode(),
+            "accept",
+        ),  # fmt: skip
+        ("quote-run.csv", b'question,answer\nWhat is it?,"' + b'""' * 400_000 + b'"\n', "accept"),
+    ]
+
+
 def edge_sizes() -> list:
     return [
         ("empty.txt", b"", "refuse"),
@@ -402,6 +479,7 @@ def corpus() -> list[tuple[str, bytes, str]]:
         + polyglots_and_executables()
         + hostile_names()
         + prompt_injections()
+        + stalling_inputs()
         + edge_sizes()
     )
     assert len(files) >= 100, len(files)

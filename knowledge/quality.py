@@ -6,22 +6,27 @@ import re
 from collections import Counter
 
 from knowledge.chunking import ChunkDraft
+from knowledge.parsers.base import normalise_whitespace
 
+# Matched in full against text whose whitespace is normalised (single spaces, no runs): each
+# pattern has no two quantifiers that could share a character, so it runs in linear time
+# whatever the input (a run of spaces between two quantified parts made the old page-number
+# pattern quadratic).
 _BOILERPLATE = [
-    re.compile(r"^\s*(page\s*)?\d+\s*((of|/)\s*\d+)?\s*$", re.I),
-    re.compile(r"^\s*(©|\(c\)|copyright)\b.{0,120}$", re.I),
-    re.compile(r"^\s*all rights reserved\.?\s*$", re.I),
-    re.compile(r"^\s*(confidential|draft|internal use only)\.?\s*$", re.I),
-    re.compile(r"^[\W_]+$"),
+    re.compile(r"(?:page ?)?\d+(?: ?(?:of|/) ?\d+)?", re.I),
+    re.compile(r"(?:©|\(c\)|copyright)\b.{0,120}", re.I | re.S),
+    re.compile(r"all rights reserved\.?", re.I),
+    re.compile(r"(?:confidential|draft|internal use only)\.?", re.I),
+    re.compile(r"[\W_]+"),
 ]
 _WORD = re.compile(r"[^\W\d_]{2,}")
 
 
 def drop_reason(draft: ChunkDraft) -> str | None:
-    text = draft.text.strip()
+    text = normalise_whitespace(draft.text)
     if not text:
         return "empty"
-    if any(p.match(text) for p in _BOILERPLATE):
+    if any(p.fullmatch(text) for p in _BOILERPLATE):
         return "boilerplate"
     if len(_WORD.findall(text)) < 2:
         return "too little text"

@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -17,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from knowledge import quality, vectors
-from knowledge.chunking import ChunkDraft, chunk_blocks
+from knowledge.chunking import ChunkDraft
 from knowledge.embeddings import EmbeddingProvider, ProviderError, ProviderUnavailable, provider_for
 from knowledge.models import (
     ChatbotSpace,
@@ -31,7 +32,8 @@ from knowledge.models import (
     QAPair,
 )
 from knowledge.parsers import ParsedConversation, ParseError, parse_file
-from knowledge.parsers.sandbox import Limits, sandbox_parse
+from knowledge.parsers.sandbox import Limits, sandbox_for
+from knowledge.preparation import ChunkingPlan, prepare
 from tenants.audit import audit_record
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
 from tenants.models import Chatbot, Tenant
@@ -314,6 +316,45 @@ def _heartbeat(job: IngestionJob, **fields) -> None:
         setattr(job, name, value)
 
 
+class _Pulse:
+    """The job's heartbeat from a thread of its own while the job runs, whatever the worker's
+    main thread is doing (waiting on the parsing child, loading the model, a long embedding batch
+    or SQL statement): a job whose worker is alive is never stale, so the sweeper never hands it
+    to a second worker. The beat is conditional on the lease, and stops once the job is done or
+    another worker holds it. (Progress and the lease check stay with ``_heartbeat``.)"""
+
+    def __init__(self, job: IngestionJob):
+        import threading
+
+        self.job_id, self.lease, self.tenant_id = job.pk, job.lease_token, job.tenant_id
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"job-{job.pk}-heartbeat", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stopped.set()
+        self.thread.join(timeout=5)
+
+    def _run(self) -> None:
+        from django.db import connections
+
+        try:
+            with tenant_context(self.tenant_id):
+                while not self.stopped.wait(settings.INGESTION_HEARTBEAT_SECONDS):
+                    beating = IngestionJob.objects.filter(
+                        pk=self.job_id, lease_token=self.lease, status=Status.PROCESSING
+                    ).update(heartbeat_at=timezone.now())
+                    if not beating:
+                        return
+        except Exception:  # a missed beat is only a missed beat; the job's own work reports errors
+            logger.debug("heartbeat of job %s stopped", self.job_id, exc_info=True)
+        finally:
+            connections.close_all()  # this thread's own connections
+
+
 def _fail(job: IngestionJob, reason: str) -> None:
     now = timezone.now()
     IngestionJob.objects.filter(pk=job.pk).update(
@@ -353,7 +394,7 @@ def ingestion_job_run(*, job_id: int, lease_token: str | None = None) -> str:
         return "skipped"
     document = job.document
     try:
-        with tenant_context(document.tenant):
+        with tenant_context(document.tenant), _Pulse(job):
             _ingest(job, document)
         return "ready"
     except ParseError as exc:
@@ -374,16 +415,52 @@ def ingestion_job_run(*, job_id: int, lease_token: str | None = None) -> str:
     return "failed"
 
 
-def _parse(data: bytes, filename: str):
-    """In a resource-limited child process (``knowledge/parsers/sandbox.py``) unless turned off."""
+def _parse_and_prepare(job: IngestionJob, data: bytes, filename: str, plan: ChunkingPlan) -> tuple:
+    """Parse the file and prepare its chunks, in a resource-limited child process
+    (``knowledge/parsers/sandbox.py``) unless turned off; each stage has a time limit (the job's
+    heartbeat goes on meanwhile: ``_Pulse``)."""
+
+    def on_stage(stage: str) -> None:
+        _heartbeat(job, stage=Stage.CHUNKING, progress=6)
+
     if not settings.PARSER_SANDBOX:
-        return parse_file(data, filename)
+        parsed = parse_file(data, filename)
+        on_stage("chunking")
+        with _time_limit(settings.INGESTION_CHUNKING_SECONDS):
+            return parsed, prepare(parsed, plan)
     limits = Limits(
         memory_mb=settings.PARSER_MEMORY_MB,
         cpu_seconds=settings.PARSER_CPU_SECONDS,
         wall_seconds=settings.PARSER_WALL_SECONDS,
+        chunking_seconds=settings.INGESTION_CHUNKING_SECONDS,
     )
-    return sandbox_parse(data, filename, limits)
+    return sandbox_for(limits).parse_and_prepare(data, filename, chunking=plan, on_stage=on_stage)
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """In-process preparing (``PARSER_SANDBOX=0``): a SIGALRM deadline where signals can be used
+    (the main thread); patterns and Python code stop at it."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or seconds <= 0:
+        yield
+        return
+
+    def expired(signum, frame):
+        raise ParseError(
+            f"Splitting the file's text into chunks needed longer than {seconds:g} s, so it was stopped. "
+            "Split it or simplify it, then upload again."
+        )
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _ingest(job: IngestionJob, document: Document) -> None:
@@ -394,14 +471,13 @@ def _ingest(job: IngestionJob, document: Document) -> None:
     _heartbeat(job, stage=Stage.PARSING, progress=2)
     with document.file.open("rb") as handle:
         data = handle.read()
-    parsed = _parse(data, document.original_filename)
-
-    _heartbeat(job, stage=Stage.CHUNKING, progress=6)
-    max_tokens = min(chatbot.chunk_size, primary.max_tokens)
-    drafts = chunk_blocks(
-        parsed.blocks, count_tokens=primary.count_tokens, max_tokens=max_tokens, overlap=chatbot.chunk_overlap
+    plan = ChunkingPlan(
+        max_tokens=min(chatbot.chunk_size, primary.max_tokens),
+        overlap=chatbot.chunk_overlap,
+        tokenizer=primary.tokenizer,
     )
-    drafts, dropped = quality.filter_chunks(drafts)
+    parsed, prepared = _parse_and_prepare(job, data, document.original_filename, plan)
+    drafts, dropped, language = prepared.drafts, prepared.dropped, prepared.language
     if not drafts and not parsed.conversations:
         raise ParseError("No usable text: every part of the file was empty or boilerplate.")
     exact = _chunks_store(job, document, drafts, parsed.conversations)
@@ -422,7 +498,6 @@ def _ingest(job: IngestionJob, document: Document) -> None:
             threshold=settings.NEAR_DUPLICATE_SIMILARITY,
             exclude_document_id=document.replaces_id,
         )
-    language = quality.detect_language([d.text for d in drafts[:40]])
     report = quality.build_report(
         drafts=drafts,
         dropped=dropped,

@@ -175,3 +175,85 @@ def test_the_hostile_corpus_is_refused_with_reasons_and_stored_as_plain_data(bun
         injected = Document.objects.filter(tenant=bundle.tenant, original_filename="injection.txt").get()
         assert corpus.INJECTION in injected.chunks.get().text  # kept verbatim, as data
     assert ingest(bundle, make_upload("after.txt", "Refunds take five days.")).status == "ready"
+
+
+# --- Input that would stall a worker (whitespace runs, backtracking patterns, slow chunking) ------
+
+
+def test_every_unicode_whitespace_is_normalised_before_any_pattern():
+    from knowledge.parsers.base import clean_text, normalise_whitespace
+
+    spaces = "\t\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
+    assert clean_text(f"Refunds{spaces}take{spaces * 1000}five days.") == "Refunds take five days."
+    assert clean_text("Shipping\u2028is free.\u2029\u0085\x0b\x0cReturns too.") == "Shipping\nis free.\n\nReturns too."
+    assert clean_text("War\u200branty\ufeff lasts\x00 two years.") == "Warranty lasts two years."
+    assert normalise_whitespace("a\n \n\n \nb") == "a\n\nb" and normalise_whitespace("a\nb") == "a\nb"
+
+
+def test_no_pattern_backtracks_on_long_runs():
+    """A digit, a million em spaces, a letter (and other runs) through every text pattern of the
+    worker's side: each finishes at once. Run in a child process so that a pattern gone quadratic
+    fails this test (killed at the timeout) instead of hanging the suite."""
+    import subprocess
+    import sys
+
+    from django.conf import settings
+
+    script = """
+from knowledge.chunking import ChunkDraft, split_sentences
+from knowledge.parsers.base import clean_text, paragraphs
+from knowledge.parsers.tabular import html_to_text
+from knowledge.parsers.text import parse_text
+from knowledge.quality import drop_reason
+run = "\\u2003" * 1_000_000
+for text in ("1" + run + "a", "page 1" + run + "of" + run + "x", "(c)" + run, "." * 1_000_000 + "a"):
+    drop_reason(ChunkDraft(text=text, token_count=1))
+    split_sentences(text)
+    paragraphs("\\n" + text)
+html_to_text("<" * 1_000_000 + "x")
+parse_text("# a" + " " * 1_000_000 + "b" + " " * 1_000_000 + "#\\n\\ntext", markdown=True)
+clean_text("x" + run + "y")
+print("done")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=settings.BASE_DIR, capture_output=True, text=True, timeout=90
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "name, data",
+    [
+        ("emspace-run.txt", ("1" + "\u2003" * 1_000_000 + "a").encode()),
+        ("emspace-faq.csv", ('question,answer\nHow do I pay?,"1' + "\u2003" * 900_000 + 'By card."\n').encode()),
+    ],
+)
+def test_a_million_em_spaces_reach_a_final_state(bundle, name, data):
+    document = ingest(bundle, make_upload(name, data), content_type="faq")
+    if name == "emspace-run.txt":  # nothing but a digit and a letter
+        assert (document.status, document.error) == (
+            "failed",
+            "No usable text: every part of the file was empty or boilerplate.",
+        )
+    else:
+        assert document.status == "ready", document.error
+        with as_tenant(bundle):
+            assert document.chunks.get().text == "Q: How do I pay?\nA: 1 By card."
+
+
+@pytest.mark.parametrize("sandbox", [True, False])
+def test_the_chunking_stage_has_a_time_limit_with_a_readable_reason(bundle, settings, sandbox):
+    """A file whose parsing fits its limits but whose chunking does not (300,000 FAQ rows, with the
+    chunking limit set low): the job fails at that stage, saying so; the next file ingests. In the
+    sandbox's child the limit is CPU and wall time; in-process (PARSER_SANDBOX=0) a SIGALRM deadline."""
+    settings.PARSER_SANDBOX = sandbox
+    settings.INGESTION_CHUNKING_SECONDS = 1
+    document = ingest(bundle, make_upload("big.csv", BIG_CSV), content_type="faq")
+    assert document.status == "failed", document.error
+    assert document.error.startswith("Splitting the file's text into chunks needed"), document.error
+    assert "1 s" in document.error and "Split it or simplify it" in document.error
+    with as_tenant(bundle):
+        job = document.jobs.get()
+        assert (job.status, job.stage, job.error) == ("failed", "chunking", document.error)
+        assert not document.chunks.exists()
+    assert ingest(bundle, make_upload("ok.txt", "Returns are free within 30 days.")).status == "ready"

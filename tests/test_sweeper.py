@@ -75,3 +75,53 @@ def test_a_file_that_kills_the_worker_every_time_fails_after_three_attempts(bund
         assert job.status == "failed" and job.attempts == 3
         assert job.error.startswith("Processing was interrupted 3 times")
         assert job.document.status == "failed" and job.document.error == job.error
+
+
+@pytest.mark.worker
+def test_a_job_whose_worker_waits_on_its_parser_is_not_handed_to_another(bundle, worker_env, settings):
+    """A real worker process parses a 4,000-page PDF in its sandbox child, then embeds and checks
+    its 400 chunks, for tens of seconds in all. With a stale age of one second, the sweeper (run
+    here every 0.1 s) must never take the job away: the job's heartbeat thread beats whatever the
+    worker is busy with. The job ends ready after exactly one attempt."""
+    import random
+    import time
+
+    from tests.conftest import build_pdf
+    from tests.worker import celery_worker
+
+    settings.INGESTION_STALE_AFTER_SECONDS = 1
+    rng = random.Random(7)
+    words = "warranty router cable refund shipping invoice battery screen charger update firmware".split()
+    pdf = build_pdf(
+        [" ".join(rng.choice(words) for _ in range(12)).capitalize() + f" number {i}." for i in range(4000)]
+    )
+    env = {"INGESTION_STALE_AFTER_SECONDS": 1, "INGESTION_HEARTBEAT_SECONDS": 0.2, "EMBEDDING_BATCH_SIZE": 16}
+
+    def final(job_id):
+        with as_tenant(bundle):
+            job = IngestionJob.objects.get(pk=job_id)
+        return job if job.status in ("ready", "failed") else None
+
+    with celery_worker(worker_env, **env):
+        with as_tenant(bundle):  # a first file loads the model in the worker (no heartbeat while it loads)
+            warm = document_create(
+                tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("a.txt", "Hi there.")
+            ).job
+        while not final(warm.pk):
+            time.sleep(0.1)
+        with as_tenant(bundle):
+            job = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("big.pdf", pdf)).job
+        sweeps, stages, deadline = [], set(), time.monotonic() + 180
+        while not final(job.pk) and time.monotonic() < deadline:
+            with no_tenant_context():  # as its beat task
+                sweeps.append(ingestion_jobs_sweep())
+            with as_tenant(bundle):
+                stages.add(IngestionJob.objects.get(pk=job.pk).stage)
+            time.sleep(0.1)
+    job = final(job.pk)
+    assert job is not None and job.status == "ready", job and job.error
+    assert "parsing" in stages and len(sweeps) > 20  # the sweeper ran while the child parsed
+    assert all(s["requeued_silent"] == 0 for s in sweeps), [
+        (i, s) for i, s in enumerate(sweeps) if s["requeued_silent"]
+    ]
+    assert (job.attempts, job.interruptions) == (1, 0)

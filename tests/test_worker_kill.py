@@ -7,11 +7,9 @@ import time
 
 import pytest
 
-from knowledge.chunking import chunk_blocks
-from knowledge.embeddings import wordpiece_count
 from knowledge.models import Chunk, ChunkEmbedding, Document, IngestionJob
 from knowledge.parsers import parse_file
-from knowledge.quality import filter_chunks
+from knowledge.preparation import ChunkingPlan, prepare
 from tests.conftest import LONG_TEXT, as_tenant, make_upload
 from tests.worker import celery_worker, pool_children
 
@@ -22,13 +20,8 @@ BIG_TEXT = "\n\n".join(LONG_TEXT.replace("Section", f"Part {n} section") for n i
 
 def expected_chunks(text: str, chatbot) -> list[str]:
     parsed = parse_file(text.encode(), "handbook.txt")
-    drafts = chunk_blocks(
-        parsed.blocks,
-        count_tokens=wordpiece_count,
-        max_tokens=min(chatbot.chunk_size, 254),
-        overlap=chatbot.chunk_overlap,
-    )
-    return [d.text for d in filter_chunks(drafts)[0]]
+    plan = ChunkingPlan(max_tokens=min(chatbot.chunk_size, 254), overlap=chatbot.chunk_overlap)
+    return [d.text for d in prepare(parsed, plan).drafts]
 
 
 def wait_for(predicate, timeout: float, message: str):

@@ -63,13 +63,24 @@ class ParsedDocument:
     stats: dict = field(default_factory=dict)
 
 
-_WS = re.compile(r"[ \t\u00a0]+")
+# Every Unicode line break becomes "\n"; every other whitespace character (em spaces, ideographic
+# spaces, NBSP, tabs, ...) and run of them a single space; invisible format characters go. After
+# this no text holds a run of whitespace, which no pattern downstream then has to backtrack over.
+_LINE_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+_INVISIBLE = re.compile("[\x00\u200b\u200c\u200d\u2060\ufeff]")
+_SPACES = re.compile(r"[^\S\n]+")
+_BLANK_LINES = re.compile(r"\n(?: ?\n)+")
+
+
+def normalise_whitespace(text: str) -> str:
+    """Whitespace as described above, lines stripped, at most one blank line in a row."""
+    text = _SPACES.sub(" ", _INVISIBLE.sub("", _LINE_BREAKS.sub("\n", text)))
+    text = "\n".join(line.strip() for line in text.split("\n"))
+    return _BLANK_LINES.sub(lambda m: "\n\n" if m.group(0).count("\n") > 1 else "\n", text).strip()
 
 
 def clean_text(text: str) -> str:
-    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x00", "")
-    lines = [_WS.sub(" ", line).strip() for line in text.split("\n")]
-    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+    return normalise_whitespace(text)
 
 
 def paragraphs(text: str) -> list[str]:

@@ -69,8 +69,21 @@ def _heading_level(paragraph: Paragraph) -> int | None:
     return 0 if match.group(1).lower() == "title" else int(match.group(2) or 1)
 
 
-def _cell_text(cell) -> str:
-    return " ".join(clean_text(cell.text).split())
+def _cell_text(cell, depth: int = 0) -> str:
+    """A cell's paragraphs and the text of tables nested in it (forms put tables in cells; the XML
+    parser's depth limit bounds the nesting)."""
+    parts: list[str] = []
+    for item in cell.iter_inner_content():
+        if isinstance(item, Paragraph):
+            parts.append(item.text)
+        elif isinstance(item, Table) and depth < 100:
+            seen: dict[int, object] = {}  # holds the elements, so their ids stay theirs
+            for row in item.rows:
+                for inner in row.cells:
+                    if id(inner._tc) not in seen:  # a merged cell appears once per grid column
+                        seen[id(inner._tc)] = inner._tc
+                        parts.append(_cell_text(inner, depth + 1))
+    return " ".join(clean_text(" ".join(parts)).split())
 
 
 def _table_rows(table: Table) -> list[str]:

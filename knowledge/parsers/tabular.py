@@ -14,7 +14,7 @@ QUESTION_COLUMNS = ("question", "questions", "q", "query", "faq", "faq_question"
 ANSWER_COLUMNS = ("answer", "answers", "a", "response", "reply", "faq_answer", "answer_text", "content", "answer_html")
 MAX_FIELD = 1_000_000
 
-_TAG = re.compile(r"<[^>]+>")
+_TAG = re.compile(r"<[^<>]+>")  # stops at the next "<": linear on "<<<<..." too
 
 
 def html_to_text(value: str) -> str:

@@ -6,7 +6,7 @@ from knowledge.parsers.base import Block, ParsedConversation, ParsedDocument, Pa
 from knowledge.parsers.detect import TRANSCRIPT_LINE
 from knowledge.parsers.structured import conversations_document, to_turns
 
-_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$")
+_MD_HEADING = re.compile(r"(#{1,6}) (.*)")  # on a cleaned line (single spaces); closing #s stripped after
 
 
 def parse_text(text: str, *, markdown: bool) -> ParsedDocument:
@@ -24,11 +24,12 @@ def parse_text(text: str, *, markdown: bool) -> ParsedDocument:
             blocks.append(Block(text=paragraph, heading_path=tuple(t for _, t in stack)))
 
     for line in text.split("\n"):
-        match = _MD_HEADING.match(line) if markdown else None
-        if match:
+        match = _MD_HEADING.fullmatch(line) if markdown else None
+        title = match.group(2).rstrip("#").rstrip() if match else ""
+        if title:
             flush()
             level = len(match.group(1))
-            stack = [(lvl, t) for lvl, t in stack if lvl < level] + [(level, match.group(2)[:200])]
+            stack = [(lvl, t) for lvl, t in stack if lvl < level] + [(level, title[:200])]
         else:
             buffer.append(line)
     flush()

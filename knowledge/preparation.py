@@ -1,0 +1,58 @@
+"""After parsing, before storing: whitespace normalised, chunked, filtered, language detected.
+
+Django-free and model-free, so it runs where parsing runs: in the parsing sandbox's child
+(``knowledge/parsers/sandbox.py``), under that child's CPU and memory limits and a wall-clock
+limit of its own (``INGESTION_CHUNKING_SECONDS``), so no input keeps a worker busy here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from dataclasses import dataclass, field
+
+from knowledge import quality
+from knowledge.chunking import ChunkDraft, chunk_blocks
+from knowledge.parsers.base import Block, ParsedDocument, normalise_whitespace
+from knowledge.tokens import counter
+
+
+@dataclass
+class Prepared:
+    drafts: list[ChunkDraft]
+    dropped: Counter = field(default_factory=Counter)
+    language: str = "unknown"
+
+
+@dataclass(frozen=True)
+class ChunkingPlan:
+    max_tokens: int
+    overlap: int
+    tokenizer: str = "wordpiece"
+
+
+def prepare(parsed: ParsedDocument, plan: ChunkingPlan) -> Prepared:
+    blocks = [dataclasses.replace(block, text=normalise_whitespace(block.text)) for block in parsed.blocks]
+    blocks = [block for block in blocks if block.text]
+    drafts = chunk_blocks(
+        blocks, count_tokens=counter(plan.tokenizer), max_tokens=plan.max_tokens, overlap=plan.overlap
+    )
+    drafts, dropped = quality.filter_chunks(drafts)
+    language = quality.detect_language([d.text for d in drafts[:40]])
+    return Prepared(drafts=drafts, dropped=dropped, language=language)
+
+
+def prepared_to_json(prepared: Prepared) -> dict:
+    return {
+        "drafts": [dataclasses.asdict(d) for d in prepared.drafts],
+        "dropped": dict(prepared.dropped),
+        "language": prepared.language,
+    }
+
+
+def prepared_from_json(raw: dict) -> Prepared:
+    drafts = [ChunkDraft(**{**d, "heading_path": tuple(d.get("heading_path") or ())}) for d in raw["drafts"]]
+    return Prepared(drafts=drafts, dropped=Counter(raw.get("dropped") or {}), language=raw.get("language", "unknown"))
+
+
+__all__ = ["Block", "ChunkingPlan", "Prepared", "prepare", "prepared_from_json", "prepared_to_json"]
