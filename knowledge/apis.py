@@ -12,7 +12,9 @@ from rest_framework.response import Response
 from knowledge.models import Document, IngestionJob
 from knowledge.selectors import chunk_list, document_get, document_latest_job, document_list, document_totals
 from knowledge.services import document_create, document_delete, document_reprocess
+from tenants import inputs
 from tenants.apis import TenantApi
+from tenants.errors import DomainError
 
 
 class UploadTrainingDataRequestSerializer(serializers.Serializer):
@@ -32,11 +34,12 @@ class UploadTrainingDataRequestSerializer(serializers.Serializer):
     )
 
     def validate_metadata(self, value):
-        if isinstance(value, str):
-            try:
-                value = json.loads(value) if value.strip() else {}
-            except ValueError:
-                raise serializers.ValidationError("must be a JSON object.") from None
+        try:
+            if isinstance(value, str):
+                value = inputs.json_loads(value, field="metadata") if value.strip() else {}
+            inputs.json_value(value, field="metadata")
+        except DomainError as exc:
+            raise serializers.ValidationError(exc.message.removeprefix("metadata ")) from None
         if not isinstance(value, dict):
             raise serializers.ValidationError("must be a JSON object.")
         if len(json.dumps(value)) > 20_000:

@@ -8,6 +8,7 @@ limit of its own (``INGESTION_CHUNKING_SECONDS``), so no input keeps a worker bu
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -31,9 +32,31 @@ class ChunkingPlan:
     tokenizer: str = "wordpiece"
 
 
+def jsonb_safe(value):
+    """Metadata as PostgreSQL's jsonb can store it: NUL characters removed from strings and keys,
+    numbers that are not finite dropped (a file's own columns and fields become chunk metadata)."""
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k).replace("\x00", ""): jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [jsonb_safe(v) for v in value]
+    return value
+
+
 def prepare(parsed: ParsedDocument, plan: ChunkingPlan) -> Prepared:
-    blocks = [dataclasses.replace(block, text=normalise_whitespace(block.text)) for block in parsed.blocks]
+    blocks = [
+        dataclasses.replace(block, text=normalise_whitespace(block.text), metadata=jsonb_safe(block.metadata))
+        for block in parsed.blocks
+    ]
     blocks = [block for block in blocks if block.text]
+    for conversation in parsed.conversations:
+        conversation.metadata = jsonb_safe(conversation.metadata)
+        conversation.external_id = conversation.external_id.replace("\x00", "")
+        for turn in conversation.turns:
+            turn.speaker = turn.speaker.replace("\x00", "")
     drafts = chunk_blocks(
         blocks, count_tokens=counter(plan.tokenizer), max_tokens=plan.max_tokens, overlap=plan.overlap
     )

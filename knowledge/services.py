@@ -34,6 +34,7 @@ from knowledge.models import (
 from knowledge.parsers import ParsedConversation, ParseError, parse_file
 from knowledge.parsers.sandbox import Limits, sandbox_for
 from knowledge.preparation import ChunkingPlan, prepare
+from tenants import inputs
 from tenants.audit import audit_record
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
 from tenants.models import Chatbot, Tenant
@@ -171,6 +172,12 @@ def document_create(
         raise DomainError(
             f"content_type must be one of: {', '.join(Document.ContentType.values)}.", field="content_type"
         )
+    title = inputs.text(title, field="title", max_length=300)
+    category = inputs.text(category, field="category", max_length=200)
+    source_user_id = inputs.text(str(source_user_id or ""), field="user_id", max_length=200)
+    metadata = inputs.json_value(metadata or {}, field="metadata")
+    if not isinstance(metadata, dict):
+        raise DomainError('metadata must be a JSON object, e.g. {"product": "router"}.', field="metadata")
     filename = _clean_filename(upload.name)
     title = (title or filename).strip()[:300]
     digest = _hash_upload(upload)

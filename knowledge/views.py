@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -15,6 +13,7 @@ from knowledge.apis import document_payload
 from knowledge.models import Document
 from knowledge.selectors import chunk_list, document_get, document_latest_job, document_list, document_totals
 from knowledge.services import document_create, document_delete, document_reprocess
+from tenants import inputs
 from tenants.errors import DomainError
 from tenants.selectors import chatbot_get, chatbot_list
 from tenants.views import dashboard_membership, require_write
@@ -59,10 +58,10 @@ def chatbot_upload(request, chatbot_id: int):
         messages.error(request, "Choose at least one file to upload.")
         return redirect("dashboard-chatbot", chatbot_id=chatbot.pk)
     try:
-        metadata = json.loads(request.POST.get("metadata") or "{}")
+        metadata = inputs.json_loads(request.POST.get("metadata") or "{}", field="metadata")
         if not isinstance(metadata, dict):
-            raise ValueError
-    except ValueError:
+            raise DomainError("not an object")
+    except DomainError:
         messages.error(request, 'Metadata must be a JSON object, e.g. {"product": "router"}. Nothing was uploaded.')
         return redirect("dashboard-chatbot", chatbot_id=chatbot.pk)
     title = request.POST.get("title", "").strip()

@@ -194,7 +194,7 @@ def _parse(body: dict):
     query, chatbot_id = body.get("query"), body.get("chatbot_id")
     if not isinstance(query, str) or not query.strip() or len(query.strip()) > MAX_QUERY_CHARS:
         return None
-    if not isinstance(chatbot_id, int) or isinstance(chatbot_id, bool):
+    if not isinstance(chatbot_id, int) or isinstance(chatbot_id, bool) or not 1 <= chatbot_id < 2**63:
         return None
     max_results = body.get("max_results", 5)
     threshold = body.get("similarity_threshold", 0.0)
@@ -227,6 +227,7 @@ def _parse(body: dict):
         if value is not None and (
             not isinstance(value, list)
             or not all(isinstance(v, str if key != "document_ids" else int) and not isinstance(v, bool) for v in value)
+            or (key == "document_ids" and not all(1 <= v < 2**63 for v in value))
         ):
             return None
     if raw_filters["content_types"] and not set(raw_filters["content_types"]) <= set(Document.ContentType.values):

@@ -12,6 +12,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from tenants import inputs
 from tenants.errors import DomainError
 
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
@@ -157,6 +158,18 @@ def _compile(node: dict, params: list) -> str:
 
 
 def search_filters_build(*, content_types=None, categories=None, document_ids=None, metadata=None) -> SearchFilters:
+    from knowledge.models import Document
+
+    for content_type in content_types or ():
+        if content_type not in Document.ContentType.values:
+            raise DomainError(
+                f"Unknown content type {str(content_type)[:40]!r}: use {', '.join(Document.ContentType.values)}.",
+                field="filters.content_types",
+            )
+    for category in categories or ():
+        inputs.text(category, field="filters.categories", label="a category filter")
+    if metadata:
+        inputs.json_value(metadata, field="filters.metadata", label="the metadata filter")
     counter = [0]
     normalised = _normalise(metadata, 1, counter) if metadata else None
     return SearchFilters(

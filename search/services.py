@@ -33,6 +33,7 @@ from search.selectors import (
     semantic_hits,
     text_stats,
 )
+from tenants import inputs
 from tenants.errors import DomainError, NotFound
 from tenants.models import ApiKey, Chatbot, Tenant
 
@@ -267,7 +268,9 @@ def _active_space(chatbot: Chatbot) -> EmbeddingSpace:
 
 
 def _validate(query: str, mode: str, conversation) -> str:
-    query = (query or "").strip()
+    query = inputs.text(query or "", field="query").strip()
+    for turn in conversation or ():
+        inputs.text(turn.content, field="conversation", label="a conversation turn")
     if not query:
         raise DomainError("query must not be empty.", field="query")
     if len(query) > MAX_QUERY_CHARS:
@@ -501,6 +504,7 @@ def search_feedback_create(
         log = SearchLog.objects.for_tenant(tenant).filter(query_id=query_id).first()
     if log is None or (api_key is not None and api_key.chatbot_id not in (None, log.chatbot_id)):
         raise NotFound("Search not found.", field="query_id")
+    comment = inputs.text(comment, field="comment", max_length=2000)
     if chunk_id is not None and chunk_id not in (log.result_chunk_ids or []):
         raise DomainError("chunk_id was not one of this search's results.", field="chunk_id")
     return SearchFeedback.objects.create(

@@ -19,9 +19,10 @@ from search.filters import search_filters_build
 from search.logbuffer import search_logs_flush
 from search.selectors import knowledge_gaps, search_analytics
 from search.services import Turn, search_run
+from tenants import inputs
 from tenants.errors import DomainError
 from tenants.selectors import chatbot_get
-from tenants.views import dashboard_membership, require_write
+from tenants.views import dashboard_membership, require_write, whole_number
 
 PLAYGROUND_MODES = ("semantic", "hybrid", "keyword")
 
@@ -64,8 +65,8 @@ def search_playground(request, chatbot_id: int):
             if not 1 <= max_results <= 50:
                 raise DomainError("Max results must be a number from 1 to 50.", field="max_results")
             try:
-                metadata = json.loads(form["metadata"]) if form["metadata"] else None
-            except ValueError:
+                metadata = inputs.json_loads(form["metadata"], field="metadata") if form["metadata"] else None
+            except DomainError:
                 raise DomainError('Metadata filter must be JSON, e.g. {"product": "router"}.', field="metadata")
             filters = search_filters_build(
                 content_types=[form["content_type"]] if form["content_type"] else None,
@@ -105,12 +106,10 @@ def search_playground(request, chatbot_id: int):
     )
 
 
-def _days(request, default: int = 14) -> int:
-    """The ``days`` query parameter, 1–365 (the default when missing or not a number)."""
-    try:
-        return min(max(int(request.GET.get("days", default)), 1), 365)
-    except ValueError:
-        return default
+def _days(data, default: int = 14) -> int:
+    """The ``days`` parameter of a query string or form, 1–365 (the default when missing or not a number)."""
+    number = whole_number(data.get("days"), low=-(2**63), high=2**63 - 1)
+    return default if number is None else min(max(number, 1), 365)
 
 
 @login_required
@@ -118,7 +117,7 @@ def search_log_export_view(request, chatbot_id: int):
     """The search log as CSV from the analytics page (viewers may export too)."""
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    days = _days(request)
+    days = _days(request.GET)
     from search.apis import search_log_csv_response
 
     return search_log_csv_response(tenant=membership.tenant, chatbot=chatbot, days=days)
@@ -128,7 +127,7 @@ def search_log_export_view(request, chatbot_id: int):
 def search_analytics_view(request, chatbot_id: int):
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    days = _days(request)
+    days = _days(request.GET)
     search_logs_flush()  # include searches still queued for writing
     low = settings.SEARCH_LOW_SCORE
     stats = search_analytics(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
@@ -157,10 +156,7 @@ def faq_answer_add(request, chatbot_id: int):
     """The knowledge-gap shortcut: one question and its answer become a FAQ document."""
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    days = request.POST.get("days", "14")
-    back = redirect(
-        reverse("dashboard-search-analytics", args=[chatbot.pk]) + f"?days={int(days) if days.isdigit() else 14}"
-    )
+    back = redirect(reverse("dashboard-search-analytics", args=[chatbot.pk]) + f"?days={_days(request.POST)}")
     if not require_write(request, membership):
         return back
     question = request.POST.get("question", "").strip()

@@ -11,6 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.utils.text import slugify
 
+from tenants import inputs
 from tenants.audit import audit_record
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
@@ -30,6 +31,7 @@ def tenant_create(*, name: str, plan: str = "standard") -> Tenant:
     """A new tenant, created in its own scope: its id is drawn from the sequence first, so the
     row is written as the tenant it is (no cross-tenant read is needed; a slug another tenant
     holds shows only as a unique-index conflict, and the next suffix is tried)."""
+    name = inputs.text(name, field="name", max_length=200)
     if not name.strip():
         raise DomainError("A tenant needs a name.", field="name")
     if plan not in settings.API_RATE_LIMITS:
@@ -66,6 +68,8 @@ def chatbot_create(
     chunk_size: int = 256,
     chunk_overlap: int = 32,
 ) -> Chatbot:
+    name = inputs.text(name, field="name", max_length=200)
+    description = inputs.text(description, field="description", max_length=5000)
     if not name.strip():
         raise DomainError("A chatbot needs a name.", field="name")
     if Chatbot.objects.for_tenant(tenant).filter(name=name.strip()).exists():
@@ -101,6 +105,7 @@ def api_key_create(
 ) -> IssuedApiKey:
     if chatbot is not None and chatbot.tenant_id != tenant.pk:
         raise DomainError("That chatbot does not belong to this tenant.", field="chatbot")
+    name = inputs.text(name, field="name", max_length=200).strip()
     if scope not in ApiKey.Scope.values:
         raise DomainError(f"Unknown scope {scope!r}: use 'search' or 'search_upload'.", field="scope")
     prefix = secrets.token_hex(4)

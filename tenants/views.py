@@ -37,10 +37,23 @@ def require_write(request, membership: Membership) -> bool:
 @login_required
 @require_POST
 def tenant_switch(request):
-    membership = membership_get(user=request.user, tenant_id=int(request.POST.get("tenant_id") or 0))
-    if membership is not None:
-        request.session[SESSION_TENANT_KEY] = membership.tenant_id
+    tenant_id = whole_number(request.POST.get("tenant_id"))
+    membership = membership_get(user=request.user, tenant_id=tenant_id) if tenant_id else None
+    if membership is None or membership.tenant_id != tenant_id:
+        messages.error(request, "You are not a member of that tenant.")
+        return redirect("dashboard-home")
+    request.session[SESSION_TENANT_KEY] = membership.tenant_id
     return redirect("dashboard-home")
+
+
+def whole_number(value, default: int | None = None, *, low: int = 1, high: int = 2**63 - 1) -> int | None:
+    """A form or query value as a whole number in [low, high]; ``default`` when it is missing or
+    not one (ASCII digits only: int() would also take "²" or "١")."""
+    value = (value or "").strip() if isinstance(value, str) else ""
+    if not value.isascii() or not value.lstrip("-").isdigit():
+        return default
+    number = int(value)
+    return number if low <= number <= high else default
 
 
 @login_required
@@ -117,6 +130,8 @@ def audit_log(request):
     if not membership.can_write:
         raise Http404("Only owners and admins see the audit log.")
     action = request.GET.get("action", "")
+    if action not in AuditEvent.Action.values:
+        action = ""  # an unknown filter shows everything
     events = audit_events(tenant=membership.tenant, action=action or None)[:500]
     return render(
         request,

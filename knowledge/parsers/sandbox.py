@@ -87,15 +87,18 @@ def _child(memory_mb: int) -> None:
         _cpu_budget(request["cpu_seconds"])
         try:
             parsed = parse_file(data, request["filename"])
-            answer = {"ok": True, "document": dataclasses.asdict(parsed)}
             plan = request.get("chunking")
+            prepared = None
             if plan is not None:
                 from knowledge.preparation import ChunkingPlan, prepare, prepared_to_json
 
                 _send(stdout, json.dumps({"stage": "chunking"}).encode())
                 _cpu_budget(request["chunking_seconds"])
-                answer["prepared"] = prepared_to_json(prepare(parsed, ChunkingPlan(**plan)))
-                answer["document"]["blocks"] = []  # the parent stores the chunks, not the blocks
+                prepared = prepared_to_json(prepare(parsed, ChunkingPlan(**plan)))
+                parsed.blocks = []  # the parent stores the chunks, not the blocks
+            answer = {"ok": True, "document": dataclasses.asdict(parsed)}
+            if prepared is not None:
+                answer["prepared"] = prepared
         except ParseError as exc:
             answer = {"ok": False, "reason": exc.reason}
         except MemoryError:

@@ -1,0 +1,61 @@
+"""Input every interface passes to the services, checked once for what PostgreSQL would refuse
+(NUL characters in text and JSON, NaN and Infinity in JSON) so a person gets a 400 or a readable
+message naming the field, never a 500 from the database."""
+
+from __future__ import annotations
+
+import json
+import math
+
+from tenants.errors import DomainError
+
+MAX_JSON_DEPTH = 20
+
+
+def text(value, *, field: str, max_length: int | None = None, label: str | None = None) -> str:
+    """``value`` as text: a string without NUL characters, at most ``max_length`` long."""
+    label = label or field
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DomainError(f"{label} must be text.", field=field)
+    if "\x00" in value:
+        raise DomainError(f"{label} contains a NUL character (\\x00); remove it and try again.", field=field)
+    if max_length is not None and len(value) > max_length:
+        raise DomainError(f"{label} must be at most {max_length} characters.", field=field)
+    return value
+
+
+def json_value(value, *, field: str, label: str | None = None, _depth: int = 0):
+    """``value`` if PostgreSQL's jsonb can hold it: no NUL in strings or keys, only finite numbers,
+    nested at most ``MAX_JSON_DEPTH`` levels."""
+    label = label or field
+    if _depth > MAX_JSON_DEPTH:
+        raise DomainError(f"{label} is nested more than {MAX_JSON_DEPTH} levels deep.", field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DomainError(f"{label} contains {value!r}, which is not a JSON number.", field=field)
+    if isinstance(value, str):
+        text(value, field=field, label=label)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            text(key, field=field, label=label)
+            json_value(item, field=field, label=label, _depth=_depth + 1)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            json_value(item, field=field, label=label, _depth=_depth + 1)
+    return value
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def json_loads(raw: str, *, field: str, label: str | None = None):
+    """Strict JSON from a form or query string: NaN, Infinity and -Infinity are refused, and the
+    value must pass ``json_value``."""
+    label = label or field
+    try:
+        value = json.loads(raw, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        raise DomainError(f"{label} is not valid JSON ({exc}).", field=field) from None
+    return json_value(value, field=field, label=label)
