@@ -27,7 +27,7 @@ ERROR_SCHEMA = {
 ERRORS = {
     "400": "Invalid input; `error.field` names the field.",
     "401": "Missing, invalid, revoked or expired API key.",
-    "403": "The key's scope or the member's role does not allow this.",
+    "403": "The key's scopes or the member's role do not allow this (see `x-required-scopes`).",
     "404": "No such object for this tenant (another tenant's id is indistinguishable from none).",
     "405": "Method not allowed.",
     "409": "Conflicts with the object's state (for example, already processing).",
@@ -46,6 +46,13 @@ def add_error_responses(result, generator, request, public):
         for method, operation in path.items():
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
+            scopes = operation.get("x-required-scopes")
+            if scopes:
+                needs = " or ".join(f"`{s}`" for s in scopes)
+                note = f"API keys need the {needs} scope (dashboard sessions: any member" + (
+                    "; owners and admins for writes)." if scopes == ["write"] else ")."
+                )
+                operation["description"] = (operation.get("description", "") + "\n\n" + note).strip()
             responses = operation.setdefault("responses", {})
             for status, description in ERRORS.items():
                 responses.setdefault(

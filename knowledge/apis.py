@@ -120,6 +120,7 @@ def document_payload(document: Document, job: IngestionJob | None) -> dict:
 
 class UploadTrainingDataApi(TenantApi):
     parser_classes = [MultiPartParser, FormParser]
+    scopes = {"post": "write"}
 
     @extend_schema(
         operation_id="upload_training_data",
@@ -131,7 +132,6 @@ class UploadTrainingDataApi(TenantApi):
         "`duplicate: true`.",
     )
     def post(self, request):
-        self.require_write()
         params = UploadTrainingDataRequestSerializer(data=request.data)
         params.is_valid(raise_exception=True)
         data = params.validated_data
@@ -177,6 +177,8 @@ class TrainingDataListResponseSerializer(serializers.Serializer):
 
 
 class TrainingDataListApi(TenantApi):
+    scopes = {"get": "read"}
+
     @extend_schema(
         operation_id="training_data_list",
         responses={200: TrainingDataListResponseSerializer},
@@ -247,6 +249,8 @@ def _positive_int(value, default: int, field: str, maximum: int) -> int:
 
 
 class DocumentDetailApi(TenantApi):
+    scopes = {"get": "read", "delete": "write"}
+
     @extend_schema(
         operation_id="document_detail",
         responses={200: DocumentDetailResponseSerializer},
@@ -271,13 +275,14 @@ class DocumentDetailApi(TenantApi):
 
     @extend_schema(operation_id="document_delete", responses={204: None}, tags=["training data"])
     def delete(self, request, document_id: int):
-        self.require_write()
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
         document_delete(tenant=self.tenant, document=document)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class DocumentStatusApi(TenantApi):
+    scopes = {"get": ("read", "write")}  # an uploading key may follow what it uploaded
+
     @extend_schema(operation_id="document_status", responses={200: DocumentOutputSerializer}, tags=["training data"])
     def get(self, request, document_id: int):
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
@@ -294,6 +299,8 @@ class DocumentReprocessResponseSerializer(serializers.Serializer):
 
 
 class DocumentReprocessApi(TenantApi):
+    scopes = {"post": "write"}
+
     @extend_schema(
         operation_id="document_reprocess",
         request=None,
@@ -301,7 +308,6 @@ class DocumentReprocessApi(TenantApi):
         tags=["training data"],
     )
     def post(self, request, document_id: int):
-        self.require_write()
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
         job = document_reprocess(tenant=self.tenant, document=document)
         body = {

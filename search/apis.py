@@ -138,6 +138,8 @@ def search_payload(result) -> dict:
 
 
 class SearchApi(TenantApi):
+    scopes = {"post": "search"}
+
     @extend_schema(
         operation_id="search",
         request=SearchRequestSerializer,
@@ -175,6 +177,8 @@ class HybridSearchQuerySerializer(serializers.Serializer):
 
 
 class SearchHybridApi(TenantApi):
+    scopes = {"get": "search"}
+
     @extend_schema(
         operation_id="search_hybrid",
         parameters=[
@@ -224,6 +228,8 @@ class SearchFeedbackResponseSerializer(serializers.Serializer):
 
 
 class SearchFeedbackCreateApi(TenantApi):
+    scopes = {"post": "search"}
+
     @extend_schema(
         operation_id="search_feedback",
         request=SearchFeedbackRequestSerializer,
@@ -308,6 +314,8 @@ class SearchAnalyticsResponseSerializer(serializers.Serializer):
 
 
 class SearchAnalyticsApi(TenantApi):
+    scopes = {"get": "read"}
+
     @extend_schema(
         operation_id="search_analytics",
         parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="1–365, default 7")],
@@ -331,6 +339,8 @@ class SearchAnalyticsApi(TenantApi):
 class SearchLogExportApi(TenantApi):
     """The chatbot's search log as CSV (cells that a spreadsheet would run as formulas are
     neutralised)."""
+
+    scopes = {"get": "read"}
 
     @extend_schema(
         operation_id="search_log_export",

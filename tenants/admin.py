@@ -37,7 +37,9 @@ class ChatbotAdmin(admin.ModelAdmin):
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    list_display = ["name", "prefix", "tenant", "chatbot", "created_at", "last_used_at", "expires_at", "revoked_at"]
+    list_display = [
+        "name", "prefix", "tenant", "chatbot", "scopes", "created_at", "last_used_at", "expires_at", "revoked_at"
+    ]  # fmt: skip
     list_filter = ["tenant", ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "prefix", "tenant__name"]
     readonly_fields = ["prefix", "key_hash", "last_used_at", "created_at", "revoked_at"]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.response import Response
@@ -13,17 +14,26 @@ from tenants.selectors import chatbot_get, chatbot_list, membership_get
 SESSION_TENANT_KEY = "tenant_id"
 
 
+SCOPE_NEEDED = {
+    "search": "search",
+    "read": "read content, search logs or analytics",
+    "write": "upload, reprocess or delete content",
+}
+
+
 class TenantApi(APIView):
     """Base of every tenant API: resolves the tenant once from the credentials, fails closed.
 
-    API keys act for their tenant (and, if limited, one chatbot), writing only with the
-    ``search_upload`` scope;
-    dashboard sessions act for the user's current membership with that member's role.
+    Each API says which key scope each of its methods needs (``scopes``: method -> one scope, or a
+    tuple of which any will do); a method it does not list is refused to every key. API keys act
+    for their tenant (and, if limited, one chatbot) within their scopes; dashboard sessions act
+    for the user's current membership: any member may search and read, owners and admins write.
     """
 
     tenant: Tenant
     api_key: ApiKey | None = None
     membership: Membership | None = None
+    scopes: dict[str, str | tuple[str, ...]] = {}
 
     def initial(self, request, *args, **kwargs):
         super().initial(request, *args, **kwargs)
@@ -36,6 +46,27 @@ class TenantApi(APIView):
                 raise NotFound("You are not a member of any tenant.")
             self.tenant = self.membership.tenant
         self._tenant_token = tenant_context_enter(self.tenant)
+        self._require_scope(request.method)
+
+    def required_scopes(self, method: str) -> tuple[str, ...]:
+        method = method.lower()
+        needed = self.scopes.get("get" if method == "head" else method)
+        if needed is None:
+            return ("search",) if method == "options" else ()
+        return (needed,) if isinstance(needed, str) else tuple(needed)
+
+    def _require_scope(self, method: str) -> None:
+        needed = self.required_scopes(method)
+        if self.api_key is not None:
+            if not any(self.api_key.allows(scope) for scope in needed):
+                wanted = " or ".join(f"'{s}'" for s in needed) or "another"
+                raise PermissionDenied(
+                    f"This API key's scopes ({self.api_key.scope_label}) do not allow this: it needs the {wanted} "
+                    f"scope to {SCOPE_NEEDED.get(needed[0], 'do this') if needed else 'do this'}. Create a key with "
+                    "that scope on the dashboard's API keys page."
+                )
+        elif needed == ("write",) and self.membership is not None and not self.membership.can_write:
+            raise PermissionDenied("Your role is 'viewer': ask an owner or admin to make this change.")
 
     def finalize_response(self, request, response, *args, **kwargs):
         token = getattr(self, "_tenant_token", None)
@@ -47,13 +78,16 @@ class TenantApi(APIView):
     def get_chatbot(self, chatbot_id) -> Chatbot:
         return chatbot_get(tenant=self.tenant, chatbot_id=chatbot_id, api_key=self.api_key)
 
-    def require_write(self) -> None:
-        if self.api_key is not None and not self.api_key.can_upload:
-            raise PermissionDenied(
-                "This API key may only search: use a key with the 'search and upload' scope to change content."
-            )
-        if self.membership is not None and not self.membership.can_write:
-            raise PermissionDenied("Your role is 'viewer': ask an owner or admin to make this change.")
+
+class TenantAutoSchema(AutoSchema):
+    """Every operation says which API key scopes it accepts (``x-required-scopes``; the schema's
+    post-processing repeats it in the description)."""
+
+    def get_extensions(self):
+        extensions = dict(super().get_extensions())
+        if isinstance(self.view, TenantApi):
+            extensions["x-required-scopes"] = list(self.view.required_scopes(self.method))
+        return extensions
 
 
 class ChatbotOutputSerializer(serializers.ModelSerializer):
@@ -67,6 +101,8 @@ class ChatbotListOutputSerializer(serializers.Serializer):
 
 
 class ChatbotListApi(TenantApi):
+    scopes = {"get": "read"}
+
     @extend_schema(operation_id="chatbots_list", responses={200: ChatbotListOutputSerializer}, tags=["chatbots"])
     def get(self, request):
         chatbots = chatbot_list(tenant=self.tenant, api_key=self.api_key)

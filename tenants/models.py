@@ -1,4 +1,5 @@
 from django.conf import settings
+from django.contrib.postgres.fields import ArrayField
 from django.db import models
 from django.utils import timezone
 
@@ -66,17 +67,30 @@ class Chatbot(TenantOwned):
         return self.name
 
 
+def default_key_scopes() -> list[str]:
+    return ["search"]
+
+
 class ApiKey(TenantOwned):
     class Scope(models.TextChoices):
-        SEARCH = "search", "search only"
-        SEARCH_UPLOAD = "search_upload", "search and upload"
+        """What a key may do, least privilege first; a key holds any combination."""
+
+        SEARCH = "search", "search"
+        READ = "read", "read"
+        WRITE = "write", "write"
+
+    SCOPE_HELP = {
+        "search": "search and send feedback on results: all a chat widget needs (the key is public there)",
+        "read": "read documents and their chunks' text, the document list, search logs and analytics",
+        "write": "upload, reprocess and delete documents",
+    }
 
     name = models.CharField(max_length=200)
-    scope = models.CharField(
-        max_length=20,
-        choices=Scope.choices,
-        default=Scope.SEARCH_UPLOAD,
-        help_text="search: search, feedback and reads; search_upload: also upload, reprocess and delete.",
+    scopes = ArrayField(
+        models.CharField(max_length=10, choices=Scope.choices),
+        default=default_key_scopes,
+        help_text="search: search and feedback; read: documents, chunks, logs, analytics; write: upload, "
+        "reprocess, delete.",
     )
     prefix = models.CharField(max_length=16, unique=True, help_text="Visible part of the key.")
     key_hash = models.CharField(max_length=64, unique=True)
@@ -92,9 +106,12 @@ class ApiKey(TenantOwned):
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
 
+    def allows(self, scope: str) -> bool:
+        return scope in (self.scopes or ())
+
     @property
-    def can_upload(self) -> bool:
-        return self.scope == self.Scope.SEARCH_UPLOAD
+    def scope_label(self) -> str:
+        return ", ".join(s for s in self.Scope.values if s in (self.scopes or ())) or "nothing"
 
     @property
     def is_active(self) -> bool:

@@ -101,13 +101,14 @@ def api_key_create(
     chatbot: Chatbot | None = None,
     created_by=None,
     expires_at=None,
-    scope: str = ApiKey.Scope.SEARCH_UPLOAD,
+    scopes=(ApiKey.Scope.SEARCH,),
 ) -> IssuedApiKey:
+    """A new key, shown once. ``scopes``: any of search, read, write (search only by default:
+    least privilege, what a public chat widget needs)."""
     if chatbot is not None and chatbot.tenant_id != tenant.pk:
         raise DomainError("That chatbot does not belong to this tenant.", field="chatbot")
     name = inputs.text(name, field="name", max_length=200).strip()
-    if scope not in ApiKey.Scope.values:
-        raise DomainError(f"Unknown scope {scope!r}: use 'search' or 'search_upload'.", field="scope")
+    scopes = key_scopes_clean(scopes)
     prefix = secrets.token_hex(4)
     raw_key = f"{API_KEY_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     api_key = ApiKey.objects.create(
@@ -118,15 +119,15 @@ def api_key_create(
         chatbot=chatbot,
         created_by=created_by,
         expires_at=expires_at,
-        scope=scope,
+        scopes=scopes,
     )
-    audit_record(action="key_create", tenant_id=tenant.pk, target=f"api-key:{api_key.prefix}", scope=scope,
+    audit_record(action="key_create", tenant_id=tenant.pk, target=f"api-key:{api_key.prefix}", scopes=scopes,
                  chatbot_id=chatbot.pk if chatbot else None)  # fmt: skip
     return IssuedApiKey(api_key=api_key, raw_key=raw_key)
 
 
 def api_key_rotate(*, tenant: Tenant, api_key_id: int, created_by=None, grace_seconds: int | None = None):
-    """A new key with the old one's name, chatbot, scope and expiry; the old key keeps working for
+    """A new key with the old one's name, chatbot, scopes and expiry; the old key keeps working for
     ``grace_seconds`` (``API_KEY_ROTATION_GRACE_SECONDS``; 0 = it stops at once) so clients can
     switch. Returns (new issued key, old key)."""
     grace = settings.API_KEY_ROTATION_GRACE_SECONDS if grace_seconds is None else grace_seconds
@@ -140,7 +141,7 @@ def api_key_rotate(*, tenant: Tenant, api_key_id: int, created_by=None, grace_se
             chatbot=old.chatbot,
             created_by=created_by,
             expires_at=old.expires_at,
-            scope=old.scope,
+            scopes=old.scopes,
         )
         now = timezone.now()
         if grace <= 0:
@@ -153,6 +154,21 @@ def api_key_rotate(*, tenant: Tenant, api_key_id: int, created_by=None, grace_se
         audit_record(action="key_rotate", tenant_id=tenant.pk, target=f"api-key:{old.prefix}",
                      new_key=issued.api_key.prefix, old_key_until=str(old.revoked_at or old.expires_at))  # fmt: skip
     return issued, old
+
+
+def key_scopes_clean(scopes) -> list[str]:
+    """The given scopes in their canonical order; an unknown or empty list is refused."""
+    if isinstance(scopes, str):
+        scopes = [scopes]
+    scopes = list(scopes or ())
+    unknown = [s for s in scopes if s not in ApiKey.Scope.values]
+    if unknown:
+        raise DomainError(
+            f"Unknown scope {str(unknown[0])[:40]!r}: use any of {', '.join(ApiKey.Scope.values)}.", field="scopes"
+        )
+    if not scopes:
+        raise DomainError("Give the key at least one scope: search, read or write.", field="scopes")
+    return [s for s in ApiKey.Scope.values if s in scopes]
 
 
 def api_key_revoke(*, tenant: Tenant, api_key_id: int) -> ApiKey:
@@ -201,5 +217,7 @@ def tenant_bootstrap(
     with tenant_context(tenant):
         member_add(tenant=tenant, user=user, role=Membership.Role.OWNER)
         chatbot = chatbot_create(tenant=tenant, name=chatbot_name, embedding_model=embedding_model)
-        issued = api_key_create(tenant=tenant, name=f"{chatbot_name} key", created_by=user)
+        issued = api_key_create(  # the owner's own key: everything (widget keys are made search-only)
+            tenant=tenant, name=f"{chatbot_name} key", created_by=user, scopes=ApiKey.Scope.values
+        )
     return TenantBundle(tenant=tenant, chatbot=chatbot, username=username, password=password, api_key=issued.raw_key)

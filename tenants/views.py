@@ -70,7 +70,7 @@ def api_keys(request):
                 name=request.POST.get("name", "").strip() or "API key",
                 chatbot=chatbot,
                 created_by=request.user,
-                scope=request.POST.get("scope") or ApiKey.Scope.SEARCH,
+                scopes=request.POST.getlist("scopes"),
             )
             new_key = issued.raw_key
             messages.success(request, "Key created. Copy it now: it is shown only once.")
@@ -85,7 +85,7 @@ def _api_keys_page(request, tenant, new_key: str | None):
         "keys": api_key_list(tenant=tenant),
         "chatbots": chatbot_list(tenant=tenant),
         "new_key": new_key,
-        "scopes": ApiKey.Scope.choices,
+        "scopes": [(value, label, ApiKey.SCOPE_HELP[value]) for value, label in ApiKey.Scope.choices],
     }
     return render(request, "dashboard/api_keys.html", context)
 

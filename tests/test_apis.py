@@ -188,7 +188,7 @@ def test_api_keys(bundle, run_jobs):
 
     with as_tenant(bundle):
         second_bot = chatbot_create(tenant=bundle.tenant, name="Second bot")
-        limited = api_key_create(tenant=bundle.tenant, name="only second", chatbot=second_bot)
+        limited = api_key_create(tenant=bundle.tenant, name="only second", chatbot=second_bot, scopes=["read"])
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {limited.raw_key}")
     assert client.get(f"/api/training-data/{second_bot.pk}").status_code == 200

@@ -23,7 +23,7 @@ def test_security_actions_are_recorded_with_actor_and_address(bundle, other_bund
     client = Client(REMOTE_ADDR="203.0.113.9", HTTP_USER_AGENT="pytest-browser")
     client.post("/login/", {"username": bundle.username, "password": "wrong"})
     assert client.post("/login/", {"username": bundle.username, "password": bundle.password}).status_code == 302
-    client.post("/keys/", {"name": "widget", "scope": "search"})
+    client.post("/keys/", {"name": "widget", "scopes": ["search"]})
     with as_tenant(bundle):
         key = ApiKey.objects.get(name="widget")
     client.post(f"/keys/{key.pk}/rotate")

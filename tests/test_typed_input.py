@@ -60,7 +60,7 @@ def test_every_dashboard_form_and_parameter(owner, bundle, run_jobs):
     chatbot = bundle.chatbot.pk
     forms = [
         ("post", "/tenant/switch", ["tenant_id"], {}),
-        ("post", "/keys/", ["name", "chatbot", "scope"], {"name": "k"}),
+        ("post", "/keys/", ["name", "chatbot", "scopes"], {"name": "k", "scopes": ["search"]}),
         ("get", "/audit/", ["action"], {}),
         (
             "get",

@@ -48,7 +48,9 @@ class Command(BaseCommand):
             ApiKey.objects.for_tenant(tenant).filter(name=DEMO_KEY_NAME, revoked_at__isnull=True).update(
                 revoked_at=timezone.now()
             )
-            raw_key = api_key_create(tenant=tenant, name=DEMO_KEY_NAME, created_by=user).raw_key
+            raw_key = api_key_create(
+                tenant=tenant, name=DEMO_KEY_NAME, created_by=user, scopes=ApiKey.Scope.values
+            ).raw_key
         result = {
             "tenant_id": tenant.pk,
             "chatbot_id": chatbot.pk,
