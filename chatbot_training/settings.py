@@ -175,6 +175,11 @@ SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=400
 SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)
 SEARCH_LOG_FLUSH_SECONDS = env.float("SEARCH_LOG_FLUSH_SECONDS", default=1.0)
 SEARCH_LOG_FLUSHER_THREAD = env.bool("SEARCH_LOG_FLUSHER_THREAD", default=True)  # off in tests
+# The fast path's memory of key/chatbot context (search/fastpath.py): a row is read again after
+# this many seconds at most, and a listener that does not hear its own ping within the timeout
+# is presumed dead (nothing is remembered until a fresh one answers).
+ACCESS_CONTEXT_MAX_AGE = env.float("ACCESS_CONTEXT_MAX_AGE", default=5.0)
+ACCESS_LISTENER_TIMEOUT = env.float("ACCESS_LISTENER_TIMEOUT", default=3.0)
 # A search whose best cosine similarity is below this is a knowledge gap ("low score").
 SEARCH_LOW_SCORE = env.float("SEARCH_LOW_SCORE", default=0.35)
 

@@ -25,13 +25,12 @@ def wsgi(monkeypatch):
     fastpath.access_cache.clear()
     app = fastpath.FastPathWSGI(get_wsgi_application())
     queries = []
-    real = fastpath._context_query
 
     def counted(**kwargs):
         queries.append(kwargs)
-        return real(**kwargs)
+        return fastpath._context_query(**kwargs)
 
-    monkeypatch.setattr(fastpath, "_context_query", counted)
+    monkeypatch.setattr(fastpath.access_cache, "query", counted)  # the cache's seam for its database read
 
     def call(key: str, body: dict):
         raw = json.dumps(body).encode()
@@ -149,3 +148,108 @@ def test_without_the_listener_nothing_is_remembered(bundle, wsgi):
     fastpath.access_cache.retry_at = 0.0  # the retry delay has passed
     assert wsgi(bundle.api_key, body)[0] == 200
     assert fastpath.access_cache.listener is not None
+
+
+def test_a_row_read_before_a_revocation_is_not_remembered_after_it(bundle, wsgi):
+    """The race, made deterministic: a request reads the key's context (valid), and while its
+    query runs the key is revoked and the notification heard (as another thread would). The row
+    it read must not be stored: the next request reads the database and is refused."""
+    from tenants.models import ApiKey
+    from tenants.selectors import api_key_hash
+    from tenants.services import api_key_revoke
+
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    cache = fastpath.AccessCache()
+    reads = []
+
+    def revoked_while_reading(**kwargs):
+        row = fastpath._context_query(**kwargs)
+        reads.append(row)
+        if len(reads) == 1:
+            before = cache.heard
+            with as_tenant(bundle):
+                api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
+            deadline = time.monotonic() + 2
+            while cache.heard == before and time.monotonic() < deadline:  # another thread drains it
+                with cache.lock:
+                    cache._listening()
+                time.sleep(0.005)
+            assert cache.heard > before
+        return row
+
+    cache.query = revoked_while_reading
+    key_hash = api_key_hash(bundle.api_key)
+    try:
+        assert cache.get(chatbot_id=bundle.chatbot.pk, key_hash=key_hash) is not None  # read before it was revoked
+        assert cache.get(chatbot_id=bundle.chatbot.pk, key_hash=key_hash) is None  # not from memory
+        assert len(reads) == 2 and reads[1] is None
+    finally:
+        cache._drop()
+
+
+def test_a_remembered_row_is_read_again_after_its_maximum_age(bundle, wsgi, settings):
+    settings.ACCESS_CONTEXT_MAX_AGE = 0.3
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert wsgi(bundle.api_key, body)[0] == 200 and wsgi(bundle.api_key, body)[0] == 200
+    assert len(wsgi.context_queries) == 1  # the second came from memory
+    time.sleep(0.4)
+    assert wsgi(bundle.api_key, body)[0] == 200 and len(wsgi.context_queries) == 2
+
+
+def test_a_stalled_listener_is_noticed_and_a_revoked_key_stops_within_seconds(bundle, wsgi, settings):
+    """The listening connection's server process is stopped (SIGSTOP: as a stalled or half-open
+    connection, it neither errors nor delivers). The key is revoked: the fast path must stop
+    answering for it within the listener timeout and maximum age, without any notification."""
+    import os
+    import signal
+
+    from tenants.models import ApiKey
+    from tenants.services import api_key_revoke
+
+    settings.ACCESS_CONTEXT_MAX_AGE = 30  # long: only the listener's health check can save us here
+    settings.ACCESS_LISTENER_TIMEOUT = 1.0
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert wsgi(bundle.api_key, body)[0] == 200 and wsgi(bundle.api_key, body)[0] == 200
+    assert len(wsgi.context_queries) == 1
+    backend = fastpath.access_cache.listener.info.backend_pid
+    os.kill(backend, signal.SIGSTOP)
+    try:
+        with as_tenant(bundle):
+            api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
+        began, answers = time.monotonic(), []
+        while time.monotonic() - began < 10:
+            status = wsgi(bundle.api_key, body)[0]
+            answers.append(status)
+            if status == 401:
+                break
+            time.sleep(0.1)
+        assert answers[-1] == 401, answers
+        assert time.monotonic() - began < 1.0 + fastpath.AccessCache.PING_SECONDS + 1.5  # ping interval + timeout
+        assert fastpath.access_cache.listener is None or fastpath.access_cache.listener.info.backend_pid != backend
+    finally:
+        os.kill(backend, signal.SIGCONT)
+
+
+def test_a_plan_change_or_a_scope_change_is_heard(bundle, wsgi, settings):
+    """The remembered row carries the tenant's plan (its rate limit) and stands for the key's
+    search scope: changing either notifies, and the next request is answered under the new one."""
+    from tenants.models import ApiKey, Tenant
+
+    settings.API_RATE_LIMITS = {"free": 1, "standard": 1000, "enterprise": 1000}
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
+    body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
+    assert [wsgi(bundle.api_key, body)[0] for _ in range(3)] == [200, 200, 200]
+    before = fastpath.access_cache.heard
+    with as_tenant(bundle):
+        Tenant.objects.filter(pk=bundle.tenant.pk).update(plan="free")
+    _heard(before)
+    assert wsgi(bundle.api_key, {**body, "query": "refund"})[0] == 429  # the free plan's one request a minute is used
+    before = fastpath.access_cache.heard
+    with as_tenant(bundle):
+        Tenant.objects.filter(pk=bundle.tenant.pk).update(plan="standard")
+        ApiKey.objects.filter(prefix=bundle.api_key[:12]).update(scopes=["read"])
+    _heard(before)
+    status, headers, _ = wsgi(bundle.api_key, body)
+    assert status == 403 and "X-Frame-Options" in headers  # no longer a search key: the full path refuses
