@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: help install run test bench lint format clean
+.PHONY: help install run dev test bench lint format clean
 
 help:  ## Show the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-8s %s\n", $$1, $$2}'
@@ -18,8 +18,11 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed  ## Create .venv and install the requirements
 
-run: install  ## Migrate, create the demo tenant, serve :8000 with a worker and beat (Ctrl-C stops)
+run: install  ## Migrate, create the demo tenant, serve :8000 (production server) with a worker and beat (Ctrl-C stops)
 	$(BIN)/python manage.py run_stack
+
+dev: install  ## As run, with Django's autoreloading development server in debug mode
+	$(BIN)/python manage.py run_stack --dev
 
 test: install  ## Run the test suite on the embedded PostgreSQL and Redis
 	$(BIN)/python -m pytest

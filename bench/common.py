@@ -86,12 +86,13 @@ def call(url: str, key: str, data: bytes | None = None, content_type: str | None
 
 
 class Stack:
-    """A benchmark's own web server (runserver) and Celery worker on database ``name`` (fresh),
-    with a tenant created by ``create_tenant``; stopped on exit."""
+    """A benchmark's own web server (the one `make run` starts: granian, chatbot_training.processes)
+    and Celery worker on database ``name`` (fresh), with a tenant created by ``create_tenant``;
+    stopped on exit."""
 
-    def __init__(self, name: str, port: int, *, granian_workers: int = 0, **extra_env):
+    def __init__(self, name: str, port: int, *, web_workers: int = 0, **extra_env):
         self.name, self.port, self.extra_env = name, port, extra_env
-        self.granian_workers = granian_workers  # 0: runserver; else the production server
+        self.web_workers = web_workers or None  # None: one per core, as `make run`
         self.processes = []
 
     def __enter__(self) -> Stack:
@@ -103,7 +104,7 @@ class Stack:
 
         from django.conf import settings
 
-        from chatbot_training.processes import worker_command
+        from chatbot_training.processes import web_command, web_env, worker_command
 
         urls, _ = database_create(self.name, fresh=True)
         self.owner_url = urls["DATABASE_OWNER_URL"]
@@ -114,9 +115,7 @@ class Stack:
             "CHATBOT_KEEP_EMBEDDED": "1",
             "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:6]}",
             "MEDIA_ROOT": str(settings.VAR_DIR / "bench-media"),
-            "DJANGO_DEBUG": "0",
-            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-            "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on the loopback
+            "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),  # as `make run`: debug off, plain HTTP on the loopback
             "API_RATE_LIMITS": '{"standard": 100000000}',  # measure the server, not the per-key limit
             "LOG_LEVEL": "WARNING",
             **{k: str(v) for k, v in self.extra_env.items()},
@@ -134,17 +133,8 @@ class Stack:
             ).stdout
         )
         quiet = {"cwd": ROOT, "env": self.env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
-        if self.granian_workers:
-            granian = str(Path(sys.executable).with_name("granian"))
-            web = [granian, "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(self.port), "--workers",
-                   str(self.granian_workers), "--blocking-threads", "4", "--log-level", "warning",
-                   "chatbot_training.wsgi:application"]  # fmt: skip
-            web_env = {**self.env, "EMBEDDING_TORCH_THREADS": "1"}
-        else:
-            web = manage + ["runserver", f"127.0.0.1:{self.port}", "--noreload", "--skip-checks"]
-            # runserver starts a thread per request: a kept-open connection would outlive its thread
-            web_env = {**self.env, "DATABASE_CONN_MAX_AGE": "0"}
-        self.processes.append(subprocess.Popen(web, **{**quiet, "env": web_env}))
+        web = web_command(port=self.port, workers=self.web_workers)
+        self.processes.append(subprocess.Popen(web, **{**quiet, "env": web_env(self.env)}))
         worker = worker_command(loglevel="WARNING", queue=self.env["CELERY_QUEUE"])
         self.processes.append(subprocess.Popen(worker, **quiet))
         self.api = f"http://127.0.0.1:{self.port}/api"

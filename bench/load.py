@@ -153,7 +153,7 @@ def main() -> None:
     import django
 
     django.setup()
-    with Stack("chatbot_training_load", args.port, granian_workers=args.workers) as stack:
+    with Stack("chatbot_training_load", args.port, web_workers=args.workers) as stack:
         tenants = [stack.tenant] + [stack.create_tenant(f"Load tenant {n}") for n in range(1, 5)]
         for number, tenant in enumerate(tenants):
             own = f"Tenant {number} runs its support line from 9 to 5 on weekdays."

@@ -35,7 +35,7 @@ def main() -> None:
     django.setup()
     reports = ROOT / "var" / "schemathesis"
     reports.mkdir(parents=True, exist_ok=True)
-    with Stack("chatbot_training_schema", args.port, granian_workers=1) as stack:
+    with Stack("chatbot_training_schema", args.port, web_workers=1) as stack:
         body, ctype = multipart(
             {"chatbot_id": stack.chatbot, "content_type": "faq"},
             "faq.csv",

@@ -25,7 +25,6 @@ import json
 import multiprocessing
 import os
 import re
-import secrets
 import statistics
 import subprocess
 import sys
@@ -398,7 +397,8 @@ def _main() -> None:
         "build_seconds": state["build_seconds"],
         "hnsw_index_build_seconds": state["index"],
         "chatbot_hnsw_indexes": state.get("chatbot_indexes"),
-        "server": f"granian WSGI, {args.workers} workers x {args.threads} threads, 1 embedding thread each",
+        "server": f"what make run serves: granian WSGI, {args.workers} workers x {args.threads} threads, "
+        "1 embedding thread each, the search fast path, persistent connections, debug off",
         "settings": {
             "SEARCH_EXACT_MAX": settings.SEARCH_EXACT_MAX,
             "SEARCH_HNSW_EF_SEARCH": settings.SEARCH_HNSW_EF_SEARCH,
@@ -416,25 +416,21 @@ def _main() -> None:
         f"{CORES}_processes": raw_ceiling(bots, uncached[: args.queries], CORES),
     }
 
+    from chatbot_training.processes import web_command, web_env
+
     env = {
         **os.environ,
         **urls,
         "REDIS_URL": settings.REDIS_URL,
         "SEARCH_CACHE_PREFIX": f"search:{DATABASE}:{time.time_ns()}:",  # start cold
-        "CHATBOT_KEEP_EMBEDDED": "1",
-        "DJANGO_DEBUG": "0",
-        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),
-        "DJANGO_SECURE_SSL_REDIRECT": "0",  # plain HTTP on the loopback
+        "CHATBOT_KEEP_EMBEDDED": "1",  # the local stack, as `make run`: debug off, plain HTTP on the loopback
         "API_RATE_LIMITS": '{"standard": 100000000}',  # measure the server, not the per-key limit
         "LOG_LEVEL": "WARNING",
-        "EMBEDDING_TORCH_THREADS": "1",
     }
+    # exactly what `make run` starts (chatbot_training/processes.py)
     server = subprocess.Popen(
-        [str(Path(sys.executable).with_name("granian")), "--interface", "wsgi", "--host", "127.0.0.1",
-         "--port", str(args.port), "--workers", str(args.workers), "--blocking-threads", str(args.threads),
-         "--log-level", "warning", "chatbot_training.wsgi:application"],
-        cwd=ROOT, env=env,
-    )  # fmt: skip
+        web_command(port=args.port, workers=args.workers, threads=args.threads), cwd=ROOT, env=web_env(env)
+    )
     try:
         for _ in range(240):
             try:

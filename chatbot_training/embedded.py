@@ -99,6 +99,19 @@ def _forget_dead_handles(path: Path) -> None:
         path.write_text(json.dumps([pid for pid in pids if psutil.pid_exists(pid)]))
 
 
+def secret_key() -> str:
+    """The local stack's secret key: generated once, kept in ``var/secret_key`` (mode 600)."""
+    import secrets
+
+    path = VAR_DIR / "secret_key"
+    with _file_lock("secret"):
+        if not path.exists() or not path.read_text().strip():
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(50))
+        return path.read_text().strip()
+
+
 def _redis_paths() -> tuple[Path, Path, Path]:
     directory = VAR_DIR / "redis"
     return directory, directory / "redis.sock", directory / "redis.pid"

@@ -21,32 +21,42 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # --- Core -------------------------------------------------------------------------------
-DEBUG = env.bool("DJANGO_DEBUG", default=True)
+# The local stack: the embedded PostgreSQL and Redis under var/ (make run, make test): no DATABASE_URL,
+# or a process that `make run` (or a test) started and attached to them (CHATBOT_KEEP_EMBEDDED=1).
+EMBEDDED = not env("DATABASE_URL", default="") or env.bool("CHATBOT_KEEP_EMBEDDED", default=False)
+# Debug mode only when asked for (`make dev`): `make run` serves as production does.
+DEBUG = env.bool("DJANGO_DEBUG", default=False)
 DEV_SECRET_KEY = "dev-only-insecure-key-change-me-in-production"
-SECRET_KEY = env("DJANGO_SECRET_KEY", default=DEV_SECRET_KEY)
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+# Secrets come from the environment; on the local stack a key is generated once and kept under var/.
+SECRET_KEY = env("DJANGO_SECRET_KEY", default="") or (embedded.secret_key() if EMBEDDED else "")
+if not SECRET_KEY and DEBUG:
+    SECRET_KEY = DEV_SECRET_KEY
 if not DEBUG and SECRET_KEY in ("", DEV_SECRET_KEY):
     raise ImproperlyConfigured(
-        "DJANGO_SECRET_KEY must be set (a long random string) when DJANGO_DEBUG=0; secrets come only "
-        "from the environment."
+        "DJANGO_SECRET_KEY must be set (a long random string) when DJANGO_DEBUG=0 with an external database; "
+        "secrets come only from the environment."
     )
+ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "testserver"])
+CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
 
-# --- HTTP security (production values whenever DEBUG is off; each can be overridden) ------
+# --- HTTP security (production values wherever the site is served over HTTPS) -------------
+# DJANGO_HTTPS: the site is reached over TLS (directly or behind a proxy). On by default with an
+# external database (a deployment); off on the local stack, which serves http://127.0.0.1:8000.
+HTTPS = env.bool("DJANGO_HTTPS", default=not EMBEDDED)
 # Behind a TLS-terminating proxy set DJANGO_SECURE_PROXY_SSL_HEADER=1 (trusts X-Forwarded-Proto).
 if env.bool("DJANGO_SECURE_PROXY_SSL_HEADER", default=False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=not DEBUG)
+SECURE_SSL_REDIRECT = env.bool("DJANGO_SECURE_SSL_REDIRECT", default=HTTPS)
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]  # probes and scrapes inside the network
-SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0 if DEBUG else 31536000)
-SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=not DEBUG)
-SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=not DEBUG)
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=31536000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("DJANGO_SECURE_HSTS_INCLUDE_SUBDOMAINS", default=HTTPS)
+SECURE_HSTS_PRELOAD = env.bool("DJANGO_SECURE_HSTS_PRELOAD", default=HTTPS)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEBUG)
-CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEBUG)
+SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=HTTPS)
+CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=HTTPS)
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 CSRF_COOKIE_SAMESITE = "Lax"

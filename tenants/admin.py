@@ -1,3 +1,4 @@
+from django import forms
 from django.contrib import admin, messages
 
 from tenants.models import ApiKey, AuditEvent, Chatbot, Membership, Tenant
@@ -11,8 +12,28 @@ class MembershipInline(admin.TabularInline):
     autocomplete_fields = ["user"]
 
 
+class TenantAdminForm(forms.ModelForm):
+    """The plan is one of API_RATE_LIMITS' plans (read when the form is built, so a plan added
+    by configuration shows at once)."""
+
+    plan = forms.ChoiceField(help_text="Requests per minute per API key.")
+
+    class Meta:
+        model = Tenant
+        fields = "__all__"
+
+    def __init__(self, *args, **kwargs):
+        from django.conf import settings
+
+        super().__init__(*args, **kwargs)
+        self.fields["plan"].choices = [
+            (plan, f"{plan} — {limit:,} requests/min per key") for plan, limit in settings.API_RATE_LIMITS.items()
+        ]
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
+    form = TenantAdminForm
     list_display = ["name", "slug", "plan", "is_active", "created_at"]
     list_filter = ["plan", "is_active"]
     search_fields = ["name", "slug"]

@@ -205,9 +205,10 @@ def tenant_bootstrap(
     username: str | None = None,
     password: str | None = None,
     embedding_model: str | None = None,
+    plan: str = "standard",
 ) -> TenantBundle:
     """Tenant + owner login + chatbot + API key in one step (the create_tenant command)."""
-    tenant = tenant_create(name=name)
+    tenant = tenant_create(name=name, plan=plan)
     username = username or f"{tenant.slug}-owner"
     password = password or secrets.token_urlsafe(12)
     User = get_user_model()

@@ -81,7 +81,11 @@ def api_keys(request):
 
 def _api_keys_page(request, tenant, new_key: str | None):
     """The keys page; ``new_key`` is shown this once."""
+    from tenants.ratelimit import limit_for
+
     context = {
+        "plan": tenant.plan,
+        "plan_limit": limit_for(tenant.plan),
         "keys": api_key_list(tenant=tenant),
         "chatbots": chatbot_list(tenant=tenant),
         "new_key": new_key,

@@ -11,7 +11,8 @@ def test_create_tenant_prints_working_credentials():
     out = io.StringIO()
     call_command("create_tenant", "--name", "Initech", "--chatbot", "Helpdesk", "--json", stdout=out)
     result = json.loads(out.getvalue())
-    assert set(result) == {"tenant_id", "chatbot_id", "api_key", "username", "password"}
+    assert set(result) == {"tenant_id", "chatbot_id", "api_key", "username", "password", "plan"}
+    assert result["plan"] == "standard"
     from django.contrib.auth import authenticate
     from rest_framework.test import APIClient
 
@@ -19,6 +20,48 @@ def test_create_tenant_prints_working_credentials():
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Bearer {result['api_key']}")
     assert client.get(f"/api/training-data/{result['chatbot_id']}").status_code == 200
+
+
+def test_create_tenant_with_a_plan_sets_its_keys_rate_limit(settings):
+    from django.core.management.base import CommandError
+    from rest_framework.test import APIClient
+
+    settings.API_RATE_LIMITS = {"free": 2, "standard": 600, "enterprise": 6000}
+    out = io.StringIO()
+    call_command("create_tenant", "--name", "Tiny", "--chatbot", "Bot", "--plan", "free", "--json", stdout=out)
+    result = json.loads(out.getvalue())
+    assert result["plan"] == "free"
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {result['api_key']}")
+    assert [client.get("/api/chatbots").status_code for _ in range(3)] == [200, 200, 429]
+    with pytest.raises(CommandError, match="Unknown plan 'gold': use one of free, standard, enterprise"):
+        call_command("create_tenant", "--name", "Gold", "--chatbot", "Bot", "--plan", "gold", stdout=io.StringIO())
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
+def test_staff_set_a_tenants_plan_in_the_admin_and_owners_see_it(bundle, client):
+    from django.contrib.auth import get_user_model
+
+    from tenants.models import Tenant
+    from tests.conftest import as_tenant
+
+    staff = get_user_model().objects.create_superuser("staff-plan", password="pw-staff-1")
+    client.force_login(staff)
+    page = client.get(f"/admin/tenants/tenant/{bundle.tenant.pk}/change/").content.decode()
+    assert "enterprise — 6,000 requests/min per key" in page
+    response = client.post(
+        f"/admin/tenants/tenant/{bundle.tenant.pk}/change/",
+        {"name": bundle.tenant.name, "slug": bundle.tenant.slug, "plan": "enterprise", "is_active": "on",
+         "created_at_0": "2026-01-01", "created_at_1": "00:00:00", "membership_set-TOTAL_FORMS": "0",
+         "membership_set-INITIAL_FORMS": "0"},
+    )  # fmt: skip
+    errors = [line for line in response.content.decode().splitlines() if "errorlist" in line or "errornote" in line]
+    assert response.status_code == 302, errors
+    with as_tenant(bundle):
+        assert Tenant.objects.get(pk=bundle.tenant.pk).plan == "enterprise"
+    client.logout()
+    assert client.login(username=bundle.username, password=bundle.password)
+    assert "Plan <b>enterprise</b>: each key may make 6000 requests a minute" in client.get("/keys/").content.decode()
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # it finds the demo tenant there

@@ -1,4 +1,7 @@
-"""``make run``: the embedded database and Redis, a web server, one Celery worker and beat.
+"""``make run``: the embedded database and Redis, the production web server (granian, one worker
+process per core, the search fast path in front of Django, persistent database connections,
+static files served by granian, debug off), a Celery worker and beat. ``make dev`` (``--dev``)
+serves with Django's autoreloading development server in debug mode instead.
 
 Ctrl-C stops all of it. The children reach PostgreSQL and Redis through the URLs this process
 hands them, so they share its embedded servers, which stop when this process exits.
@@ -14,7 +17,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
-from chatbot_training.processes import celery_command, worker_command
+from chatbot_training.processes import celery_command, web_command, web_env, web_workers, worker_command
 
 
 class Command(BaseCommand):
@@ -23,6 +26,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--addr", default="127.0.0.1:8000")
         parser.add_argument("--concurrency", type=int, default=int(os.environ.get("WORKER_CONCURRENCY", "1")))
+        parser.add_argument("--web-workers", type=int, default=web_workers())
+        parser.add_argument("--dev", action="store_true", help="Django's autoreloading server in debug mode")
 
     def handle(self, *args, **options):
         call_command("migrate", interactive=False, verbosity=0)
@@ -41,20 +46,38 @@ class Command(BaseCommand):
             "PYTHONUNBUFFERED": "1",
         }
         python = sys.executable
+        host, _, port = options["addr"].rpartition(":")
+        if options["dev"]:
+            web = [python, "manage.py", "runserver", options["addr"], "--skip-checks"]
+            # runserver starts a thread per request: a kept-open connection would outlive its thread.
+            web_environment = {**env, "DJANGO_DEBUG": "1", "DATABASE_CONN_MAX_AGE": "0"}
+        else:
+            web = web_command(
+                host=host or "127.0.0.1",
+                port=int(port),
+                workers=options["web_workers"],
+                static_root=settings.STATIC_ROOT,
+            )
+            web_environment = web_env(env)
         commands = {
-            "web": [python, "manage.py", "runserver", options["addr"], "--noreload", "--skip-checks"],
+            "web": web,
             "worker": worker_command(concurrency=options["concurrency"], name="worker@%h"),
             "beat": celery_command("beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")),
         }
-        # runserver starts a thread per request: a kept-open connection would outlive its thread.
-        envs = {"web": {**env, "DATABASE_CONN_MAX_AGE": "0"}}
+        envs = {"web": web_environment}
         children = {
             name: subprocess.Popen(command, env=envs.get(name, env), cwd=settings.BASE_DIR)
             for name, command in commands.items()
         }
+        server = (
+            "Django's development server (debug, autoreload)"
+            if options["dev"]
+            else (f"granian, {options['web_workers']} worker processes")
+        )
         self.stdout.write(
             self.style.SUCCESS(
-                f"\nServing http://{options['addr']}/  (dashboard), /api/docs/ (API), /admin/ (staff). Ctrl-C stops.\n"
+                f"\nServing http://{options['addr']}/  (dashboard), /api/docs/ (API), /admin/ (staff) with {server}. "
+                "Ctrl-C stops.\n"
             )
         )
 

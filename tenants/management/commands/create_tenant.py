@@ -1,5 +1,6 @@
 import json
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from tenants.errors import DomainError
@@ -15,6 +16,12 @@ class Command(BaseCommand):
         parser.add_argument("--username")
         parser.add_argument("--password")
         parser.add_argument("--embedding-model")
+        parser.add_argument(
+            "--plan",
+            default="standard",
+            help="Rate-limit plan (API_RATE_LIMITS): "
+            + ", ".join(f"{plan} = {limit} requests/min per key" for plan, limit in settings.API_RATE_LIMITS.items()),
+        )
         parser.add_argument("--json", action="store_true", help="Print the result as one JSON object.")
 
     def handle(self, *args, **options):
@@ -25,6 +32,7 @@ class Command(BaseCommand):
                 username=options["username"],
                 password=options["password"],
                 embedding_model=options["embedding_model"],
+                plan=options["plan"],
             )
         except DomainError as exc:
             raise CommandError(exc.message) from None
@@ -34,6 +42,7 @@ class Command(BaseCommand):
             "api_key": bundle.api_key,
             "username": bundle.username,
             "password": bundle.password,
+            "plan": bundle.tenant.plan,
         }
         if options["json"]:
             self.stdout.write(json.dumps(result))
