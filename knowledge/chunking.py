@@ -23,6 +23,7 @@ class ChunkDraft:
     heading_path: tuple[str, ...] = ()
     kind: str = "text"
     metadata: dict = field(default_factory=dict)
+    context: str = ""  # what the chunk is about, embedded with it (see embedding_text)
 
     @property
     def content_hash(self) -> str:
@@ -32,6 +33,24 @@ class ChunkDraft:
 def content_hash(text: str) -> str:
     normalised = " ".join(text.lower().split())
     return hashlib.sha256(normalised.encode()).hexdigest()
+
+
+def embedding_text(text: str, context: str | None) -> str:
+    """What is embedded for a chunk: its context (the FAQ question, the document's title and
+    headings) on a line before its text, unless the text already begins with it (the first chunk
+    of an FAQ row). The chunk's own text is stored and cited as it is."""
+    if not context or text.startswith(context):
+        return text
+    return f"{context}\n{text}"
+
+
+def input_hash(text: str) -> str:
+    """Digest of an embedding's input (kept beside the vector: a changed input is re-embedded).
+    Must equal ``left(encode(sha256(convert_to(text, 'UTF8')), 'hex'), 16)`` in SQL."""
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+CONTEXT_MAX_TOKENS = 64
 
 
 @dataclass
@@ -47,25 +66,43 @@ def split_sentences(text: str) -> list[str]:
 
 
 def chunk_blocks(
-    blocks: Sequence[Block], *, count_tokens: TokenCounter, max_tokens: int = 256, overlap: int = 32
+    blocks: Sequence[Block],
+    *,
+    count_tokens: TokenCounter,
+    max_tokens: int = 256,
+    overlap: int = 32,
+    context_of: Callable[[Block], str] | None = None,
+    model_max: int | None = None,
 ) -> list[ChunkDraft]:
     """Atomic blocks (FAQ rows, records, Q&A pairs) become one chunk each when they fit; other
-    blocks sharing a heading path are packed together, sentence by sentence."""
+    blocks sharing a heading path are packed together, sentence by sentence. With ``context_of``
+    each chunk carries its block's context, and its text leaves room for it within ``model_max``
+    tokens (what the model reads: context, a line break, the text)."""
     if max_tokens < 16:
         raise ValueError("max_tokens must be at least 16")
-    overlap = max(0, min(overlap, max_tokens // 2 - 1))
     drafts: list[ChunkDraft] = []
     group: list[Block] = []
 
+    def pack(members: list[Block]) -> None:
+        context = _bounded_context(context_of(members[0]), count_tokens) if context_of else ""
+        budget = max_tokens
+        if context and model_max:
+            budget = min(max_tokens, model_max - count_tokens([context])[0] - 1)
+        budget = max(budget, 16)
+        packed = _pack(members, count_tokens, budget, max(0, min(overlap, budget // 2 - 1)))
+        for draft in packed:
+            draft.context = context
+        drafts.extend(packed)
+
     def flush():
         if group:
-            drafts.extend(_pack(group, count_tokens, max_tokens, overlap))
+            pack(list(group))
             group.clear()
 
     for block in blocks:
         if block.atomic:
             flush()
-            drafts.extend(_pack([block], count_tokens, max_tokens, overlap))
+            pack([block])
             continue
         if group and (group[-1].heading_path != block.heading_path or group[-1].kind != block.kind):
             flush()
@@ -155,6 +192,17 @@ def _pack(blocks: Sequence[Block], count_tokens: TokenCounter, max_tokens: int, 
             )
         )
     return drafts
+
+
+def _bounded_context(context: str, count_tokens: TokenCounter) -> str:
+    """At most CONTEXT_MAX_TOKENS tokens of the context (cut at a word), so the text keeps room."""
+    context = context.strip()
+    if not context or count_tokens([context])[0] <= CONTEXT_MAX_TOKENS:
+        return context
+    words = context.split()
+    while words and count_tokens([" ".join(words)])[0] > CONTEXT_MAX_TOKENS - 1:
+        words = words[: max(1, int(len(words) * 0.8))] if len(words) > 1 else []
+    return " ".join(words) + " …" if words else ""
 
 
 def _overlap_tail(chunk: list[_Piece], overlap: int) -> list[_Piece]:

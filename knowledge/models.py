@@ -172,6 +172,12 @@ class Chunk(TenantOwned):
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     position = models.PositiveIntegerField()
     text = models.TextField()
+    context = models.TextField(
+        null=True,
+        blank=True,
+        help_text="What the chunk is about, embedded with it and searched with it: the FAQ question, the "
+        "document's title and headings. Empty: none; null: not worked out yet (chunks stored before).",
+    )
     token_count = models.PositiveIntegerField()
     kind = models.CharField(max_length=20, default="text")
     page = models.PositiveIntegerField(null=True, blank=True)
@@ -196,7 +202,7 @@ class Chunk(TenantOwned):
         help_text="Earlier chunk of the chatbot whose embedding is nearly identical.",
     )
     search_vector = models.GeneratedField(
-        expression=SearchVector("text", config="english"),
+        expression=SearchVector("context", "text", config="english"),
         output_field=SearchVectorField(),
         db_persist=True,
     )
@@ -205,6 +211,8 @@ class Chunk(TenantOwned):
     class Meta:
         constraints = [models.UniqueConstraint(fields=["document", "position"], name="chunk_unique_position")]
         indexes = [
+            # chunks stored before contexts existed, found cheaply by the refresh (see services)
+            models.Index(fields=["chatbot"], condition=models.Q(context__isnull=True), name="chunk_context_missing"),
             GinIndex(fields=["search_vector"], name="chunk_search_vector_gin"),
             # Trigram fallback for misspelled keyword queries (search.selectors.keyword_hits).
             GinIndex(fields=["text"], name="chunk_text_trgm", opclasses=["gin_trgm_ops"]),
@@ -221,11 +229,21 @@ class ChunkEmbedding(TenantOwned):
     chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings")
     space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT)
     embedding = VectorField()
+    input_hash = models.CharField(
+        max_length=16,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="Digest of the text embedded (a changed input is re-embedded); empty: not known (older rows).",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["chunk", "space"], name="chunkembedding_unique")]
-        indexes = [models.Index(fields=["space", "chatbot"])]
+        indexes = [
+            models.Index(fields=["space", "chatbot"]),
+            models.Index(fields=["chatbot"], condition=models.Q(input_hash=""), name="chunkemb_input_unknown"),
+        ]
 
 
 class Conversation(TenantOwned):

@@ -27,9 +27,31 @@ class Prepared:
 
 @dataclass(frozen=True)
 class ChunkingPlan:
-    max_tokens: int
+    max_tokens: int  # of a chunk's own text (the chatbot's chunk size)
     overlap: int
     tokenizer: str = "wordpiece"
+    model_max: int | None = None  # what the model reads: context and text together
+    title: str = ""  # the document's title: with the heading path, the context of document text
+
+
+DOCUMENT_KINDS = ("text", "table", "header", "footer")
+
+
+def block_context(block: Block, title: str) -> str:
+    """What a block's chunks are embedded with: the parser's own context (an FAQ row's question,
+    a record's title), else, for document text, the document's title and heading path."""
+    if block.context:
+        return normalise_whitespace(block.context)
+    if block.kind in DOCUMENT_KINDS:
+        return " › ".join(part for part in (title, *block.heading_path) if part)
+    return ""
+
+
+def document_title_context(title: str, filename: str) -> str:
+    """A document's title as context: a title that is just the file's name loses its extension."""
+    if title == filename and "." in title:
+        title = title.rsplit(".", 1)[0].replace("_", " ")
+    return normalise_whitespace(title)
 
 
 def jsonb_safe(value):
@@ -57,8 +79,14 @@ def prepare(parsed: ParsedDocument, plan: ChunkingPlan) -> Prepared:
         conversation.external_id = conversation.external_id.replace("\x00", "")
         for turn in conversation.turns:
             turn.speaker = turn.speaker.replace("\x00", "")
+    title = normalise_whitespace(plan.title)
     drafts = chunk_blocks(
-        blocks, count_tokens=counter(plan.tokenizer), max_tokens=plan.max_tokens, overlap=plan.overlap
+        blocks,
+        count_tokens=counter(plan.tokenizer),
+        max_tokens=plan.max_tokens,
+        overlap=plan.overlap,
+        context_of=lambda block: block_context(block, title),
+        model_max=plan.model_max,
     )
     drafts, dropped = quality.filter_chunks(drafts)
     language = quality.detect_language([d.text for d in drafts[:40]])

@@ -18,7 +18,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from knowledge import quality, vectors
-from knowledge.chunking import ChunkDraft
+from knowledge.chunking import ChunkDraft, embedding_text, input_hash
 from knowledge.embeddings import EmbeddingProvider, ProviderError, ProviderUnavailable, provider_for
 from knowledge.models import (
     ChatbotSpace,
@@ -33,7 +33,7 @@ from knowledge.models import (
 )
 from knowledge.parsers import ParsedConversation, ParseError, parse_file
 from knowledge.parsers.sandbox import Limits, sandbox_for
-from knowledge.preparation import ChunkingPlan, prepare
+from knowledge.preparation import DOCUMENT_KINDS, ChunkingPlan, document_title_context, prepare
 from tenants import inputs
 from tenants.audit import audit_record
 from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
@@ -482,6 +482,8 @@ def _ingest(job: IngestionJob, document: Document) -> None:
         max_tokens=min(chatbot.chunk_size, primary.max_tokens),
         overlap=chatbot.chunk_overlap,
         tokenizer=primary.tokenizer,
+        model_max=primary.max_tokens,
+        title=document_title_context(document.title, document.original_filename),
     )
     parsed, prepared = _parse_and_prepare(job, data, document.original_filename, plan)
     drafts, dropped, language = prepared.drafts, prepared.dropped, prepared.language
@@ -523,11 +525,13 @@ def _chunks_store(
 ) -> int:
     """Write the chunk rows (and conversations) once; a rerun with the same chunking keeps them,
     and their vectors, as they are. Returns the number of exact duplicates flagged."""
-    wanted = [(i, d.content_hash) for i, d in enumerate(drafts)]
+    wanted = [(i, d.content_hash, d.context) for i, d in enumerate(drafts)]
     with transaction.atomic():
         _heartbeat(job, chunks_total=len(drafts))
         existing = list(
-            Chunk.objects.filter(document=document).order_by("position").values_list("position", "content_hash")
+            Chunk.objects.filter(document=document)
+            .order_by("position")
+            .values_list("position", "content_hash", "context")
         )
         if existing == wanted and Conversation.objects.filter(document=document).count() == len(conversations):
             return Chunk.objects.filter(document=document, duplicate_of__isnull=False).count()
@@ -542,6 +546,7 @@ def _chunks_store(
                     document=document,
                     position=i,
                     text=d.text,
+                    context=d.context,
                     token_count=d.token_count,
                     kind=d.kind,
                     page=d.page,
@@ -612,32 +617,39 @@ def _embed_missing(
     done_before: int,
     total: int,
 ) -> int:
-    chunks = Chunk.objects.filter(document=document)
-    done = done_before + ChunkEmbedding.objects.filter(chunk__document=document, space=space).count()
-    batch_size = settings.EMBEDDING_BATCH_SIZE
+    """Embed the document's chunks that have no vector in ``space`` or one made from another input
+    (their context changed), in batches; a rerun does only what is still missing."""
+    done = done_before + vectors.embeddings_current(space=space, document_id=document.pk)
     while True:
-        batch = list(
-            chunks.exclude(embeddings__space=space).order_by("position").values_list("id", "text")[:batch_size]
-        )
+        batch = vectors.chunks_to_embed(space=space, document_id=document.pk, limit=settings.EMBEDDING_BATCH_SIZE)
         if not batch:
             return done
-        embeddings = provider.embed([text for _, text in batch])
-        ChunkEmbedding.objects.bulk_create(
-            [
-                ChunkEmbedding(
-                    tenant_id=document.tenant_id,
-                    chatbot_id=document.chatbot_id,
-                    chunk_id=chunk_id,
-                    space=space,
-                    embedding=vector,
-                )
-                for (chunk_id, _), vector in zip(batch, embeddings)
-            ],
-            ignore_conflicts=True,
-        )
+        _embeddings_store(document.tenant_id, document.chatbot_id, space, provider, batch)
         done += len(batch)
         span = EMBED_PROGRESS_TO - EMBED_PROGRESS_FROM
         _heartbeat(job, chunks_done=done, progress=EMBED_PROGRESS_FROM + int(span * done / max(total, 1)))
+
+
+def _embeddings_store(tenant_id: int, chatbot_id: int, space: EmbeddingSpace, provider, batch) -> None:
+    """Embed ``batch`` (chunk id, text, context) and write the vectors, replacing stale ones."""
+    inputs = [embedding_text(text, context) for _, text, context in batch]
+    embeddings = provider.embed(inputs)
+    ChunkEmbedding.objects.bulk_create(
+        [
+            ChunkEmbedding(
+                tenant_id=tenant_id,
+                chatbot_id=chatbot_id,
+                chunk_id=chunk_id,
+                space=space,
+                embedding=vector,
+                input_hash=input_hash(text),
+            )
+            for (chunk_id, _, _), text, vector in zip(batch, inputs, embeddings)
+        ],
+        update_conflicts=True,
+        unique_fields=["chunk", "space"],
+        update_fields=["embedding", "input_hash"],
+    )
 
 
 def _finish(
@@ -680,6 +692,71 @@ def _finish(
             updated_at=now,
         )
         chatbot_content_changed(chatbot_id=document.chatbot_id)
+
+
+def chunk_embeddings_refresh(*, chatbot_id: int | None = None) -> dict:
+    """Chunks stored before contexts existed get theirs (worked out from what was stored: kind,
+    heading path, the document's title) and every vector made without one is made again from its
+    chunk's context and text, in place (searches go on with the old vector until its new one is
+    written). Finds the chatbots across tenants, then works in each chatbot's own tenant scope.
+    Run by `make run` at start, by beat and by ``manage.py reembed_chunks``; idempotent."""
+    with cross_tenant_context("chunk-embedding-refresh"):
+        pending = vectors.chatbots_with_stale_embeddings(chatbot_id=chatbot_id)
+    done = {"chatbots": 0, "contexts": 0, "embeddings": 0}
+    for bot_id, tenant_id in pending:
+        with tenant_context(tenant_id):
+            chatbot = Chatbot.objects.filter(pk=bot_id).first()
+            if chatbot is None:
+                continue
+            contexts, embedded = _chatbot_embeddings_refresh(chatbot)
+        done["chatbots"] += 1
+        done["contexts"] += contexts
+        done["embeddings"] += embedded
+        if embedded:
+            chatbot_content_changed(chatbot_id=bot_id)
+    return done
+
+
+def stored_chunk_context(*, kind: str, heading_path, title: str) -> str:
+    """The context a chunk stored before contexts existed would have been given (the parser's
+    context is not stored: an FAQ row's question is its heading, a record's title too)."""
+    heading_path = [part for part in (heading_path or []) if isinstance(part, str)]
+    if kind in ("faq", "qa"):
+        return f"Q: {heading_path[0]}" if heading_path else ""
+    if kind == "record":
+        return heading_path[0] if heading_path else ""
+    if kind in DOCUMENT_KINDS:
+        return " › ".join(part for part in (title, *heading_path) if part)
+    return ""
+
+
+def _chatbot_embeddings_refresh(chatbot: Chatbot) -> tuple[int, int]:
+    contexts = 0
+    while True:
+        missing = list(
+            Chunk.objects.filter(chatbot=chatbot, context__isnull=True)
+            .select_related("document")
+            .only("id", "kind", "heading_path", "document__title", "document__original_filename")[:1000]
+        )
+        if not missing:
+            break
+        for chunk in missing:
+            title = document_title_context(chunk.document.title, chunk.document.original_filename)
+            chunk.context = stored_chunk_context(kind=chunk.kind, heading_path=chunk.heading_path, title=title)
+        Chunk.objects.bulk_update(missing, ["context"], batch_size=1000)
+        contexts += len(missing)
+    embedded = 0
+    for space in ingestion_spaces(chatbot=chatbot):
+        provider = provider_for(space.model_key)
+        while True:
+            batch = vectors.chunks_to_embed(
+                space=space, chatbot_id=chatbot.pk, limit=settings.EMBEDDING_BATCH_SIZE, unknown_input_only=True
+            )
+            if not batch:
+                break
+            _embeddings_store(chatbot.tenant_id, chatbot.pk, space, provider, batch)
+            embedded += len(batch)
+    return contexts, embedded
 
 
 def ingestion_jobs_sweep() -> dict:

@@ -60,3 +60,10 @@ def vector_indexes_optimize_task(*, chatbot_id: int | None = None) -> dict:
     from knowledge.services import vector_indexes_optimize
 
     return vector_indexes_optimize(chatbot_id=chatbot_id)
+
+
+@shared_task(name="knowledge.chunk_embeddings_refresh", expires=3000, soft_time_limit=3000, time_limit=3300)
+def chunk_embeddings_refresh_task(*, chatbot_id: int | None = None) -> dict:
+    from knowledge.services import chunk_embeddings_refresh
+
+    return chunk_embeddings_refresh(chatbot_id=chatbot_id)

@@ -32,6 +32,70 @@ def ensure_space_index(space: EmbeddingSpace) -> None:
         cursor.execute("SELECT app_space_index_ensure(%s, %s)", [int(space.pk), int(space.dimensions)])
 
 
+# What a chunk's vector is made from (knowledge.chunking.embedding_text) and its digest
+# (knowledge.chunking.input_hash), in SQL, so stale vectors are found without reading every chunk.
+EMBEDDING_INPUT_SQL = (
+    "CASE WHEN coalesce(c.context, '') = '' OR starts_with(c.text, c.context) THEN c.text "
+    "ELSE c.context || E'\\n' || c.text END"
+)
+INPUT_HASH_SQL = f"left(encode(sha256(convert_to({EMBEDDING_INPUT_SQL}, 'UTF8')), 'hex'), 16)"
+
+
+def chunks_to_embed(
+    *, space: EmbeddingSpace, limit: int, document_id: int | None = None, chatbot_id=None, unknown_input_only=False
+) -> list:
+    """(chunk id, text, context) of chunks with no vector in ``space`` or one made from another
+    input: of one document; or, with ``unknown_input_only``, a chatbot's chunks whose vectors were
+    made before inputs were recorded."""
+    if unknown_input_only:
+        sql = """
+            SELECT c.id, c.text, c.context FROM knowledge_chunkembedding e
+            JOIN knowledge_chunk c ON c.id = e.chunk_id
+            WHERE e.chatbot_id = %(chatbot)s AND e.space_id = %(space)s AND e.input_hash = ''
+            ORDER BY c.id LIMIT %(limit)s
+        """
+    else:
+        sql = f"""
+            SELECT c.id, c.text, c.context FROM knowledge_chunk c
+            LEFT JOIN knowledge_chunkembedding e ON e.chunk_id = c.id AND e.space_id = %(space)s
+            WHERE c.document_id = %(document)s AND (e.id IS NULL OR e.input_hash IS DISTINCT FROM {INPUT_HASH_SQL})
+            ORDER BY c.position LIMIT %(limit)s
+        """
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"space": space.pk, "document": document_id, "chatbot": chatbot_id, "limit": limit})
+        return cursor.fetchall()
+
+
+def chatbots_with_stale_embeddings(*, chatbot_id: int | None = None) -> list[tuple[int, int]]:
+    """(chatbot, tenant) of every chatbot with chunks lacking a worked-out context or vectors made
+    before inputs were recorded (both found by partial indexes); every tenant's in a cross-tenant scope."""
+    where = "AND chatbot_id = %(chatbot)s" if chatbot_id is not None else ""
+    with scope_connection().cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT DISTINCT chatbot_id, tenant_id FROM knowledge_chunk WHERE context IS NULL {where}
+            UNION SELECT DISTINCT chatbot_id, tenant_id FROM knowledge_chunkembedding WHERE input_hash = '' {where}
+            ORDER BY 1
+            """,
+            {"chatbot": chatbot_id},
+        )
+        return cursor.fetchall()
+
+
+def embeddings_current(*, space: EmbeddingSpace, document_id: int) -> int:
+    """How many of the document's chunks have an up-to-date vector in ``space``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*) FROM knowledge_chunk c
+            JOIN knowledge_chunkembedding e ON e.chunk_id = c.id AND e.space_id = %s
+            WHERE c.document_id = %s AND e.input_hash = {INPUT_HASH_SQL}
+            """,
+            [space.pk, document_id],
+        )
+        return cursor.fetchone()[0]
+
+
 def global_space_ensure(*, provider: str, model_name: str, version: str, dimensions: int) -> int:
     """The id of the built-in space, created with its index if missing (owner's function)."""
     with connection.cursor() as cursor:

@@ -88,6 +88,10 @@ class SearchHitSerializer(serializers.Serializer):
     metadata = serializers.JSONField()
     page = serializers.IntegerField(allow_null=True)
     heading = serializers.ListField(child=serializers.CharField())
+    context = serializers.CharField(
+        help_text="What the chunk is about, as it was embedded and matched: the FAQ question its text answers, "
+        "or the document's title and headings. `content` is the chunk's own text, to quote."
+    )
     fused_score = serializers.FloatField(required=False, help_text="Hybrid: weighted reciprocal-rank-fusion score.")
     semantic_rank = serializers.IntegerField(required=False, allow_null=True)
     keyword_rank = serializers.IntegerField(required=False, allow_null=True)
@@ -116,6 +120,7 @@ def hit_payload(hit, mode: str) -> dict:
         "metadata": hit.metadata,
         "page": hit.page,
         "heading": hit.heading,
+        "context": hit.context,
     }
     if mode == "hybrid":
         body["fused_score"] = round(hit.ranks["fused_score"], 6)

@@ -19,7 +19,7 @@ from search.filters import SearchFilters
 NO_FILTERS = SearchFilters()
 
 RESULT_COLUMNS = """c.id, c.document_id, d.title, c.text, d.content_type, d.category, c.metadata, c.page,
-    c.heading_path"""
+    c.heading_path, coalesce(c.context, '')"""
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Hit:
     heading: list
     score: float
     ranks: dict = field(default_factory=dict)
+    context: str = ""  # what the chunk was embedded with (its FAQ question, document title and headings)
 
 
 def _json(value, default):
@@ -56,7 +57,8 @@ def _hits(rows) -> list[Hit]:
             metadata=_json(r[6], {}),
             page=r[7],
             heading=_json(r[8], []),
-            score=float(r[9]),
+            context=r[9],
+            score=float(r[10]),
         )
         for r in rows
     ]

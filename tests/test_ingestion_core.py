@@ -276,8 +276,11 @@ def test_duplicate_chunks_are_flagged(bundle):
 
 
 def test_near_duplicates_are_flagged_by_embedding(bundle):
-    ingest(bundle, make_upload("a.txt", "Refunds are paid back to the original card within five business days."))
-    second = ingest(bundle, make_upload("b.txt", "Refunds are paid back to the original card within 5 business days."))
+    """Vectors are made with each chunk's context (here the document's title): the same title, a
+    nearly identical text."""
+    text = "Refunds are paid back to the original card within {} business days."
+    ingest(bundle, make_upload("a.txt", text.format("five")), title="Refunds")
+    second = ingest(bundle, make_upload("b.txt", text.format("5")), title="Refunds")
     with as_tenant(bundle):
         chunk = second.chunks.get()
         assert chunk.duplicate_of_id is None and chunk.near_duplicate_of_id is not None

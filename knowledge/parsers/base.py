@@ -15,7 +15,9 @@ class ParseError(Exception):
 @dataclass
 class Block:
     """A run of text with where it came from. ``atomic`` blocks (FAQ rows, records, Q&A pairs)
-    become one chunk each when they fit."""
+    become one chunk each when they fit. ``context`` says what the text is about when the parser
+    knows better than the document's title and headings (the question an FAQ answer answers, a
+    record's title): every chunk of the block is embedded with it."""
 
     text: str
     page: int | None = None
@@ -23,6 +25,7 @@ class Block:
     kind: str = "text"
     metadata: dict = field(default_factory=dict)
     atomic: bool = False
+    context: str = ""
 
 
 @dataclass

@@ -174,6 +174,7 @@ def conversations_document(conversations: list[ParsedConversation], detected_typ
                     kind="qa",
                     atomic=True,
                     heading_path=(question.content[:200],),
+                    context=f"Q: {question.content}",
                     metadata={
                         "conversation": index,
                         "question_turn": q,
@@ -218,6 +219,7 @@ def _records(records: list[dict], detected_type: str) -> ParsedDocument:
                     kind="faq",
                     atomic=True,
                     heading_path=(q[:200],),
+                    context=f"Q: {q}",
                     metadata={**metadata, "record": index},
                 )
             )
@@ -243,6 +245,7 @@ def _records(records: list[dict], detected_type: str) -> ParsedDocument:
                 atomic=True,
                 metadata={**metadata, "record": index},
                 heading_path=(title[:200],) if title else (),
+                context=clean_text(title) if title else "",
             )
         )
     if not blocks:

@@ -76,7 +76,14 @@ def _faq(records, columns, question_col, answer_col) -> ParsedDocument:
         metadata = {k: v for k, v in record.items() if k not in (question_col, answer_col, html_col) and v}
         metadata["row"] = number
         blocks.append(
-            Block(text=f"Q: {q}\nA: {a}", kind="faq", metadata=metadata, atomic=True, heading_path=(q[:200],))
+            Block(
+                text=f"Q: {q}\nA: {a}",
+                kind="faq",
+                metadata=metadata,
+                atomic=True,
+                heading_path=(q[:200],),
+                context=f"Q: {q}",
+            )
         )
     warnings = [f"{skipped} rows without a question or answer were skipped."] if skipped else []
     if not blocks:

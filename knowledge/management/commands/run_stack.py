@@ -29,10 +29,23 @@ class Command(BaseCommand):
         parser.add_argument("--web-workers", type=int, default=web_workers())
         parser.add_argument("--dev", action="store_true", help="Django's autoreloading server in debug mode")
 
+    def _queue_embedding_refresh(self) -> None:
+        """Chunks from before contexts existed are re-embedded by the worker, in the background."""
+        from knowledge import vectors
+        from knowledge.tasks import chunk_embeddings_refresh_task
+        from tenants.scoping import cross_tenant_context
+
+        with cross_tenant_context("manage.py run_stack"):
+            stale = vectors.chatbots_with_stale_embeddings()
+        if stale:
+            chunk_embeddings_refresh_task.delay()
+            self.stdout.write(f"{len(stale)} chatbots have chunks to re-embed with their context; the worker does it.")
+
     def handle(self, *args, **options):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("setup_periodic_tasks")
         call_command("collectstatic", interactive=False, verbosity=0)
+        self._queue_embedding_refresh()
         self.stdout.write(self.style.SUCCESS("\nDemo tenant (a new password and API key on every start):"))
         call_command("ensure_demo")
 

@@ -6,6 +6,7 @@ SCHEDULE = {
     "Sweep stuck ingestion jobs": ("knowledge.ingestion_jobs_sweep", 60, 55),
     "Write queued search logs": ("search.logs_flush", 10, 9),
     "Optimise per-chatbot vector indexes": ("knowledge.vector_indexes_optimize", 900, 850),
+    "Re-embed chunks stored without context": ("knowledge.chunk_embeddings_refresh", 3600, 3000),
 }
 
 
