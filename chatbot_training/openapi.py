@@ -15,7 +15,7 @@ ERROR_SCHEMA = {
             "properties": {
                 "code": {"type": "string"},
                 "message": {"type": "string"},
-                "field": {"type": "string", "nullable": True},
+                "field": {"type": ["string", "null"]},
             },
             "required": ["code", "message"],
             "additionalProperties": True,
@@ -38,14 +38,30 @@ ERRORS = {
 }
 
 
+# A search's answer names the query that feedback is sent about (OpenAPI links: clients and
+# schemathesis's stateful tests follow them).
+LINKS = {
+    operation: {
+        "SendFeedback": {"operationId": "search_feedback", "parameters": {"query_id": "$response.body#/query_id"}}
+    }
+    for operation in ("search", "search_hybrid")
+}
+
+
 def add_error_responses(result, generator, request, public):
+    from search.filters import OPENAPI_COMPONENTS
+
     components = result.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
+    components.update(OPENAPI_COMPONENTS)
     reference = {"$ref": "#/components/schemas/Error"}
     for path in result.get("paths", {}).values():
         for method, operation in path.items():
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
+            links = LINKS.get(operation.get("operationId"))
+            if links and "200" in operation.get("responses", {}):
+                operation["responses"]["200"]["links"] = links
             scopes = operation.get("x-required-scopes")
             if scopes:
                 needs = " or ".join(f"`{s}`" for s in scopes)

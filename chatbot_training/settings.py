@@ -312,6 +312,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Knowledge ingestion and search for customer-support chatbots. "
     "Authenticate with `Authorization: Bearer <api key>`.",
     "VERSION": "1.0.0",
+    # OpenAPI 3.1: full JSON Schema (propertyNames, type null), so the filter language is stated exactly.
+    "OAS_VERSION": "3.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

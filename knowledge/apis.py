@@ -1,50 +1,40 @@
 from __future__ import annotations
 
-import json
-
 from django.core.paginator import Paginator
 from django.urls import reverse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
-from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.response import Response
 
 from knowledge.models import Document, IngestionJob
 from knowledge.selectors import chunk_list, document_get, document_latest_job, document_list, document_totals
 from knowledge.services import document_create, document_delete, document_reprocess
-from tenants import inputs
 from tenants.apis import TenantApi
-from tenants.errors import DomainError
+from tenants.serializers import (
+    FormBooleanField,
+    JsonObjectField,
+    StrictSerializer,
+    TextField,
+    UploadFileField,
+    id_field,
+    query_params,
+)
 
 
-class UploadTrainingDataRequestSerializer(serializers.Serializer):
-    file = serializers.FileField(
-        allow_empty_file=True, help_text="PDF, DOCX, CSV, JSON/JSONL, TXT/Markdown or a chat log."
-    )
-    chatbot_id = serializers.IntegerField()
+class UploadTrainingDataRequestSerializer(StrictSerializer):
+    file = UploadFileField(help_text="PDF, DOCX, CSV, JSON/JSONL, TXT/Markdown or a chat log (not empty).")
+    chatbot_id = id_field()
     content_type = serializers.ChoiceField(choices=Document.ContentType.values, default=Document.ContentType.DOCUMENT)
-    title = serializers.CharField(required=False, allow_blank=True, max_length=300, default="")
-    category = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
-    user_id = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
-    metadata = serializers.JSONField(required=False, default=dict, help_text="A JSON object (may be sent as a string).")
-    replace = serializers.BooleanField(
+    title = TextField(required=False, allow_blank=True, max_length=300, default="")
+    category = TextField(required=False, allow_blank=True, max_length=200, default="")
+    user_id = TextField(required=False, allow_blank=True, max_length=200, default="")
+    metadata = JsonObjectField(required=False, default=dict, help_text="A JSON object (in the form, as JSON text).")
+    replace = FormBooleanField(
         required=False,
         default=False,
         help_text="Replace the chatbot's document with the same title once this one is ready.",
     )
-
-    def validate_metadata(self, value):
-        try:
-            if isinstance(value, str):
-                value = inputs.json_loads(value, field="metadata") if value.strip() else {}
-            inputs.json_value(value, field="metadata")
-        except DomainError as exc:
-            raise serializers.ValidationError(exc.message.removeprefix("metadata ")) from None
-        if not isinstance(value, dict):
-            raise serializers.ValidationError("must be a JSON object.")
-        if len(json.dumps(value)) > 20_000:
-            raise serializers.ValidationError("must be at most 20 kB of JSON.")
-        return value
 
 
 class UploadTrainingDataResponseSerializer(serializers.Serializer):
@@ -119,7 +109,7 @@ def document_payload(document: Document, job: IngestionJob | None) -> dict:
 
 
 class UploadTrainingDataApi(TenantApi):
-    parser_classes = [MultiPartParser, FormParser]
+    parser_classes = [MultiPartParser]  # a file: multipart/form-data only
     scopes = {"post": "write"}
 
     @extend_schema(
@@ -176,29 +166,24 @@ class TrainingDataListResponseSerializer(serializers.Serializer):
     totals = TrainingDataTotalsSerializer()
 
 
+class TrainingDataListQuerySerializer(serializers.Serializer):
+    status = serializers.ChoiceField(choices=Document.Status.values, required=False)
+
+
 class TrainingDataListApi(TenantApi):
     scopes = {"get": "read"}
 
     @extend_schema(
         operation_id="training_data_list",
         responses={200: TrainingDataListResponseSerializer},
-        parameters=[OpenApiParameter("status", str, enum=Document.Status.values, required=False)],
+        parameters=[TrainingDataListQuerySerializer],
         tags=["training data"],
     )
     def get(self, request, chatbot_id: int):
+        params = TrainingDataListQuerySerializer(data=query_params(request))
+        params.is_valid(raise_exception=True)
+        status_filter = params.validated_data.get("status")
         chatbot = self.get_chatbot(chatbot_id)
-        status_filter = request.query_params.get("status") or None
-        if status_filter and status_filter not in Document.Status.values:
-            return Response(
-                {
-                    "error": {
-                        "code": "invalid",
-                        "field": "status",
-                        "message": f"status must be one of {', '.join(Document.Status.values)}.",
-                    }
-                },
-                status=400,
-            )
         documents = document_list(tenant=self.tenant, chatbot=chatbot, status=status_filter)
         body = {
             "chatbot_id": chatbot.pk,
@@ -234,18 +219,9 @@ class DocumentDetailResponseSerializer(DocumentOutputSerializer):
     chunks = ChunkPageSerializer()
 
 
-def _positive_int(value, default: int, field: str, maximum: int) -> int:
-    from tenants.errors import DomainError
-
-    if value in (None, ""):
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        raise DomainError(f"{field} must be a whole number.", field=field) from None
-    if not 1 <= number <= maximum:
-        raise DomainError(f"{field} must be between 1 and {maximum}.", field=field)
-    return number
+class DocumentDetailQuerySerializer(serializers.Serializer):
+    page = serializers.IntegerField(min_value=1, max_value=1_000_000, default=1, help_text="Page of chunks.")
+    page_size = serializers.IntegerField(min_value=1, max_value=500, default=50, help_text="Chunks per page.")
 
 
 class DocumentDetailApi(TenantApi):
@@ -254,13 +230,14 @@ class DocumentDetailApi(TenantApi):
     @extend_schema(
         operation_id="document_detail",
         responses={200: DocumentDetailResponseSerializer},
-        parameters=[OpenApiParameter("page", int, required=False), OpenApiParameter("page_size", int, required=False)],
+        parameters=[DocumentDetailQuerySerializer],
         tags=["training data"],
     )
     def get(self, request, document_id: int):
+        params = DocumentDetailQuerySerializer(data=query_params(request))
+        params.is_valid(raise_exception=True)
         document = document_get(tenant=self.tenant, document_id=document_id, api_key=self.api_key)
-        page_size = _positive_int(request.query_params.get("page_size"), 50, "page_size", 500)
-        page_number = _positive_int(request.query_params.get("page"), 1, "page", 1_000_000)
+        page_size, page_number = params.validated_data["page_size"], params.validated_data["page"]
         paginator = Paginator(chunk_list(tenant=self.tenant, document=document), page_size)
         page = paginator.get_page(page_number)
         body = document_payload(document, document_latest_job(document=document))

@@ -36,7 +36,7 @@ from knowledge.parsers.sandbox import Limits, sandbox_for
 from knowledge.preparation import DOCUMENT_KINDS, ChunkingPlan, document_title_context, prepare
 from tenants import inputs
 from tenants.audit import audit_record
-from tenants.errors import DomainError, NotFound, UploadRejected, UploadTooLarge
+from tenants.errors import Conflict, DomainError, NotFound, UploadRejected, UploadTooLarge
 from tenants.models import Chatbot, Tenant
 from tenants.scoping import cross_tenant_context, scope_connection, tenant_context
 from tenants.services import chatbot_content_changed
@@ -249,7 +249,7 @@ def document_reprocess(*, tenant: Tenant, document: Document) -> IngestionJob:
     with transaction.atomic():
         document = Document.objects.for_tenant(tenant).select_for_update().get(pk=document.pk)
         if document.jobs.filter(status__in=[Status.QUEUED, Status.PROCESSING]).exists():
-            raise DomainError("The document is already being processed; wait for it to finish.", code="conflict")
+            raise Conflict("The document is already being processed; wait for it to finish.")
         document.status = Status.QUEUED
         document.error = ""
         document.save(update_fields=["status", "error", "updated_at"])

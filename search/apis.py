@@ -3,8 +3,9 @@ from __future__ import annotations
 from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import serializers
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from knowledge.models import Document
@@ -19,55 +20,82 @@ from search.selectors import (
 from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn, search_feedback_create, search_run
 from tenants.apis import TenantApi
 from tenants.scoping import scope_kept
+from tenants.serializers import (
+    JsonBooleanField,
+    JsonFloatField,
+    JsonIntegerField,
+    JsonObjectField,
+    StrictSerializer,
+    TextField,
+    id_field,
+    query_params,
+)
 from tenants.spreadsheet import csv_rows
 
 FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
 
 
-class SearchFiltersSerializer(serializers.Serializer):
+@extend_schema_field({"anyOf": [{"$ref": "#/components/schemas/MetadataFilter"}, {"type": "null"}]})
+class MetadataFilterField(JsonObjectField):
+    """The metadata filter language (search/filters.py), described exactly in the schema."""
+
+    def to_internal_value(self, data):
+        value = super().to_internal_value(data)
+        if not value:
+            raise serializers.ValidationError("must name at least one condition (or be left out, or null).")
+        return value
+
+
+class SearchFiltersSerializer(StrictSerializer):
     content_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=Document.ContentType.choices), required=False, max_length=20
-    )
-    categories = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
-    document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=500)
-    metadata = serializers.JSONField(
+        child=serializers.ChoiceField(choices=Document.ContentType.choices),
         required=False,
+        allow_null=True,
+        max_length=20,
+    )
+    categories = serializers.ListField(child=TextField(max_length=200), required=False, allow_null=True, max_length=100)
+    document_ids = serializers.ListField(child=id_field(json=True), required=False, allow_null=True, max_length=500)
+    metadata = MetadataFilterField(
+        required=False,
+        allow_null=True,
         help_text='{"field": "product", "op": "eq", "value": "web"}, {"and": [...]}, {"or": [...]}, or the '
         'shorthand {"product": "web", "year": {"gte": 2020}}. Operators: eq, ne, in, nin, gt, gte, lt, lte.',
     )
 
 
-class ConversationTurnSerializer(serializers.Serializer):
+class ConversationTurnSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=["user", "assistant", "system"])
-    content = serializers.CharField(max_length=8000, allow_blank=True, trim_whitespace=False)
+    content = TextField(max_length=8000, allow_blank=True, trim_whitespace=False)
 
 
-class SearchRequestSerializer(serializers.Serializer):
-    query = serializers.CharField(max_length=MAX_QUERY_CHARS, trim_whitespace=True)
-    chatbot_id = serializers.IntegerField()
-    max_results = serializers.IntegerField(min_value=1, max_value=50, default=5)
-    similarity_threshold = serializers.FloatField(min_value=0.0, max_value=1.0, default=0.0)
+class SearchRequestSerializer(StrictSerializer):
+    query = TextField(max_length=MAX_QUERY_CHARS, trim_whitespace=True)
+    chatbot_id = id_field(json=True)
+    max_results = JsonIntegerField(min_value=1, max_value=50, default=5)
+    similarity_threshold = JsonFloatField(min_value=0.0, max_value=1.0, default=0.0)
     mode = serializers.ChoiceField(choices=MODES, default="semantic")
-    semantic_weight = serializers.FloatField(
+    semantic_weight = JsonFloatField(
         min_value=0.0,
         max_value=1.0,
         required=False,
         allow_null=True,
         help_text="Hybrid only: 1 = vectors only, 0 = keywords only; omit to let each query choose.",
     )
-    filters = SearchFiltersSerializer(required=False)
+    filters = SearchFiltersSerializer(required=False, allow_null=True)
     content_types = serializers.ListField(
         child=serializers.ChoiceField(choices=Document.ContentType.choices),
         required=False,
+        allow_null=True,
         max_length=20,
         help_text="Same as filters.content_types.",
     )
-    categories = serializers.ListField(child=serializers.CharField(max_length=200), required=False, max_length=100)
-    document_ids = serializers.ListField(child=serializers.IntegerField(min_value=1), required=False, max_length=500)
-    metadata = serializers.JSONField(required=False, help_text="Same as filters.metadata.")
-    conversation = ConversationTurnSerializer(
-        many=True,
+    categories = serializers.ListField(child=TextField(max_length=200), required=False, allow_null=True, max_length=100)
+    document_ids = serializers.ListField(child=id_field(json=True), required=False, allow_null=True, max_length=500)
+    metadata = MetadataFilterField(required=False, allow_null=True, help_text="Same as filters.metadata.")
+    conversation = serializers.ListField(
+        child=ConversationTurnSerializer(),
         required=False,
+        allow_null=True,
         max_length=MAX_CONVERSATION_TURNS,
         help_text="Earlier turns, oldest first; the current message is `query`.",
     )
@@ -144,6 +172,7 @@ def search_payload(result) -> dict:
 
 class SearchApi(TenantApi):
     scopes = {"post": "search"}
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="search",
@@ -176,9 +205,15 @@ class SearchApi(TenantApi):
 
 
 class HybridSearchQuerySerializer(serializers.Serializer):
-    q = serializers.CharField(max_length=MAX_QUERY_CHARS)
+    q = TextField(max_length=MAX_QUERY_CHARS, help_text="The question.")
     max_results = serializers.IntegerField(min_value=1, max_value=50, default=5)
-    semantic_weight = serializers.FloatField(min_value=0.0, max_value=1.0, required=False, allow_null=True)
+    semantic_weight = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        required=False,
+        help_text="0–1: weight of the vector list in the fusion (1 - weight for keywords); omit to let each query "
+        "choose.",
+    )
 
 
 class SearchHybridApi(TenantApi):
@@ -186,21 +221,12 @@ class SearchHybridApi(TenantApi):
 
     @extend_schema(
         operation_id="search_hybrid",
-        parameters=[
-            OpenApiParameter("q", OpenApiTypes.STR, required=True),
-            OpenApiParameter("max_results", OpenApiTypes.INT, description="1–50, default 5"),
-            OpenApiParameter(
-                "semantic_weight",
-                OpenApiTypes.FLOAT,
-                description="0–1: weight of the vector list in the fusion (1 - weight for keywords); "
-                "omit to let each query choose.",
-            ),
-        ],
+        parameters=[HybridSearchQuerySerializer],
         responses={200: SearchResponseSerializer},
         tags=["search"],
     )
     def get(self, request, chatbot_id: int):
-        params = HybridSearchQuerySerializer(data=request.query_params)
+        params = HybridSearchQuerySerializer(data=query_params(request))
         params.is_valid(raise_exception=True)
         data = params.validated_data
         chatbot = self.get_chatbot(chatbot_id)
@@ -218,10 +244,10 @@ class SearchHybridApi(TenantApi):
         return Response(search_payload(result))
 
 
-class SearchFeedbackRequestSerializer(serializers.Serializer):
-    helpful = serializers.BooleanField()
-    chunk_id = serializers.IntegerField(required=False, allow_null=True)
-    comment = serializers.CharField(required=False, allow_blank=True, max_length=2000)
+class SearchFeedbackRequestSerializer(StrictSerializer):
+    helpful = JsonBooleanField()
+    chunk_id = id_field(json=True, required=False, allow_null=True)
+    comment = TextField(required=False, allow_blank=True, max_length=2000)
 
 
 class SearchFeedbackResponseSerializer(serializers.Serializer):
@@ -234,6 +260,7 @@ class SearchFeedbackResponseSerializer(serializers.Serializer):
 
 class SearchFeedbackCreateApi(TenantApi):
     scopes = {"post": "search"}
+    parser_classes = [JSONParser]
 
     @extend_schema(
         operation_id="search_feedback",
@@ -258,7 +285,7 @@ class SearchFeedbackCreateApi(TenantApi):
 
 
 class SearchAnalyticsQuerySerializer(serializers.Serializer):
-    days = serializers.IntegerField(min_value=1, max_value=365, default=7)
+    days = serializers.IntegerField(min_value=1, max_value=365, default=7, help_text="The last 1–365 days.")
 
 
 class TopQuerySerializer(serializers.Serializer):
@@ -323,12 +350,12 @@ class SearchAnalyticsApi(TenantApi):
 
     @extend_schema(
         operation_id="search_analytics",
-        parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="1–365, default 7")],
+        parameters=[SearchAnalyticsQuerySerializer],
         responses={200: SearchAnalyticsResponseSerializer},
         tags=["search"],
     )
     def get(self, request, chatbot_id: int):
-        params = SearchAnalyticsQuerySerializer(data=request.query_params)
+        params = SearchAnalyticsQuerySerializer(data=query_params(request))
         params.is_valid(raise_exception=True)
         days = params.validated_data["days"]
         chatbot = self.get_chatbot(chatbot_id)
@@ -349,12 +376,12 @@ class SearchLogExportApi(TenantApi):
 
     @extend_schema(
         operation_id="search_log_export",
-        parameters=[OpenApiParameter("days", OpenApiTypes.INT, description="1–365, default 7")],
+        parameters=[SearchAnalyticsQuerySerializer],
         responses={(200, "text/csv"): OpenApiTypes.STR},
         tags=["search"],
     )
     def get(self, request, chatbot_id: int):
-        params = SearchAnalyticsQuerySerializer(data=request.query_params)
+        params = SearchAnalyticsQuerySerializer(data=query_params(request))
         params.is_valid(raise_exception=True)
         chatbot = self.get_chatbot(chatbot_id)
         return search_log_csv_response(tenant=self.tenant, chatbot=chatbot, days=params.validated_data["days"])

@@ -271,7 +271,8 @@ def _parse(body: dict):
         return None
     if not _number(threshold, 0.0, 1.0) or mode not in MODES or not (weight is None or _number(weight, 0.0, 1.0)):
         return None
-    turns = body.get("conversation") or []
+    turns = body.get("conversation")
+    turns = [] if turns is None else turns  # null is "none"; any other non-list is the full path's 400
     if not isinstance(turns, list) or len(turns) > MAX_CONVERSATION_TURNS:
         return None
     conversation = []
@@ -285,16 +286,26 @@ def _parse(body: dict):
         ):
             return None
         conversation.append(Turn(role=turn["role"], content=turn["content"]))
-    nested = body.get("filters") or {}
+    nested = body.get("filters")
+    nested = {} if nested is None else nested
     if not isinstance(nested, dict) or not nested.keys() <= set(FILTER_KEYS):
         return None
+    for source in (body, nested):  # each given filter must be of its type (a falsy wrong one too)
+        for key in FILTER_KEYS:
+            value = source.get(key)
+            if value is not None and not isinstance(value, dict if key == "metadata" else list):
+                return None
+            if key == "metadata" and value == {}:
+                return None
     raw_filters = {k: body.get(k) or nested.get(k) for k in FILTER_KEYS}
-    for key in ("content_types", "categories", "document_ids"):
+    for key, most in (("content_types", 20), ("categories", 100), ("document_ids", 500)):  # as the serializer
         value = raw_filters[key]
         if value is not None and (
             not isinstance(value, list)
+            or len(value) > most
             or not all(isinstance(v, str if key != "document_ids" else int) and not isinstance(v, bool) for v in value)
             or (key == "document_ids" and not all(1 <= v < 2**63 for v in value))
+            or (key == "categories" and not all(len(v) <= 200 and v.strip() for v in value))
         ):
             return None
     if raw_filters["content_types"] and not set(raw_filters["content_types"]) <= set(Document.ContentType.values):

@@ -16,9 +16,85 @@ from tenants import inputs
 from tenants.errors import DomainError
 
 OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
-MAX_CONDITIONS = 50
-MAX_DEPTH = 5
+RESERVED = ("field", "op", "value", "and", "or")  # not metadata names in the shorthand
+MAX_CONDITIONS = 500
+MAX_DEPTH = 32
+MAX_GROUP = 10  # filters in one and/or group, fields in one shorthand object
 MAX_LIST = 500
+MAX_NAME = 200
+MAX_TEXT = 1000  # a string compared with
+
+
+def _scalar(description: str) -> dict:
+    return {
+        "description": description,
+        "anyOf": [
+            {"type": "string", "maxLength": MAX_TEXT},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+        ],
+    }
+
+
+_NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}
+_LIST = {"type": "array", "minItems": 1, "maxItems": MAX_LIST, "items": _scalar("a plain value")}
+_ORDERED = {"anyOf": [{"type": "string", "maxLength": MAX_TEXT}, {"type": "number"}]}
+_NODES = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": MAX_GROUP,
+    "items": {"$ref": "#/components/schemas/MetadataFilter"},
+}
+
+
+def _condition_schema(ops: tuple[str, ...], value: dict, *, value_required: bool) -> dict:
+    return {
+        "type": "object",
+        "properties": {"field": _NAME, "op": {"type": "string", "enum": list(ops)}, "value": value},
+        "required": ["field", "op", *(["value"] if value_required else [])],
+        "additionalProperties": False,
+    }
+
+
+# The filter language as the OpenAPI schema states it (components added by chatbot_training/openapi.py);
+# _normalise accepts exactly this.
+OPENAPI_COMPONENTS = {
+    "MetadataFilter": {
+        "description": 'A condition {"field", "op", "value"}, a group {"and": [...]} or {"or": [...]}, or the '
+        'shorthand {"product": "web", "year": {"gte": 2020}} (fields joined by and). Operators: eq, ne, in, nin, '
+        "gt, gte, lt, lte; chunk metadata wins over document metadata; numbers stored as text compare as numbers.",
+        "anyOf": [
+            _condition_schema(("eq", "ne"), _scalar("compared for equality"), value_required=False),
+            _condition_schema(("in", "nin"), _LIST, value_required=True),
+            _condition_schema(("gt", "gte", "lt", "lte"), _ORDERED, value_required=True),
+            {"type": "object", "properties": {"and": _NODES}, "required": ["and"], "additionalProperties": False},
+            {"type": "object", "properties": {"or": _NODES}, "required": ["or"], "additionalProperties": False},
+            {"$ref": "#/components/schemas/MetadataShorthand"},
+        ],
+    },
+    "MetadataShorthand": {
+        "type": "object",
+        "minProperties": 1,
+        "maxProperties": MAX_GROUP,
+        "propertyNames": {**_NAME, "not": {"enum": list(RESERVED)}},
+        "additionalProperties": {
+            "anyOf": [
+                _scalar("equal to this"),
+                {
+                    "type": "object",
+                    "minProperties": 1,
+                    "properties": {
+                        **{op: _scalar(op) for op in ("eq", "ne")},
+                        **{op: _LIST for op in ("in", "nin")},
+                        **{op: _ORDERED for op in ("gt", "gte", "lt", "lte")},
+                    },
+                    "additionalProperties": False,
+                },
+            ]
+        },
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -78,8 +154,8 @@ def _normalise(node, depth: int, counter: list[int]) -> dict:
         raise _bad("each metadata filter must be a non-empty object.")
     if set(node) <= {"and", "or"} and len(node) == 1:
         ((kind, children),) = node.items()
-        if not isinstance(children, list) or not children:
-            raise _bad(f"'{kind}' takes a non-empty list of filters.")
+        if not isinstance(children, list) or not children or len(children) > MAX_GROUP:
+            raise _bad(f"'{kind}' takes a list of 1 to {MAX_GROUP} filters.")
         return {kind: [_normalise(child, depth + 1, counter) for child in children]}
     if "field" in node and "op" in node:
         extra = set(node) - {"field", "op", "value"}
@@ -87,11 +163,17 @@ def _normalise(node, depth: int, counter: list[int]) -> dict:
             raise _bad(f"unknown key(s) in condition: {', '.join(sorted(extra))}.")
         return _condition(node["field"], node["op"], node.get("value"), counter)
     # Shorthand: {"product": "web", "year": {"gte": 2020}}
+    reserved = sorted(set(node) & set(RESERVED))
+    if reserved:
+        raise _bad(
+            f"{reserved[0]!r} is not a metadata field here: a condition is "
+            '{"field": ..., "op": ..., "value": ...}, a group {"and": [...]} or {"or": [...]} on its own.'
+        )
+    if len(node) > MAX_GROUP:
+        raise _bad(f"a shorthand filter names at most {MAX_GROUP} fields; group more with 'and'.")
     conditions = []
     for key, value in node.items():
-        if key in ("and", "or"):
-            conditions.append(_normalise({key: value}, depth + 1, counter))
-        elif isinstance(value, dict):
+        if isinstance(value, dict):
             if not value:
                 raise _bad(f'{key!r} needs an operator, e.g. {{"eq": ...}}.')
             conditions.extend(_condition(key, op, v, counter) for op, v in value.items())
@@ -104,9 +186,8 @@ def _condition(name, op, value, counter: list[int]) -> dict:
     counter[0] += 1
     if counter[0] > MAX_CONDITIONS:
         raise _bad(f"metadata filter has more than {MAX_CONDITIONS} conditions.")
-    if not isinstance(name, str) or not name or len(name) > 200:
-        raise _bad("a condition's field must be a non-empty string of at most 200 characters.")
-    op = op.lstrip("$") if isinstance(op, str) else op
+    if not isinstance(name, str) or not name or len(name) > MAX_NAME:
+        raise _bad(f"a condition's field must be a non-empty string of at most {MAX_NAME} characters.")
     if op not in OPERATORS:
         raise _bad(f"unknown operator {op!r} on {name!r}: use one of {', '.join(OPERATORS)}.")
     if op in ("in", "nin"):
@@ -119,6 +200,8 @@ def _condition(name, op, value, counter: list[int]) -> dict:
             raise _bad(f"'{op}' on {name!r} compares with a number or a string.")
     elif isinstance(value, (dict, list)):
         raise _bad(f"'{op}' on {name!r} compares with a plain value (string, number, boolean or null).")
+    if any(isinstance(v, str) and len(v) > MAX_TEXT for v in (value if isinstance(value, list) else [value])):
+        raise _bad(f"'{op}' on {name!r} compares with text of at most {MAX_TEXT} characters.")
     return {"field": name, "op": op, "value": value}
 
 

@@ -506,7 +506,7 @@ def search_feedback_create(
         raise NotFound("Search not found.", field="query_id")
     comment = inputs.text(comment, field="comment", max_length=2000)
     if chunk_id is not None and chunk_id not in (log.result_chunk_ids or []):
-        raise DomainError("chunk_id was not one of this search's results.", field="chunk_id")
+        raise NotFound("That chunk was not among this search's results.", field="chunk_id")
     return SearchFeedback.objects.create(
         tenant=tenant,
         search=log,

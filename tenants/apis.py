@@ -83,6 +83,12 @@ class TenantAutoSchema(AutoSchema):
     """Every operation says which API key scopes it accepts (``x-required-scopes``; the schema's
     post-processing repeats it in the description)."""
 
+    def _map_serializer(self, serializer, direction, bypass_extensions=False):
+        schema = super()._map_serializer(serializer, direction, bypass_extensions)
+        if direction == "request" and getattr(serializer, "strict", False):
+            schema["additionalProperties"] = False  # StrictSerializer refuses unknown fields
+        return schema
+
     def get_extensions(self):
         extensions = dict(super().get_extensions())
         if isinstance(self.view, TenantApi):

@@ -31,6 +31,13 @@ class PermissionDenied(DomainError):
     code = "forbidden"
 
 
+class Conflict(DomainError):
+    """The request is valid but the object's state does not allow it now (409)."""
+
+    status_code = status.HTTP_409_CONFLICT
+    code = "conflict"
+
+
 class UploadRejected(DomainError):
     code = "upload_rejected"
 

@@ -9,7 +9,7 @@ import math
 
 from tenants.errors import DomainError
 
-MAX_JSON_DEPTH = 20
+MAX_JSON_DEPTH = 32
 
 
 def text(value, *, field: str, max_length: int | None = None, label: str | None = None) -> str:
@@ -46,16 +46,36 @@ def json_value(value, *, field: str, label: str | None = None, _depth: int = 0):
     return value
 
 
+def json_clean(value, *, field: str, label: str | None = None, _depth: int = 0):
+    """``value`` with NUL characters removed from its strings and keys (PostgreSQL's jsonb cannot
+    hold them, and in support data they mean nothing); NaN/Infinity and too deep nesting refused."""
+    label = label or field
+    if _depth > MAX_JSON_DEPTH:
+        raise DomainError(f"{label} is nested more than {MAX_JSON_DEPTH} levels deep.", field=field)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DomainError(f"{label} contains {value!r}, which is not a JSON number.", field=field)
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {
+            str(key).replace("\x00", ""): json_clean(item, field=field, label=label, _depth=_depth + 1)
+            for key, item in value.items()
+        }
+    if isinstance(value, list | tuple):
+        return [json_clean(item, field=field, label=label, _depth=_depth + 1) for item in value]
+    return value
+
+
 def _no_constant(name: str):
     raise ValueError(f"{name} is not valid JSON")
 
 
-def json_loads(raw: str, *, field: str, label: str | None = None):
+def json_loads(raw: str, *, field: str, label: str | None = None, clean: bool = False):
     """Strict JSON from a form or query string: NaN, Infinity and -Infinity are refused, and the
-    value must pass ``json_value``."""
+    value must pass ``json_value`` (or, with ``clean``, is made to: ``json_clean``)."""
     label = label or field
     try:
         value = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         raise DomainError(f"{label} is not valid JSON ({exc}).", field=field) from None
-    return json_value(value, field=field, label=label)
+    return (json_clean if clean else json_value)(value, field=field, label=label)

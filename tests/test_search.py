@@ -231,7 +231,10 @@ def test_document_filter_and_each_mode_respects_filters(api, bundle, faq, produc
         ({"field": "year", "op": "eq", "value": 1, "x": 2}, "unknown key"),
         ({"field": "year", "op": "approx", "value": 1}, "unknown operator"),
         ({"product": {"in": "router"}}, "non-empty list"),
-        ({"and": []}, "non-empty list"),
+        ({"and": []}, "a list of 1 to 10 filters"),
+        ({"product": "web", "or": [{"tier": "home"}]}, "not a metadata field here"),
+        ({"product": {"$eq": "web"}}, "unknown operator"),
+        ({"product": "x" * 1001}, "at most 1000 characters"),
         ({"year": {"gt": [1]}}, "number or a string"),
     ],
 )
@@ -717,3 +720,52 @@ def test_fast_path_hands_failures_to_the_full_path(api, bundle, faq, monkeypatch
     monkeypatch.setattr(search_services, "search_run", broken)  # the fast path's reference only
     response = search(api, bundle.chatbot.pk, query="How can I pay?")
     assert response.status_code == 200 and response.json()["results"]
+
+
+FILTERS_ACCEPTED = [
+    {"product": "router"},
+    {"field": "product", "op": "ne", "value": "router"},
+    {"field": "product", "op": "eq"},
+    {"product": {"in": ["printer", "mesh"]}, "year": {"gte": 2024, "lt": 2026}},
+    {"and": [{"field": "tier", "op": "eq", "value": "home"}, {"or": [{"year": 2024}, {"year": {"lte": "2021"}}]}]},
+    {"product": True, "discontinued": None},
+]
+FILTERS_REFUSED = [
+    {},
+    {"": None, "product": True},
+    {"year": {"between": [1, 2]}},
+    {"field": "year", "op": "eq", "value": 1, "x": 2},
+    {"product": {"in": "router"}},
+    {"and": []},
+    {"and": [{"a": 1}] * 11},
+    {"year": {"gt": [1]}},
+    {"year": {"gt": True}},
+    {"product": "web", "or": [{"tier": "home"}]},
+    {"and": "x"},
+    {"product": {"$eq": "web"}},
+    {"product": {}},
+    {"product": "x" * 1001},
+    {"field": "", "op": "eq", "value": 1},
+]
+
+
+def test_the_schema_states_the_filter_language_exactly(api):
+    """What the OpenAPI schema says a metadata filter is, the server accepts, and nothing else
+    (checked here on examples; schemathesis checks it on generated ones in bench/schema_fuzz.py)."""
+    import jsonschema
+
+    from search.filters import search_filters_build
+    from tenants.errors import DomainError
+
+    schema = api.get("/api/schema/?format=json").json()
+    assert schema["openapi"].startswith("3.1")
+    root = {"$ref": "#/components/schemas/MetadataFilter", "components": schema["components"]}
+    validator = jsonschema.Draft202012Validator(root)
+    for metadata in FILTERS_ACCEPTED:
+        assert validator.is_valid(metadata), metadata
+        search_filters_build(metadata=metadata)
+    for metadata in FILTERS_REFUSED:
+        assert not validator.is_valid(metadata), metadata
+        if metadata:  # an empty filter is no filter to the service; the API refuses it
+            with pytest.raises(DomainError):
+                search_filters_build(metadata=metadata)
