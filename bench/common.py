@@ -49,8 +49,10 @@ def use_database(name: str, *, fresh: bool) -> tuple[dict, bool]:
     urls, created = database_create(name, fresh=fresh)
     settings.DATABASES["default"]["NAME"] = name
     settings.DATABASES["maintenance"]["NAME"] = name
-    settings.SEARCH_CACHE_PREFIX = f"search:{name}:"
     db.connections.close_all()
+    with db.connection.cursor() as cursor:  # cache keys of this very database (a rebuilt one has a new oid)
+        cursor.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
+        settings.SEARCH_CACHE_PREFIX = f"search:{name}:{cursor.fetchone()[0]}:"
     call_command("migrate", verbosity=0)
     return urls, created
 
@@ -114,6 +116,8 @@ class Stack:
             "REDIS_URL": settings.REDIS_URL,
             "CHATBOT_KEEP_EMBEDDED": "1",
             "CELERY_QUEUE": f"bench-{uuid.uuid4().hex[:6]}",
+            # the database is new: so are its cache keys (chatbot ids and content versions restart)
+            "SEARCH_CACHE_PREFIX": f"search:{self.name}:{uuid.uuid4().hex[:8]}:",
             "MEDIA_ROOT": str(settings.VAR_DIR / "bench-media"),
             "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),  # as `make run`: debug off, plain HTTP on the loopback
             "API_RATE_LIMITS": '{"standard": 100000000}',  # measure the server, not the per-key limit

@@ -1,6 +1,6 @@
 """Hostile uploads against a running stack (web server + Celery worker, own database).
 
-Uploads every file of ``bench/hostile_corpus.py`` (118 built here) and every file under
+Uploads every file of ``bench/hostile_corpus.py`` (133 built here) and every file under
 ``../shared/fixtures/documents`` (real PDFs/DOCX, some deliberately broken) through the API,
 one at a time, following each job to its end. Goals: each file answered with a 4xx or ends ``failed`` with a reason (or
 ``ready`` where the corpus expects plain data) within 60 s of its upload; zero 5xx; zero jobs

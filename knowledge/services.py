@@ -526,8 +526,10 @@ def _chunks_store(
     """Write the chunk rows (and conversations) once; a rerun with the same chunking keeps them,
     and their vectors, as they are. Returns the number of exact duplicates flagged."""
     wanted = [(i, d.content_hash, d.context) for i, d in enumerate(drafts)]
+    # The lease check stays outside the transaction: inside it, its row lock would stall the job's
+    # pulse (``_Pulse``) for as long as the chunks take to write, and the job would look silent.
+    _heartbeat(job, chunks_total=len(drafts))
     with transaction.atomic():
-        _heartbeat(job, chunks_total=len(drafts))
         existing = list(
             Chunk.objects.filter(document=document)
             .order_by("position")

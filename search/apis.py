@@ -328,6 +328,18 @@ class FeedbackSummarySerializer(serializers.Serializer):
     feedback_rate = serializers.FloatField(allow_null=True, help_text="Share of searches that got feedback.")
 
 
+class HybridBlendSerializer(serializers.Serializer):
+    keyword_votes = serializers.IntegerField(
+        help_text="Helpful hybrid results the keyword list ranked above the vector list, and unhelpful ones "
+        "it ranked below (all of the chatbot's feedback)."
+    )
+    vector_votes = serializers.IntegerField(help_text="The same for the vector list.")
+    keyword_factor = serializers.FloatField(
+        help_text="How much the automatic hybrid blend scales its keyword share for this chatbot (0.2-2.0; 1 with "
+        "no feedback)."
+    )
+
+
 class SearchAnalyticsResponseSerializer(serializers.Serializer):
     chatbot_id = serializers.IntegerField()
     days = serializers.IntegerField()
@@ -341,6 +353,7 @@ class SearchAnalyticsResponseSerializer(serializers.Serializer):
     mean_top_score = serializers.FloatField(allow_null=True)
     top_queries = TopQuerySerializer(many=True)
     feedback = FeedbackSummarySerializer()
+    hybrid_blend = HybridBlendSerializer()
     daily = DailySearchSerializer(many=True)
     knowledge_gaps = KnowledgeGapSerializer(many=True)
 

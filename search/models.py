@@ -28,6 +28,11 @@ class SearchLog(TenantOwned):
     conversation_turns = models.PositiveIntegerField(default=0)
     result_count = models.PositiveIntegerField(default=0)
     result_chunk_ids = models.JSONField(default=list, blank=True)
+    result_ranks = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Hybrid: [vector rank, keyword rank] of each result (null: not in that list).",
+    )
     top_score = models.FloatField(null=True, blank=True, help_text="Best cosine similarity (null for keyword-only).")
     took_ms = models.FloatField()
     cache_hit = models.BooleanField(default=False)
@@ -55,3 +60,22 @@ class SearchFeedback(TenantOwned):
 
     class Meta:
         indexes = [models.Index(fields=["chatbot", "created_at"])]
+
+
+class SearchBlend(TenantOwned):
+    """What a chatbot's feedback says about its hybrid search: helpful results the keyword list
+    ranked above the vector list (keyword votes) and the other way round (vector votes). The
+    keyword factor scales the keyword share of the automatic blend (search.services)."""
+
+    PRIOR = 5  # votes each side starts with: a few votes move the factor a little
+    LOW, HIGH = 0.2, 2.0
+
+    chatbot = models.OneToOneField("tenants.Chatbot", on_delete=models.CASCADE, related_name="search_blend")
+    keyword_votes = models.PositiveIntegerField(default=0)
+    vector_votes = models.PositiveIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    @property
+    def keyword_factor(self) -> float:
+        factor = (self.keyword_votes + self.PRIOR) / (self.vector_votes + self.PRIOR)
+        return min(max(factor, self.LOW), self.HIGH)

@@ -334,7 +334,7 @@ def search_log_queryset(*, tenant, chatbot_id: int, days: int):
 
 def search_analytics(*, tenant, chatbot_id: int, days: int, low_score: float) -> dict:
     """Volume, latency percentiles, cache hit rate, gaps, top queries, feedback and a daily series."""
-    from search.models import SearchFeedback
+    from search.models import SearchBlend, SearchFeedback
 
     since = timezone.now() - timedelta(days=days)
     gap = "(result_count = 0 OR (top_score IS NOT NULL AND top_score < %(low)s))"
@@ -376,6 +376,7 @@ def search_analytics(*, tenant, chatbot_id: int, days: int, low_score: float) ->
             {"query": q, "count": n, "mean_top_score": _round(s), "mean_results": _round(r), "last_seen": t}
             for q, n, s, r, t in cursor.fetchall()
         ]
+    blend = SearchBlend.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id).first()
     feedback = SearchFeedback.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id, created_at__gte=since)
     feedback_count = feedback.count()
     helpful = feedback.filter(helpful=True).count()
@@ -414,6 +415,11 @@ def search_analytics(*, tenant, chatbot_id: int, days: int, low_score: float) ->
             "not_helpful": feedback_count - helpful,
             "helpful_rate": _round(helpful / feedback_count) if feedback_count else None,
             "feedback_rate": _round(searches_with_feedback / total) if total else None,
+        },
+        "hybrid_blend": {  # what all of the chatbot's feedback taught its hybrid search (not only these days)
+            "keyword_votes": blend.keyword_votes if blend else 0,
+            "vector_votes": blend.vector_votes if blend else 0,
+            "keyword_factor": round(blend.keyword_factor, 3) if blend else 1.0,
         },
         "daily": series,
     }

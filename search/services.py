@@ -3,6 +3,7 @@ filtered, cached in Redis and logged."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -10,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from knowledge.embeddings import provider_for
@@ -20,7 +22,7 @@ from search import cache
 from search.filters import SearchFilters
 from search.logbuffer import search_log_enqueue, search_logs_flush
 from search.metrics import SEARCH_LATENCY, SEARCHES, ZERO_RESULTS
-from search.models import SearchFeedback, SearchLog
+from search.models import SearchBlend, SearchFeedback, SearchLog
 from search.selectors import (
     NO_FILTERS,
     Hit,
@@ -36,6 +38,7 @@ from search.selectors import (
 from tenants import inputs
 from tenants.errors import DomainError, NotFound
 from tenants.models import ApiKey, Chatbot, Tenant
+from tenants.services import chatbot_content_changed
 
 MODES = ("semantic", "keyword", "hybrid")
 MAX_QUERY_CHARS = 2000
@@ -167,26 +170,37 @@ def fuse(
     return ordered[:limit]
 
 
-# Default hybrid weighting, measured with bench/quality.py (SciFact, COVID FAQ paraphrases,
-# BANKING77): keyword evidence adds at most a tenth of a cosine unit while the vector list is
-# confident (best cosine >= 0.5), and gains weight as the vector list loses confidence (codes,
-# names, rare terms the model does not know), up to an even blend at a best cosine of 0.2.
-AUTO_KEYWORD_SHARE = 0.1
+# Default hybrid weighting, measured with bench/quality.py (SciFact; COVID FAQ paraphrases against
+# full and short FAQ entries, where keywords are much weaker than vectors; BANKING77), from the
+# score distributions of each query:
+# - while the vector list is confident (best cosine >= 0.5), keyword evidence may add up to
+#   AUTO_KEYWORD_SHARE of a cosine unit, and less the more decisive the vector list is (the gap
+#   between its first and second cosine, scale AUTO_MARGIN_SCALE): keywords break near-ties, they
+#   do not overturn a clear vector answer (where they did, on FAQ paraphrases, hybrid fell below
+#   semantic search);
+# - as the vector list loses confidence (codes, names, rare terms the model does not know) keyword
+#   evidence gains weight, up to an even blend at a best cosine of 0.2;
+# - and each chatbot's own feedback moves its keyword share (SearchBlend: helpful results that the
+#   keyword list ranked higher than the vector list, and the other way round).
+AUTO_KEYWORD_SHARE = 0.15
+AUTO_MARGIN_SCALE = 0.05
 AUTO_CONFIDENT_COSINE = 0.5
 AUTO_LOST_COSINE = 0.2
 
 
-def auto_semantic_weight(semantic: list[Hit], keyword: list[Hit]) -> float:
-    """The vector weight for one query, from how confident the vector list is."""
+def auto_semantic_weight(semantic: list[Hit], keyword: list[Hit], keyword_factor: float = 1.0) -> float:
+    """The vector weight for one query, from how confident and how decisive the vector list is,
+    and the chatbot's learned keyword factor."""
     if not keyword:
         return 1.0
     if not semantic:
         return 0.0
-    top = max(hit.score for hit in semantic)
-    share = AUTO_KEYWORD_SHARE
+    scores = sorted((hit.score for hit in semantic), reverse=True)
+    top, margin = scores[0], scores[0] - (scores[1] if len(scores) > 1 else 0.0)
+    share = min(1.0, AUTO_KEYWORD_SHARE * keyword_factor * math.exp(-max(margin, 0.0) / AUTO_MARGIN_SCALE))
     if top < AUTO_CONFIDENT_COSINE:
         lost = min(1.0, (AUTO_CONFIDENT_COSINE - top) / (AUTO_CONFIDENT_COSINE - AUTO_LOST_COSINE))
-        share += (1.0 - AUTO_KEYWORD_SHARE) * lost
+        share += (1.0 - share) * lost
     return round(1.0 / (1.0 + share), 4)
 
 
@@ -350,7 +364,7 @@ def search_run(
             results = keyword[:max_results]
         else:
             if weight is None:
-                weight = auto_semantic_weight(semantic, keyword)
+                weight = auto_semantic_weight(semantic, keyword, blend_keyword_factor(chatbot))
             known = {hit.chunk_id for hit in semantic}
             cosines = chunk_cosines(
                 space=space, chunk_ids=[h.chunk_id for h in keyword if h.chunk_id not in known], vector=vector
@@ -472,8 +486,56 @@ def result_fields(results: list[Hit], mode: str) -> dict:
     return {
         "result_count": len(results),
         "result_chunk_ids": [h.chunk_id for h in results],
+        "result_ranks": [[h.ranks.get("semantic"), h.ranks.get("keyword")] for h in results if mode == "hybrid"],
         "top_score": top_cosine(results, mode),
     }
+
+
+# --- The hybrid blend each chatbot learns from its feedback ---------------------------------
+
+_factors: dict[tuple[int, int], float] = {}
+
+
+def blend_keyword_factor(chatbot: Chatbot) -> float:
+    """The chatbot's learned keyword factor (1.0 until feedback says otherwise), remembered per
+    process for its content version (a change of the factor that matters bumps the version)."""
+    key = (chatbot.pk, chatbot.content_version)
+    factor = _factors.get(key)
+    if factor is None:
+        blend = SearchBlend.objects.filter(chatbot_id=chatbot.pk).only("keyword_votes", "vector_votes").first()
+        factor = blend.keyword_factor if blend is not None else 1.0
+        if len(_factors) > 10_000:
+            _factors.clear()
+        _factors[key] = factor
+    return factor
+
+
+def _blend_vote(*, tenant: Tenant, log: SearchLog, chunk_id: int, helpful: bool) -> None:
+    """Which list was right about a chunk of a hybrid search: a helpful chunk that the keyword
+    list ranked above the vector list is a vote for keywords (and the other way round); an
+    unhelpful one is a vote against the list that ranked it higher."""
+    if log.mode != "hybrid" or chunk_id not in (log.result_chunk_ids or []):
+        return
+    ranks = log.result_ranks or []
+    position = log.result_chunk_ids.index(chunk_id)
+    if position >= len(ranks):
+        return
+    semantic, keyword = (rank if rank is not None else 10**6 for rank in ranks[position])
+    if semantic == keyword:
+        return
+    keyword_won = (keyword < semantic) == helpful
+    with transaction.atomic():
+        blend, _ = SearchBlend.objects.select_for_update().get_or_create(
+            tenant=tenant, chatbot_id=log.chatbot_id, defaults={"keyword_votes": 0, "vector_votes": 0}
+        )
+        before = round(blend.keyword_factor, 1)
+        if keyword_won:
+            blend.keyword_votes += 1
+        else:
+            blend.vector_votes += 1
+        blend.save(update_fields=["keyword_votes", "vector_votes", "updated_at"])
+        if round(blend.keyword_factor, 1) != before:  # cached answers were blended with the old factor
+            chatbot_content_changed(chatbot_id=log.chatbot_id)
 
 
 def search_logged(**fields) -> None:
@@ -507,6 +569,8 @@ def search_feedback_create(
     comment = inputs.text(comment, field="comment", max_length=2000)
     if chunk_id is not None and chunk_id not in (log.result_chunk_ids or []):
         raise NotFound("That chunk was not among this search's results.", field="chunk_id")
+    if chunk_id is not None and not SearchFeedback.objects.filter(search=log, chunk_id=chunk_id).exists():
+        _blend_vote(tenant=tenant, log=log, chunk_id=chunk_id, helpful=helpful)  # one vote per result
     return SearchFeedback.objects.create(
         tenant=tenant,
         search=log,

@@ -144,11 +144,11 @@ def test_forms_require_csrf(bundle):
 
 
 def test_api_keys_page_creates_once_shown_keys_and_revokes(owner, bundle):
-    response = owner.post("/keys/", {"name": "widget", "chatbot": bundle.chatbot.pk})
+    response = owner.post("/keys/", {"name": "widget", "chatbot": bundle.chatbot.pk, "scopes": ["search"]})
     page = response.content.decode()
     with as_tenant(bundle):
         key = ApiKey.objects.get(name="widget")
-    assert key.chatbot_id == bundle.chatbot.pk
+    assert key.chatbot_id == bundle.chatbot.pk and key.scopes == ["search"]
     raw = page.split('id="new-key">')[1].split("<")[0]
     assert raw.startswith(key.prefix)
     assert raw not in owner.get("/keys/").content.decode()  # shown once

@@ -139,7 +139,7 @@ def _hostile_corpus():
 
 
 def test_the_hostile_corpus_is_refused_with_reasons_and_stored_as_plain_data(bundle, settings):
-    """Every file of bench/hostile_corpus.py (118: bombs, entity XML, PDF/JSON/CSV attacks,
+    """Every file of bench/hostile_corpus.py (133: bombs, entity XML, PDF/JSON/CSV attacks, stalling input,
     polyglots, renamed executables, hostile names, prompt injection) through the upload service
     and the ingestion task (eager, in-process, parsing in the sandbox child): a refusal at upload
     or a failed job with a reason where the corpus says "refuse", a ready document where it says

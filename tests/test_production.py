@@ -24,6 +24,7 @@ def _manage(*args: str, **env: str) -> subprocess.CompletedProcess:
         "DATABASE_MAINTENANCE_URL": django_settings.DATABASE_MAINTENANCE_URL,
         "REDIS_URL": django_settings.REDIS_URL,
         "EMBEDDING_WARM_UP": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(50),  # an external database: secrets from the environment
         **env,
     }
     environment.pop("DJANGO_SETTINGS_MODULE", None)

@@ -96,7 +96,7 @@ def test_keyword_and_hybrid(api, bundle, faq):
     assert top["metadata"]["row"] == 4
     assert top["keyword_rank"] == 1 and top["semantic_rank"] == 1
     weight = hybrid["semantic_weight"]
-    assert 0.5 <= weight <= 1 / 1.1 + 1e-4  # vectors lead; keywords add up to a tenth while vectors are confident
+    assert 0.5 <= weight <= 1.0  # vectors lead (a clear vector answer leaves keywords next to nothing)
     assert top["fused_score"] == pytest.approx(weight * top["similarity_score"] + (1 - weight) * 1.0, abs=1e-5)
     assert all(r["similarity_score"] is not None for r in hybrid["results"])  # keyword-only hits get their cosine
 
@@ -123,13 +123,97 @@ def test_auto_weight_follows_vector_confidence():
     from search.selectors import Hit
     from search.services import auto_semantic_weight
 
-    def hits(score):
-        return [Hit(1, 1, "t", "c", "faq", "", {}, None, [], score)]
+    def hits(*scores):
+        return [Hit(i, 1, "t", "c", "faq", "", {}, None, [], s) for i, s in enumerate(scores)]
 
-    assert auto_semantic_weight(hits(0.8), hits(3.0)) == pytest.approx(1 / 1.1, abs=1e-4)
-    assert auto_semantic_weight(hits(0.35), hits(3.0)) == pytest.approx(1 / 1.55, abs=1e-4)
-    assert auto_semantic_weight(hits(0.1), hits(3.0)) == pytest.approx(0.5, abs=1e-4)
+    # confident vectors: keywords break a near-tie with up to 0.15 of a cosine unit ...
+    assert auto_semantic_weight(hits(0.8, 0.8), hits(3.0)) == pytest.approx(1 / 1.15, abs=1e-4)
+    # ... less the clearer the vector answer (gap 0.05: a share of 0.15/e), nothing against a clear one
+    assert auto_semantic_weight(hits(0.8, 0.75), hits(3.0)) == pytest.approx(1 / (1 + 0.15 / np.e), abs=1e-4)
+    assert auto_semantic_weight(hits(0.8, 0.4), hits(3.0)) == pytest.approx(1.0, abs=1e-3)
+    # unsure vectors: keywords gain weight, up to an even blend
+    assert auto_semantic_weight(hits(0.35, 0.35), hits(3.0)) == pytest.approx(1 / 1.575, abs=1e-4)
+    assert auto_semantic_weight(hits(0.1, 0.05), hits(3.0)) == pytest.approx(0.5, abs=1e-4)
+    # the chatbot's learned factor scales the keyword share
+    assert auto_semantic_weight(hits(0.8, 0.8), hits(3.0), keyword_factor=2.0) == pytest.approx(1 / 1.3, abs=1e-4)
     assert (auto_semantic_weight(hits(0.8), []), auto_semantic_weight([], hits(3.0))) == (1.0, 0.0)
+
+
+PARTS = [
+    ("ZK-4471", "hinge"),
+    ("QX-9032", "gasket"),
+    ("LM-1180", "bracket"),
+    ("TR-5521", "spring"),
+    ("VB-3307", "washer"),
+]
+
+
+def test_feedback_teaches_the_hybrid_blend(api, client, bundle, other_bundle):
+    """Helpful results that the keyword list ranked above the vector list raise the chatbot's
+    keyword factor (and unhelpful ones lower it); one vote per result of a search; the factor
+    changes the blend of the next search, and only this chatbot's."""
+    from search.models import SearchBlend
+    from search.services import blend_keyword_factor
+
+    rows = [
+        {"question": "How do I reset my password?", "answer": "Open Settings, choose Security and press Reset."},
+        {"question": "Password rules", "answer": "A password has twelve characters. Never share a password."},
+        {"question": "Which cards do you take?", "answer": "Visa and Mastercard; a card payment is instant."},
+        {"question": "Card fees", "answer": "A card fee of 1% applies to every card and card payment."},
+        {"question": "Can I return a product?", "answer": "Yes, within 30 days of delivery."},
+        {"question": "Returns of opened products", "answer": "An opened product returns for a refund less 10%."},
+    ]
+    ingest(bundle, make_upload("help.jsonl", "\n".join(json.dumps(r) for r in rows)), content_type="faq")
+
+    def hybrid_search(query):
+        body = search(api, bundle.chatbot.pk, query=query, mode="hybrid", max_results=5).json()
+        split = [r for r in body["results"] if (r["keyword_rank"] or 99) < (r["semantic_rank"] or 99)]
+        return body, split
+
+    def feedback(body, result, helpful):
+        response = api.post(
+            f"/api/search/{body['query_id']}/feedback",
+            {"helpful": helpful, "chunk_id": result["chunk_id"]},
+            format="json",
+        )
+        assert response.status_code == 201, response.json()
+
+    queries = ["password", "card payment", "return product", "share password", "card", "refund"]
+    before = {query: hybrid_search(query) for query in queries}
+    votes = 0
+    for body, split in before.values():
+        for result in split:
+            feedback(body, result, True)
+            feedback(body, result, True)  # the second vote on the same result does not count
+            votes += 1
+    assert votes >= 2, "no result the keyword list ranked above the vector list"
+    after, _ = hybrid_search("card payment")
+    assert after["cached"] is False  # a change of the factor renews the chatbot's cached answers
+    assert after["semantic_weight"] < before["card payment"][0]["semantic_weight"]  # keywords weigh more
+    with as_tenant(bundle.tenant):
+        blend = SearchBlend.objects.get(chatbot=bundle.chatbot)
+        bundle.chatbot.refresh_from_db()
+    assert (blend.keyword_votes, blend.vector_votes) == (votes, 0)
+    assert blend.keyword_factor == pytest.approx(min(2.0, (votes + 5) / 5))
+    with as_tenant(bundle.tenant):
+        assert blend_keyword_factor(bundle.chatbot) == pytest.approx(blend.keyword_factor)
+    with as_tenant(other_bundle.tenant):
+        assert not SearchBlend.objects.exists()
+    # analytics say what the chatbot's feedback taught
+    analytics = api.get(f"/api/search/analytics/{bundle.chatbot.pk}").json()
+    assert analytics["hybrid_blend"] == {
+        "keyword_votes": votes,
+        "vector_votes": 0,
+        "keyword_factor": pytest.approx(blend.keyword_factor, abs=1e-3),
+    }
+    assert client.login(username=bundle.username, password=bundle.password)
+    page = client.get(f"/chatbots/{bundle.chatbot.pk}/search/analytics").content.decode()
+    assert f"<b>×{round(blend.keyword_factor, 3)}</b>hybrid keyword weight ({votes} : 0 votes)" in page
+    # an unhelpful result the keyword list ranked higher is a vote for the vector list
+    body, split = hybrid_search("card")
+    feedback(body, split[0], False)
+    with as_tenant(bundle.tenant):
+        assert SearchBlend.objects.values_list("keyword_votes", "vector_votes").get() == (votes, 1)
 
 
 def test_keyword_search_survives_typos_with_trigrams(api, bundle, faq):

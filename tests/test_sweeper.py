@@ -80,7 +80,7 @@ def test_a_file_that_kills_the_worker_every_time_fails_after_three_attempts(bund
 @pytest.mark.worker
 def test_a_job_whose_worker_waits_on_its_parser_is_not_handed_to_another(bundle, worker_env, settings):
     """A real worker process parses a 4,000-page PDF in its sandbox child, then embeds and checks
-    its 400 chunks, for tens of seconds in all. With a stale age of one second, the sweeper (run
+    its 400 chunks, for tens of seconds in all. With a stale age of two seconds, the sweeper (run
     here every 0.1 s) must never take the job away: the job's heartbeat thread beats whatever the
     worker is busy with. The job ends ready after exactly one attempt."""
     import random
@@ -89,13 +89,13 @@ def test_a_job_whose_worker_waits_on_its_parser_is_not_handed_to_another(bundle,
     from tests.conftest import build_pdf
     from tests.worker import celery_worker
 
-    settings.INGESTION_STALE_AFTER_SECONDS = 1
+    settings.INGESTION_STALE_AFTER_SECONDS = 2
     rng = random.Random(7)
     words = "warranty router cable refund shipping invoice battery screen charger update firmware".split()
     pdf = build_pdf(
         [" ".join(rng.choice(words) for _ in range(12)).capitalize() + f" number {i}." for i in range(4000)]
     )
-    env = {"INGESTION_STALE_AFTER_SECONDS": 1, "INGESTION_HEARTBEAT_SECONDS": 0.2, "EMBEDDING_BATCH_SIZE": 16}
+    env = {"INGESTION_STALE_AFTER_SECONDS": 2, "INGESTION_HEARTBEAT_SECONDS": 0.2, "EMBEDDING_BATCH_SIZE": 16}
 
     def final(job_id):
         with as_tenant(bundle):

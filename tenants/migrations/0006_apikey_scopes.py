@@ -51,15 +51,16 @@ CREATE TRIGGER tenant_access_changed
 
 
 def scopes_from_scope(apps, schema_editor):
-    ApiKey = apps.get_model("tenants", "ApiKey")
-    ApiKey.objects.filter(scope="search_upload").update(scopes=["search", "read", "write"])
-    ApiKey.objects.exclude(scope="search_upload").update(scopes=["search"])
+    # on the migrating connection (the owner's), whatever scope the caller runs in
+    keys = apps.get_model("tenants", "ApiKey").objects.using(schema_editor.connection.alias)
+    keys.filter(scope="search_upload").update(scopes=["search", "read", "write"])
+    keys.exclude(scope="search_upload").update(scopes=["search"])
 
 
 def scope_from_scopes(apps, schema_editor):
-    ApiKey = apps.get_model("tenants", "ApiKey")
-    ApiKey.objects.filter(scopes__contains=["write"]).update(scope="search_upload")
-    ApiKey.objects.exclude(scopes__contains=["write"]).update(scope="search")
+    keys = apps.get_model("tenants", "ApiKey").objects.using(schema_editor.connection.alias)
+    keys.filter(scopes__contains=["write"]).update(scope="search_upload")
+    keys.exclude(scopes__contains=["write"]).update(scope="search")
 
 
 class Migration(migrations.Migration):

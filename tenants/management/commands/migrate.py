@@ -8,5 +8,9 @@ from chatbot_training import dbroles
 
 class Command(MigrateCommand):
     def handle(self, *args, **options):
-        with dbroles.as_owner(options["database"]):
+        from tenants.scoping import no_tenant_context
+
+        # No scope: a caller's cross-tenant scope would route migrations' queries to the
+        # maintenance connection, which then waits on the locks of the migration's own transaction.
+        with no_tenant_context(), dbroles.as_owner(options["database"]):
             return super().handle(*args, **options)
