@@ -1,5 +1,6 @@
 """End-to-end ingestion throughput (API -> Celery worker -> PostgreSQL/pgvector) against the raw
-``model.encode`` speed on the same chunks, measured in the same run.
+``model.encode`` speed on the same chunks (each with its context, as the pipeline embeds it),
+measured in the same run.
 
     python bench/ingest.py [--docs N] [--per-file N]
 
@@ -72,14 +73,14 @@ def _run(args, stack) -> dict:
     end_to_end = time.perf_counter() - began
 
     with psycopg.connect(stack.owner_url) as conn:  # its own read-back sees every tenant
-        texts = [
-            row[0]
-            for row in conn.execute(
-                "SELECT c.text FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id "
-                "WHERE d.title LIKE 'scifact-%%' ORDER BY d.id, c.position"
-            )
-        ]
+        rows = conn.execute(
+            "SELECT c.text, c.context FROM knowledge_chunk c JOIN knowledge_document d ON d.id = c.document_id "
+            "WHERE d.title LIKE 'scifact-%%' ORDER BY d.id, c.position"
+        ).fetchall()
+    from knowledge.chunking import embedding_text
     from knowledge.embeddings import LocalProvider
+
+    texts = [embedding_text(text, context) for text, context in rows]  # what the pipeline embeds
 
     model = LocalProvider().model
     model.encode(texts[:64], batch_size=32)

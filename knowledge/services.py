@@ -622,36 +622,62 @@ def _embed_missing(
     """Embed the document's chunks that have no vector in ``space`` or one made from another input
     (their context changed), in batches; a rerun does only what is still missing."""
     done = done_before + vectors.embeddings_current(space=space, document_id=document.pk)
-    while True:
-        batch = vectors.chunks_to_embed(space=space, document_id=document.pk, limit=settings.EMBEDDING_BATCH_SIZE)
-        if not batch:
-            return done
-        _embeddings_store(document.tenant_id, document.chatbot_id, space, provider, batch)
-        done += len(batch)
-        span = EMBED_PROGRESS_TO - EMBED_PROGRESS_FROM
+    span = EMBED_PROGRESS_TO - EMBED_PROGRESS_FROM
+
+    def fetch(after: int) -> list:
+        return vectors.chunks_to_embed(
+            space=space, document_id=document.pk, limit=settings.EMBEDDING_BATCH_SIZE, after=after
+        )
+
+    def stored(count: int) -> None:
+        nonlocal done
+        done += count
         _heartbeat(job, chunks_done=done, progress=EMBED_PROGRESS_FROM + int(span * done / max(total, 1)))
 
+    _embed_batches(document.tenant_id, document.chatbot_id, space, provider, fetch, stored)
+    return done
 
-def _embeddings_store(tenant_id: int, chatbot_id: int, space: EmbeddingSpace, provider, batch) -> None:
-    """Embed ``batch`` (chunk id, text, context) and write the vectors, replacing stale ones."""
-    inputs = [embedding_text(text, context) for _, text, context in batch]
-    embeddings = provider.embed(inputs)
-    ChunkEmbedding.objects.bulk_create(
-        [
-            ChunkEmbedding(
-                tenant_id=tenant_id,
-                chatbot_id=chatbot_id,
-                chunk_id=chunk_id,
-                space=space,
-                embedding=vector,
-                input_hash=input_hash(text),
+
+def _embed_batches(tenant_id: int, chatbot_id: int, space: EmbeddingSpace, provider, fetch, stored) -> int:
+    """Embed and store every batch ``fetch(after_chunk_id)`` returns ((chunk id, text, context)
+    rows in id order), replacing stale vectors; ``stored(n)`` after each write. The next batch is
+    embedded in a thread of its own while this one is written, so the model never waits for the
+    database (the thread does no database work: writes stay on this connection, in its
+    transaction and tenant scope). Returns how many were stored."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def submit(batch):
+        if not batch:
+            return None
+        inputs = [embedding_text(text, context) for _, text, context in batch]
+        return batch, inputs, encoder.submit(provider.embed, inputs)
+
+    count = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed") as encoder:
+        pending = submit(fetch(0))
+        while pending is not None:
+            batch, inputs, vectors_future = pending
+            embeddings = vectors_future.result()
+            pending = submit(fetch(batch[-1][0]))
+            ChunkEmbedding.objects.bulk_create(
+                [
+                    ChunkEmbedding(
+                        tenant_id=tenant_id,
+                        chatbot_id=chatbot_id,
+                        chunk_id=chunk_id,
+                        space=space,
+                        embedding=vector,
+                        input_hash=input_hash(text),
+                    )
+                    for (chunk_id, _, _), text, vector in zip(batch, inputs, embeddings)
+                ],
+                update_conflicts=True,
+                unique_fields=["chunk", "space"],
+                update_fields=["embedding", "input_hash"],
             )
-            for (chunk_id, _, _), text, vector in zip(batch, inputs, embeddings)
-        ],
-        update_conflicts=True,
-        unique_fields=["chunk", "space"],
-        update_fields=["embedding", "input_hash"],
-    )
+            count += len(batch)
+            stored(len(batch))
+    return count
 
 
 def _finish(
@@ -749,15 +775,16 @@ def _chatbot_embeddings_refresh(chatbot: Chatbot) -> tuple[int, int]:
         contexts += len(missing)
     embedded = 0
     for space in ingestion_spaces(chatbot=chatbot):
-        provider = provider_for(space.model_key)
-        while True:
-            batch = vectors.chunks_to_embed(
-                space=space, chatbot_id=chatbot.pk, limit=settings.EMBEDDING_BATCH_SIZE, unknown_input_only=True
-            )
-            if not batch:
-                break
-            _embeddings_store(chatbot.tenant_id, chatbot.pk, space, provider, batch)
-            embedded += len(batch)
+
+        def fetch(after: int, space=space) -> list:
+            return vectors.chunks_to_embed(
+                space=space, chatbot_id=chatbot.pk, limit=settings.EMBEDDING_BATCH_SIZE, unknown_input_only=True,
+                after=after,
+            )  # fmt: skip
+
+        embedded += _embed_batches(
+            chatbot.tenant_id, chatbot.pk, space, provider_for(space.model_key), fetch, lambda count: None
+        )
     return contexts, embedded
 
 

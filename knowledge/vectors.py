@@ -42,27 +42,35 @@ INPUT_HASH_SQL = f"left(encode(sha256(convert_to({EMBEDDING_INPUT_SQL}, 'UTF8'))
 
 
 def chunks_to_embed(
-    *, space: EmbeddingSpace, limit: int, document_id: int | None = None, chatbot_id=None, unknown_input_only=False
+    *,
+    space: EmbeddingSpace,
+    limit: int,
+    document_id: int | None = None,
+    chatbot_id=None,
+    unknown_input_only=False,
+    after: int = 0,
 ) -> list:
-    """(chunk id, text, context) of chunks with no vector in ``space`` or one made from another
-    input: of one document; or, with ``unknown_input_only``, a chatbot's chunks whose vectors were
-    made before inputs were recorded."""
+    """(chunk id, text, context), in id order from past chunk id ``after``, of chunks with no vector
+    in ``space`` or one made from another input: of one document; or, with ``unknown_input_only``,
+    a chatbot's chunks whose vectors were made before inputs were recorded."""
     if unknown_input_only:
         sql = """
             SELECT c.id, c.text, c.context FROM knowledge_chunkembedding e
             JOIN knowledge_chunk c ON c.id = e.chunk_id
-            WHERE e.chatbot_id = %(chatbot)s AND e.space_id = %(space)s AND e.input_hash = ''
+            WHERE e.chatbot_id = %(chatbot)s AND e.space_id = %(space)s AND e.input_hash = '' AND c.id > %(after)s
             ORDER BY c.id LIMIT %(limit)s
         """
     else:
         sql = f"""
             SELECT c.id, c.text, c.context FROM knowledge_chunk c
             LEFT JOIN knowledge_chunkembedding e ON e.chunk_id = c.id AND e.space_id = %(space)s
-            WHERE c.document_id = %(document)s AND (e.id IS NULL OR e.input_hash IS DISTINCT FROM {INPUT_HASH_SQL})
-            ORDER BY c.position LIMIT %(limit)s
+            WHERE c.document_id = %(document)s AND c.id > %(after)s
+              AND (e.id IS NULL OR e.input_hash IS DISTINCT FROM {INPUT_HASH_SQL})
+            ORDER BY c.id LIMIT %(limit)s
         """
+    params = {"space": space.pk, "document": document_id, "chatbot": chatbot_id, "limit": limit, "after": after}
     with connection.cursor() as cursor:
-        cursor.execute(sql, {"space": space.pk, "document": document_id, "chatbot": chatbot_id, "limit": limit})
+        cursor.execute(sql, params)
         return cursor.fetchall()
 
 
