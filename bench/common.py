@@ -39,9 +39,10 @@ def database_create(name: str, *, fresh: bool) -> tuple[dict, bool]:
     return urls, not exists
 
 
-def use_database(name: str, *, fresh: bool) -> tuple[dict, bool]:
+def use_database(name: str, *, fresh: bool, migrate: bool = True) -> tuple[dict, bool]:
     """Create ``name`` if missing (see ``database_create``), point Django at it, migrate (as the
-    owner). Returns its URLs and whether it was created now."""
+    owner) unless told not to (processes that join a database their parent migrated: concurrent
+    migrations collide on the grants). Returns its URLs and whether it was created now."""
     from django import db
     from django.conf import settings
     from django.core.management import call_command
@@ -53,7 +54,8 @@ def use_database(name: str, *, fresh: bool) -> tuple[dict, bool]:
     with db.connection.cursor() as cursor:  # cache keys of this very database (a rebuilt one has a new oid)
         cursor.execute("SELECT oid FROM pg_database WHERE datname = current_database()")
         settings.SEARCH_CACHE_PREFIX = f"search:{name}:{cursor.fetchone()[0]}:"
-    call_command("migrate", verbosity=0)
+    if migrate:
+        call_command("migrate", verbosity=0)
     return urls, created
 
 

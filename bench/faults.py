@@ -311,7 +311,7 @@ def main() -> None:
     report = {"benchmark": "faults"}
     rng = random.Random(20261125)
     with Stack(DATABASE, args.port, **env) as stack:
-        use_database(DATABASE, fresh=False)  # this process sweeps the stack's jobs
+        use_database(DATABASE, fresh=False, migrate=False)  # the stack migrated it; this process sweeps its jobs
         from django.conf import settings
 
         settings.INGESTION_STALE_AFTER_SECONDS = env["INGESTION_STALE_AFTER_SECONDS"]

@@ -161,9 +161,10 @@ def recall(bots, vectors, per_bot: int) -> list[dict]:
                     found, strategy = _semantic_search(space=space, chatbot=chatbot, vector=query, limit=10,
                                                        filters=filters)  # fmt: skip
                     times.append((time.perf_counter() - began) * 1000)
-                exact = semantic_hits(space=space, chatbot_id=chatbot.pk, vector=query, limit=10, filters=filters,
-                                      exact=True)  # fmt: skip
+                    exact = semantic_hits(space=space, chatbot_id=chatbot.pk, vector=query, limit=10,
+                                          filters=filters, exact=True)  # fmt: skip
                 truth = {h.chunk_id for h in exact}
+                assert truth, f"exact search found nothing for chatbot {chatbot.pk}"  # never a vacuous recall
                 scores.append(len(truth & {h.chunk_id for h in found}) / max(len(truth), 1))
                 strategies.add(strategy)
             out[f"recall@10_{label}"] = round(sum(scores) / len(scores), 4)
@@ -192,7 +193,7 @@ def _raw_worker(args):
     import torch
 
     torch.set_num_threads(threads)
-    use_database(DATABASE, fresh=False)
+    use_database(DATABASE, fresh=False, migrate=False)  # the parent migrated it
     from knowledge.embeddings import provider_for
     from knowledge.services import chatbot_space_ensure_active
     from search.selectors import NO_FILTERS
