@@ -26,43 +26,36 @@ def text(value, *, field: str, max_length: int | None = None, label: str | None 
     return value
 
 
-def json_value(value, *, field: str, label: str | None = None, _depth: int = 0):
+def json_value(value, *, field: str, label: str | None = None):
     """``value`` if PostgreSQL's jsonb can hold it: no NUL in strings or keys, only finite numbers,
     nested at most ``MAX_JSON_DEPTH`` levels."""
-    label = label or field
-    if _depth > MAX_JSON_DEPTH:
-        raise DomainError(f"{label} is nested more than {MAX_JSON_DEPTH} levels deep.", field=field)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DomainError(f"{label} contains {value!r}, which is not a JSON number.", field=field)
-    if isinstance(value, str):
-        text(value, field=field, label=label)
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            text(key, field=field, label=label)
-            json_value(item, field=field, label=label, _depth=_depth + 1)
-    elif isinstance(value, list | tuple):
-        for item in value:
-            json_value(item, field=field, label=label, _depth=_depth + 1)
-    return value
+    return _json(value, field=field, label=label or field, clean=False, depth=0)
 
 
-def json_clean(value, *, field: str, label: str | None = None, _depth: int = 0):
+def json_clean(value, *, field: str, label: str | None = None):
     """``value`` with NUL characters removed from its strings and keys (PostgreSQL's jsonb cannot
     hold them, and in support data they mean nothing); NaN/Infinity and too deep nesting refused."""
-    label = label or field
-    if _depth > MAX_JSON_DEPTH:
+    return _json(value, field=field, label=label or field, clean=True, depth=0)
+
+
+def _json(value, *, field: str, label: str, clean: bool, depth: int):
+    if depth > MAX_JSON_DEPTH:
         raise DomainError(f"{label} is nested more than {MAX_JSON_DEPTH} levels deep.", field=field)
     if isinstance(value, float) and not math.isfinite(value):
         raise DomainError(f"{label} contains {value!r}, which is not a JSON number.", field=field)
+
+    def string(item):
+        return str(item).replace("\x00", "") if clean else text(item, field=field, label=label)
+
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return string(value)
     if isinstance(value, dict):
         return {
-            str(key).replace("\x00", ""): json_clean(item, field=field, label=label, _depth=_depth + 1)
+            string(key): _json(item, field=field, label=label, clean=clean, depth=depth + 1)
             for key, item in value.items()
         }
     if isinstance(value, list | tuple):
-        return [json_clean(item, field=field, label=label, _depth=_depth + 1) for item in value]
+        return [_json(item, field=field, label=label, clean=clean, depth=depth + 1) for item in value]
     return value
 
 
