@@ -173,7 +173,9 @@ REDIS_URL = env("REDIS_URL", default="") or embedded.redis_url()
 # Search (see search/services.py and README "Search").
 # Cache keys are prefixed with the database name: a fresh database never reads an old one's entries.
 SEARCH_CACHE_PREFIX = env("SEARCH_CACHE_PREFIX", default="") or f"search:{DATABASES['default']['NAME']}:"
-SEARCH_CACHE_TIMEOUT = env.float("SEARCH_CACHE_TIMEOUT", default=0.25)  # seconds per Redis call
+# Seconds a Redis call may take before its caller goes on without Redis (tenants/redis_client.py);
+# SEARCH_CACHE_TIMEOUT is its earlier name.
+REDIS_TIMEOUT = env.float("REDIS_TIMEOUT", default=env.float("SEARCH_CACHE_TIMEOUT", default=0.25))
 SEARCH_RESULTS_CACHE_TTL = env.int("SEARCH_RESULTS_CACHE_TTL", default=3600)
 SEARCH_EMBEDDING_CACHE_TTL = env.int("SEARCH_EMBEDDING_CACHE_TTL", default=7 * 24 * 3600)
 # Filtered candidate sets up to this size are searched exactly (true nearest neighbours).

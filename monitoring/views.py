@@ -19,14 +19,9 @@ def _check_database() -> str | None:
 
 
 def _check_redis() -> str | None:
-    import redis
-    from django.conf import settings
+    from tenants import redis_client
 
-    try:
-        redis.Redis.from_url(settings.REDIS_URL, socket_timeout=1, socket_connect_timeout=1).ping()
-        return None
-    except Exception as exc:
-        return f"redis unavailable: {exc.__class__.__name__}"
+    return redis_client.ping()
 
 
 def _check_worker() -> str | None:

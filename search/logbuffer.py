@@ -13,11 +13,11 @@ import logging
 import threading
 import uuid
 
-import redis
 from django.conf import settings
 from django.db import IntegrityError, close_old_connections, connection, transaction
 
-from search import cache
+from tenants import redis_client
+from tenants.redis_client import RedisError
 
 logger = logging.getLogger(__name__)
 BATCH = 1000
@@ -35,15 +35,15 @@ def search_log_enqueue(row: dict) -> None:
     from search.models import SearchLog
 
     if settings.SEARCH_LOG_BUFFER:
-        client = cache._redis()
+        client = redis_client.client()
         if client is not None:
             try:
                 client.rpush(_key(), json.dumps(row, default=str))
                 if settings.SEARCH_LOG_FLUSHER_THREAD:
                     _ensure_flusher()
                 return
-            except redis.RedisError as error:
-                cache._failed(error)
+            except RedisError as error:
+                redis_client.failed(error, what="search log buffer")
     SearchLog.objects.create(**_model_fields(row))
 
 
@@ -66,7 +66,7 @@ def cached_get_logged(key: str, row: dict, *, rate_key: str, rate_limit: int, ra
     and the value cached at ``key`` (None if absent); when present, ``row`` (a log row without its
     result fields) is queued in the same round trip. None if Redis is unavailable."""
     global _script
-    client = cache._redis()
+    client = redis_client.client()
     if client is None:
         return None
     if _script is None:
@@ -76,8 +76,8 @@ def cached_get_logged(key: str, row: dict, *, rate_key: str, rate_limit: int, ra
         allowed, value = _script(
             keys=[key, _key(), rate_key], args=[head[:-1] + ',"from_cache":', rate_limit, rate_ttl], client=client
         )
-    except redis.RedisError as error:
-        cache._failed(error)
+    except RedisError as error:
+        redis_client.failed(error, what="search log buffer")
         return None
     if value is not None and settings.SEARCH_LOG_FLUSHER_THREAD:
         _ensure_flusher()
@@ -127,7 +127,7 @@ def _write_as_tenants(rows: list) -> None:
 def _flush(limit: int) -> int:
     from search.models import SearchLog
 
-    client = cache._redis()
+    client = redis_client.client()
     if client is None:
         return 0
     written = 0
@@ -137,8 +137,8 @@ def _flush(limit: int) -> int:
                 pipe.lrange(_key(), 0, BATCH - 1)
                 pipe.ltrim(_key(), BATCH, -1)
                 raw, _ = pipe.execute()
-        except redis.RedisError as error:
-            cache._failed(error)
+        except RedisError as error:
+            redis_client.failed(error, what="search log buffer")
             return written
         if not raw:
             break
@@ -154,8 +154,8 @@ def _flush(limit: int) -> int:
             # Put the rows back so a database hiccup loses nothing; the next flush retries.
             try:
                 client.lpush(_key(), *reversed(raw))
-            except redis.RedisError as error:
-                cache._failed(error)
+            except RedisError as error:
+                redis_client.failed(error, what="search log buffer")
             raise
         written += len(rows)
     return written

@@ -7,18 +7,15 @@ unavailable: the limit fails open for a few seconds and a warning is logged.
 
 from __future__ import annotations
 
-import logging
 import time
 
-import redis
 from django.conf import settings
 
-logger = logging.getLogger(__name__)
+from tenants import redis_client
+from tenants.redis_client import RedisError
 
 WINDOW_SECONDS = 60
 _now = time.time  # tests pin the clock
-_client: redis.Redis | None = None
-_down_until = 0.0
 
 
 def limit_for(plan: str) -> int:
@@ -34,20 +31,10 @@ def window_key(key_id: int, now: float | None = None) -> tuple[str, int]:
     return f"{settings.SEARCH_CACHE_PREFIX}rate:{key_id}:{window}", retry_after
 
 
-def _redis() -> redis.Redis | None:
-    global _client
-    if time.monotonic() < _down_until:
-        return None
-    if _client is None:
-        _client = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.25, socket_connect_timeout=0.25)
-    return _client
-
-
 def rate_hit(*, key_id: int, plan: str) -> int | None:
     """Counts one request of the key; None if it is within the plan's limit, else the seconds to
     wait (Retry-After)."""
-    global _down_until
-    client = _redis()
+    client = redis_client.client()
     if client is None:
         return None
     key, retry_after = window_key(key_id)
@@ -56,9 +43,8 @@ def rate_hit(*, key_id: int, plan: str) -> int | None:
             pipe.incr(key)
             pipe.expire(key, WINDOW_SECONDS + 5)
             count, _ = pipe.execute()
-    except redis.RedisError:
-        logger.warning("rate limiting is off for 5 s: Redis is unavailable", exc_info=True)
-        _down_until = time.monotonic() + 5
+    except RedisError as error:
+        redis_client.failed(error, what="rate limits not enforced")
         return None
     return retry_after if count > limit_for(plan) else None
 
@@ -104,8 +90,7 @@ def _account_wait(failures: int, last: float, now: float) -> int | None:
 
 def login_wait(*, address: str, username: str, device: str | None = None) -> int | None:
     """Seconds before this attempt may be tried, or None if it may be tried now."""
-    global _down_until
-    client = _redis()
+    client = redis_client.client()
     if client is None or not username:
         return None
     keys = _keys(address, username, device)
@@ -115,8 +100,8 @@ def login_wait(*, address: str, username: str, device: str | None = None) -> int
             pipe.ttl(keys["address"])
             pipe.hmget(keys["account"], "failures", "last")
             address_failures, address_ttl, (failures, last) = pipe.execute()
-    except redis.RedisError:
-        _down_until = time.monotonic() + 5
+    except RedisError as error:
+        redis_client.failed(error, what="login throttling")
         return None
     if address_failures is not None and int(address_failures) >= settings.LOGIN_ADDRESS_FAILURES_MAX:
         return max(int(address_ttl), 1)
@@ -126,8 +111,7 @@ def login_wait(*, address: str, username: str, device: str | None = None) -> int
 
 
 def login_failed(*, address: str, username: str, device: str | None = None) -> None:
-    global _down_until
-    client = _redis()
+    client = redis_client.client()
     if client is None or not username:
         return
     keys = _keys(address, username, device)
@@ -142,24 +126,24 @@ def login_failed(*, address: str, username: str, device: str | None = None) -> N
             _, address_ttl, *_ = pipe.execute()
         if address_ttl < 0:  # the address's window starts at its first failure
             client.expire(keys["address"], window)
-    except redis.RedisError:
-        _down_until = time.monotonic() + 5
+    except RedisError as error:
+        redis_client.failed(error, what="login throttling")
 
 
 def login_succeeded(*, address: str, username: str, device: str | None = None) -> None:
-    client = _redis()
+    client = redis_client.client()
     if client is None or not username:
         return
     try:  # a known device clears its own count only: the account's stays for attempts without one
         client.delete(_keys(address, username, device)["account"])
-    except redis.RedisError:
+    except RedisError:
         pass
 
 
 def login_throttled_first(*, address: str, username: str) -> bool:
     """Whether this is the first refused attempt for the account in its current throttle (the
     audit log records that one, and counts the rest here instead of writing a row each)."""
-    client = _redis()
+    client = redis_client.client()
     if client is None:
         return True
     key = f"{settings.SEARCH_CACHE_PREFIX}login:throttled:" + _digest(_normal(username), address)
@@ -168,5 +152,5 @@ def login_throttled_first(*, address: str, username: str) -> bool:
         if not first:
             client.incr(key)
         return bool(first)
-    except redis.RedisError:
+    except RedisError:
         return True

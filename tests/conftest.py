@@ -95,7 +95,7 @@ def as_tenant(who):
 @pytest.fixture(scope="session", autouse=True)
 def _fresh_search_cache():
     """Chatbot ids restart with each test database: give every session its own cache keys."""
-    from search import cache
+    from tenants import redis_client
 
     # Logs are written at once (tests read them right after a search); tests/test_search.py
     # covers the Redis-buffered path explicitly.
@@ -104,7 +104,7 @@ def _fresh_search_cache():
         SEARCH_LOG_BUFFER=False,
         SEARCH_LOG_FLUSHER_THREAD=False,  # a thread's own connection cannot see a test's rows
     ):
-        cache.reset()
+        redis_client.reset()
         yield
 
 

@@ -10,8 +10,8 @@ from django.db import connection
 from rest_framework.test import APIClient
 
 from chatbot_training import dbroles
-from search import cache
 from search.models import SearchFeedback, SearchLog
+from tenants import redis_client
 from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
 pytestmark = pytest.mark.django_db
@@ -557,14 +557,14 @@ def test_results_are_cached_and_invalidated_when_content_changes(api, bundle, fa
 
 def test_search_works_uncached_when_redis_is_down(api, bundle, faq, settings, tmp_path):
     settings.REDIS_URL = f"unix://{tmp_path}/no-redis.sock"
-    settings.SEARCH_CACHE_TIMEOUT = 0.05
-    cache.reset()
+    settings.REDIS_TIMEOUT = 0.05
+    redis_client.reset()
     try:
         for _ in range(2):
             body = search(api, bundle.chatbot.pk, query="How can I pay?", max_results=3).json()
             assert body["results"] and body["cached"] is False
     finally:
-        cache.reset()
+        redis_client.reset()
 
 
 def test_every_search_is_logged(api, bundle, faq):
@@ -688,14 +688,14 @@ def test_logs_are_queued_in_redis_and_written_in_batches(api, bundle, faq, setti
 def test_logs_are_written_directly_when_redis_is_down(api, bundle, faq, settings, tmp_path):
     settings.SEARCH_LOG_BUFFER = True
     settings.REDIS_URL = f"unix://{tmp_path}/no-redis.sock"
-    settings.SEARCH_CACHE_TIMEOUT = 0.05
-    cache.reset()
+    settings.REDIS_TIMEOUT = 0.05
+    redis_client.reset()
     try:
         body = search(api, bundle.chatbot.pk, query="How can I pay?").json()
         with as_tenant(bundle):
             assert SearchLog.objects.filter(query_id=body["query_id"]).exists()
     finally:
-        cache.reset()
+        redis_client.reset()
 
 
 def test_cached_searches_take_the_fast_path_and_stay_correct(api, bundle, faq, settings, django_assert_max_num_queries):
