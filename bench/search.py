@@ -74,10 +74,10 @@ def build(texts, vectors) -> list[dict]:
     import numpy as np
     from django.db import connection
 
-    from chatbot_training import dbroles
     from knowledge.models import Document
     from knowledge.services import chatbot_space_ensure_active
     from knowledge.vectors import ensure_space_index
+    from tenants import dbroles
     from tenants.services import chatbot_create, tenant_bootstrap
 
     rng = np.random.default_rng(42)

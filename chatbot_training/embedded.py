@@ -41,11 +41,11 @@ def _file_lock(name: str):
 def postgres_urls() -> tuple[str, str, str]:
     """Start (or attach to) the embedded PostgreSQL; return the app role's, the owner role's and
     the maintenance role's URLs of the app database (the roles are created here, see
-    ``chatbot_training.dbroles``)."""
+    ``tenants.dbroles``)."""
     import pgserver
     import psycopg
 
-    from chatbot_training import dbroles
+    from tenants import dbroles
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR not set

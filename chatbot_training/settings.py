@@ -74,6 +74,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_celery_beat",
     "django_prometheus",
+    "chatbot_training",  # the project's own commands: run_stack (make run), setup_periodic_tasks
     "tenants",
     "knowledge",
     "search",
@@ -118,7 +119,7 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
-# Three roles (chatbot_training/dbroles.py): the app connects as DATABASE_URL's role, which owns
+# Three roles (tenants/dbroles.py): the app connects as DATABASE_URL's role, which owns
 # nothing and sees one tenant's rows at a time (row-level security); cross-tenant maintenance
 # (sweeper, index upkeep, staff in the admin) connects as DATABASE_MAINTENANCE_URL's role, which
 # the policies name; DATABASE_OWNER_URL's role owns the tables and runs migrations and index

@@ -8,8 +8,8 @@ import time
 
 from django.db import connection
 
-from chatbot_training import dbroles
 from knowledge.models import EmbeddingSpace
+from tenants import dbroles
 from tenants.scoping import scope_connection
 
 

@@ -33,7 +33,6 @@ from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
 
-from chatbot_training import dbroles
 from knowledge.models import Document, EmbeddingSpace
 from search import cache
 from search.apis import search_payload
@@ -53,6 +52,7 @@ from search.services import (
     search_log_row,
     search_logged,
 )
+from tenants import dbroles
 from tenants.errors import DomainError, error_body
 from tenants.models import ApiKey, Chatbot, Tenant
 from tenants.ratelimit import WINDOW_SECONDS, limit_for, rate_hit, window_key

@@ -8,7 +8,7 @@ not an error, not all rows. A few tables add what a signed-in user needs before 
 all, writable by none) and audit rows (added for the current tenant, or for the tenants of the
 signed-in user; changed by nobody).
 
-Every tenant's rows are visible only to the maintenance role (``chatbot_training/dbroles.py``),
+Every tenant's rows are visible only to the maintenance role (``tenants/dbroles.py``),
 through a policy that names it: the app role is no member of it and no setting imitates it, so
 an SQL injection on the app's connection reaches at most the tenant it names.
 
@@ -182,7 +182,7 @@ def post_migrate_apply(sender, using="default", **kwargs) -> None:
     from django.conf import settings
     from django.db import connections
 
-    from chatbot_training import dbroles
+    from tenants import dbroles
 
     connection = connections[using]
     app_role = settings.DATABASE_APP.get("USER") if dbroles.is_separate() else None

@@ -1,5 +1,5 @@
 """Which connection a query uses: the app role's, or, inside ``cross_tenant_context``, the
-maintenance role's (``chatbot_training/dbroles.py``). The scope decides, not the caller, so a
+maintenance role's (``tenants/dbroles.py``). The scope decides, not the caller, so a
 cross-tenant block cannot forget to switch and a tenant's block cannot reach every tenant."""
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def _isolated_media(tmp_path_factory):
 @pytest.fixture(scope="session")
 def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix):
     """The owner role creates and migrates the test database (as `manage.py migrate` does)..."""
-    from chatbot_training import dbroles
+    from tenants import dbroles
 
     dbroles.default_use_owner()
 
@@ -55,7 +55,7 @@ def django_db_setup(django_db_setup, django_db_blocker):
     test database: the owner closes them and drops it."""
     from django.db import connection
 
-    from chatbot_training import dbroles
+    from tenants import dbroles
 
     dbroles.default_use_app()
     dbroles.maintenance_use_own_role()

@@ -9,7 +9,7 @@ from django.db import DatabaseError, connection, transaction
 from django.test import Client
 from rest_framework.test import APIClient
 
-from chatbot_training import dbroles
+from tenants import dbroles
 from tenants.models import ApiKey, AuditEvent, Membership
 from tests.conftest import as_tenant, make_upload
 

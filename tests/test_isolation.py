@@ -15,7 +15,7 @@ import pytest
 from django.db import connection, transaction
 from rest_framework.test import APIClient
 
-from chatbot_training import dbroles
+from tenants import dbroles
 from tenants.scoping import no_tenant_context, tenant_context, user_context
 from tests.conftest import SAMPLE_FAQ_CSV, across_tenants, as_tenant, ingest, make_upload
 

@@ -9,9 +9,8 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from chatbot_training import dbroles
 from search.models import SearchFeedback, SearchLog
-from tenants import redis_client
+from tenants import dbroles, redis_client
 from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
 pytestmark = pytest.mark.django_db

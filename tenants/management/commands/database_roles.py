@@ -1,10 +1,10 @@
 """Print the SQL a database administrator runs once (as a superuser) on an external PostgreSQL:
 the owner, app and maintenance roles, the database handed to the owner, and, inside the
-database, the extensions and the leakproof search operators (see ``chatbot_training/dbroles.py``)."""
+database, the extensions and the leakproof search operators (see ``tenants/dbroles.py``)."""
 
 from django.core.management.base import BaseCommand
 
-from chatbot_training import dbroles
+from tenants import dbroles
 
 
 class Command(BaseCommand):

@@ -3,7 +3,7 @@ owner role: TRUNCATE ignores row-level security, so the app role is not granted 
 
 from django.core.management.commands.flush import Command as FlushCommand
 
-from chatbot_training import dbroles
+from tenants import dbroles
 
 
 class Command(FlushCommand):

@@ -3,7 +3,7 @@ change the schema. Row-level security is (re)applied at the end (``tenants/rls.p
 
 from django.core.management.commands.migrate import Command as MigrateCommand
 
-from chatbot_training import dbroles
+from tenants import dbroles
 
 
 class Command(MigrateCommand):
