@@ -96,15 +96,67 @@ def chatbot_space_ensure_active(*, chatbot: Chatbot) -> ChatbotSpace:
 
 
 def chatbot_space_add(
-    *, chatbot: Chatbot, model_key: str, version: str = "1", role: str = ChatbotSpace.Role.BUILDING
+    *,
+    chatbot: Chatbot,
+    model_key: str,
+    version: str = "1",
+    role: str = ChatbotSpace.Role.BUILDING,
+    tenant_owned: bool = False,
 ) -> ChatbotSpace:
-    """Hold a second space beside the active one (re-embedding, A/B candidates)."""
+    """Hold a second space beside the active one (re-embedding, A/B candidates, a fine-tuned
+    version): a built-in model version, or with ``tenant_owned`` the chatbot's tenant's own."""
     chatbot_space_ensure_active(chatbot=chatbot)
-    space = embedding_space_get_or_create(model_key=model_key, version=version)
+    space = embedding_space_get_or_create(
+        model_key=model_key, version=version, tenant=chatbot.tenant if tenant_owned else None
+    )
     link, _ = ChatbotSpace.objects.get_or_create(
         tenant_id=chatbot.tenant_id, chatbot=chatbot, space=space, defaults={"role": role}
     )
     return link
+
+
+def chatbot_space_activate(*, chatbot: Chatbot, space: EmbeddingSpace) -> ChatbotSpace:
+    """Serve ``space`` for the chatbot from now on, in one transaction: the active space retires
+    (its vectors are kept), ``space`` becomes active, the content version is bumped (cached results
+    stop being read) and the fast path hears of it (the table's trigger). ``space`` must be one the
+    chatbot holds, with a current vector for every chunk of its ready documents
+    (``chunk_embeddings_backfill``), so no search ever meets a half-built space."""
+    with transaction.atomic():
+        links = {link.space_id: link for link in ChatbotSpace.objects.select_for_update().filter(chatbot=chatbot)}
+        target = links.get(space.pk)
+        if target is None:
+            raise NotFound("This chatbot holds no vectors in that embedding space.")
+        if target.role == ChatbotSpace.Role.ACTIVE:
+            return target
+        missing = vectors.chunks_missing_count(space=space, chatbot_id=chatbot.pk)
+        if missing:
+            raise Conflict(
+                f"{missing} chunks have no vector in this embedding space yet; re-embed them "
+                "(chunk_embeddings_backfill) before activating it."
+            )
+        ChatbotSpace.objects.filter(chatbot=chatbot, role=ChatbotSpace.Role.ACTIVE).update(
+            role=ChatbotSpace.Role.RETIRED
+        )
+        target.role = ChatbotSpace.Role.ACTIVE
+        target.save(update_fields=["role"])
+        chatbot_content_changed(chatbot_id=chatbot.pk)
+    return target
+
+
+def chunk_embeddings_backfill(*, chatbot: Chatbot, space: EmbeddingSpace, progress=None) -> int:
+    """Embed every chunk of the chatbot's ready documents that lacks a current vector in
+    ``space`` (a space being built, a changed context); no job lease, safe to run again or
+    alongside ingestion (vectors are keyed by chunk and space). ``progress(n)`` after each batch
+    stored. Returns how many vectors were written."""
+
+    def fetch(after: int) -> list:
+        return vectors.chunks_to_embed(
+            space=space, chatbot_id=chatbot.pk, limit=settings.EMBEDDING_BATCH_SIZE, after=after
+        )
+
+    return _embed_batches(
+        chatbot.tenant_id, chatbot.pk, space, provider_for(space.model_key), fetch, progress or (lambda count: None)
+    )
 
 
 def ingestion_spaces(*, chatbot: Chatbot) -> list[EmbeddingSpace]:

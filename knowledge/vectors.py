@@ -51,8 +51,9 @@ def chunks_to_embed(
     after: int = 0,
 ) -> list:
     """(chunk id, text, context), in id order from past chunk id ``after``, of chunks with no vector
-    in ``space`` or one made from another input: of one document; or, with ``unknown_input_only``,
-    a chatbot's chunks whose vectors were made before inputs were recorded."""
+    in ``space`` or one made from another input: of one document, or of a chatbot's ready
+    documents; or, with ``unknown_input_only``, a chatbot's chunks whose vectors were made before
+    inputs were recorded."""
     if unknown_input_only:
         sql = """
             SELECT c.id, c.text, c.context FROM knowledge_chunkembedding e
@@ -64,7 +65,7 @@ def chunks_to_embed(
         sql = f"""
             SELECT c.id, c.text, c.context FROM knowledge_chunk c
             LEFT JOIN knowledge_chunkembedding e ON e.chunk_id = c.id AND e.space_id = %(space)s
-            WHERE c.document_id = %(document)s AND c.id > %(after)s
+            WHERE {_chunks_of(document_id)} AND c.id > %(after)s
               AND (e.id IS NULL OR e.input_hash IS DISTINCT FROM {INPUT_HASH_SQL})
             ORDER BY c.id LIMIT %(limit)s
         """
@@ -72,6 +73,30 @@ def chunks_to_embed(
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
+
+
+def _chunks_of(document_id: int | None) -> str:
+    """SQL condition on chunk ``c``: of the document, else of the chatbot's ready documents."""
+    if document_id is not None:
+        return "c.document_id = %(document)s"
+    return (
+        "c.chatbot_id = %(chatbot)s AND c.document_id IN "
+        "(SELECT id FROM knowledge_document WHERE chatbot_id = %(chatbot)s AND status = 'ready')"
+    )
+
+
+def chunks_missing_count(*, space: EmbeddingSpace, chatbot_id: int) -> int:
+    """How many chunks of the chatbot's ready documents lack a current vector in ``space``."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"""
+            SELECT count(*) FROM knowledge_chunk c
+            LEFT JOIN knowledge_chunkembedding e ON e.chunk_id = c.id AND e.space_id = %(space)s
+            WHERE {_chunks_of(None)} AND (e.id IS NULL OR e.input_hash IS DISTINCT FROM {INPUT_HASH_SQL})
+            """,
+            {"space": space.pk, "chatbot": chatbot_id},
+        )
+        return cursor.fetchone()[0]
 
 
 def chatbots_with_stale_embeddings(*, chatbot_id: int | None = None) -> list[tuple[int, int]]:

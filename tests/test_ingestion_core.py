@@ -419,3 +419,40 @@ def test_search_vector_is_stored_for_keyword_search(bundle):
     with as_tenant(bundle):
         hits = document.chunks.filter(search_vector=SearchQuery("payment methods", config="english"))
         assert [c.position for c in hits] == [2]
+
+
+def test_a_space_is_backfilled_then_activated_in_one_step(api, bundle, other_bundle):
+    """A tenant's own space added after its content: activating it is refused while vectors are
+    missing (a conflict naming how many), the lease-free backfill embeds exactly those, then the
+    activation swaps the roles in one transaction (the old vectors are kept), bumps the content
+    version, and search (the API, as a chatbot calls it) serves the new space."""
+    from knowledge.models import ChatbotSpace, EmbeddingSpace
+    from knowledge.services import chatbot_space_activate, chatbot_space_add, chunk_embeddings_backfill
+    from search.models import SearchLog
+    from tenants.errors import Conflict
+    from tenants.models import Chatbot
+
+    ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV))
+    with as_tenant(bundle):
+        before = ChatbotSpace.objects.get(chatbot=bundle.chatbot, role="active")
+        link = chatbot_space_add(
+            chatbot=bundle.chatbot, model_key="local:all-MiniLM-L6-v2", version="ft-1", tenant_owned=True
+        )
+        space = link.space
+        assert space.tenant_id == bundle.tenant.pk and link.role == "building"
+        with pytest.raises(Conflict, match="3 chunks have no vector"):
+            chatbot_space_activate(chatbot=bundle.chatbot, space=space)
+        version = Chatbot.objects.get(pk=bundle.chatbot.pk).content_version
+        assert chunk_embeddings_backfill(chatbot=bundle.chatbot, space=space) == 3
+        assert chunk_embeddings_backfill(chatbot=bundle.chatbot, space=space) == 0  # nothing left to do
+        chatbot_space_activate(chatbot=bundle.chatbot, space=space)
+        roles = dict(ChatbotSpace.objects.filter(chatbot=bundle.chatbot).values_list("space_id", "role"))
+        assert roles == {before.space_id: "retired", space.pk: "active"}
+        assert Chatbot.objects.get(pk=bundle.chatbot.pk).content_version == version + 1
+        assert ChunkEmbedding.objects.filter(space=before.space).count() == 3  # kept for a rollback
+    response = api.post("/api/search", {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}, format="json")
+    assert response.status_code == 200 and response.json()["results"]
+    with as_tenant(bundle):
+        assert SearchLog.objects.latest("created_at").embedding_space == space.key
+    with as_tenant(other_bundle):  # the space is its tenant's own
+        assert not EmbeddingSpace.objects.filter(pk=space.pk).exists()
