@@ -95,9 +95,14 @@ def covid_faq() -> Dataset:
                     queries.append((qid, asked))
                     qrels[qid] = {target: 1}
                     break
+    return _faq_records("covid-faq", records, queries, qrels, id_field="faq_id")
+
+
+def _faq_records(name: str, records: list, queries, qrels, *, id_field: str, file_name: str | None = None) -> Dataset:
+    """A dataset uploaded as one FAQ JSONL file of ``records``, results judged by ``id_field``."""
     body = "\n".join(json.dumps(r) for r in records).encode()
     return Dataset(
-        "covid-faq", [("covid-faq.jsonl", body, "faq")], queries, qrels, key=lambda h: h.metadata.get("faq_id")
+        name, [(f"{file_name or name}.jsonl", body, "faq")], queries, qrels, key=lambda h: h.metadata.get(id_field)
     )
 
 
@@ -124,14 +129,7 @@ def covid_faq_short() -> Dataset:
         if known in ids and " ".join(row["question_2"].lower().split()) != known:
             queries.append((f"p{number}", row["question_2"]))
             qrels[f"p{number}"] = {ids[known]: 1}
-    body = "\n".join(json.dumps(r) for r in records).encode()
-    return Dataset(
-        "covid-faq-short",
-        [("covid-faq-short.jsonl", body, "faq")],
-        queries,
-        qrels,
-        key=lambda h: h.metadata.get("faq_id"),
-    )
+    return _faq_records("covid-faq-short", records, queries, qrels, id_field="faq_id")
 
 
 def banking77() -> Dataset:
@@ -152,14 +150,7 @@ def banking77() -> Dataset:
     rng.shuffle(tests)
     queries = [(f"t{i}", row["text"]) for i, row in enumerate(tests[:400])]
     qrels = {f"t{i}": {m: 1 for m in members[row["category"]]} for i, row in enumerate(tests[:400])}
-    body = "\n".join(json.dumps(r) for r in records).encode()
-    return Dataset(
-        "banking77",
-        [("banking77-examples.jsonl", body, "faq")],
-        queries,
-        qrels,
-        key=lambda h: h.metadata.get("example_id"),
-    )
+    return _faq_records("banking77", records, queries, qrels, id_field="example_id", file_name="banking77-examples")
 
 
 DATASETS = {"scifact": scifact, "covid-faq": covid_faq, "covid-faq-short": covid_faq_short, "banking77": banking77}
