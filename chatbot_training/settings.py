@@ -206,7 +206,7 @@ CELERY_BROKER_URL = _kombu_url(REDIS_URL)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # A request that queues a job must not hang on a broker that is down: a few quick tries, then the
-# job stays queued in the database for the sweeper (knowledge.services._enqueue).
+# job stays queued in the database for the sweeper (knowledge.services.jobs.job_enqueue).
 CELERY_BROKER_CONNECTION_TIMEOUT = env.float("CELERY_BROKER_CONNECTION_TIMEOUT", default=2.0)
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 CELERY_TASK_ACKS_LATE = True
@@ -258,6 +258,10 @@ EMBEDDING_QUERY_RUNTIME = env.str("EMBEDDING_QUERY_RUNTIME", default="onnx")
 # the knowledge.vector_indexes_optimize task); smaller ones are searched exactly (SEARCH_EXACT_MAX).
 VECTOR_CHATBOT_INDEX_MIN = env.int("VECTOR_CHATBOT_INDEX_MIN", default=1500)
 EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=256)  # chunks per encode + insert round
+# Fine-tuned versions' weights (each embedding space's artifact, a folder under this directory),
+# and how many of them one process keeps loaded at once (least recently used dropped first).
+TRAINING_ARTIFACTS_DIR = env.path("TRAINING_ARTIFACTS_DIR", default=str(VAR_DIR / "models" / "versions"))
+EMBEDDING_MAX_LOADED_VERSIONS = env.int("EMBEDDING_MAX_LOADED_VERSIONS", default=4)
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
 OPENAI_TIMEOUT_SECONDS = env.float("OPENAI_TIMEOUT_SECONDS", default=30.0)

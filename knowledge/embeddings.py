@@ -9,6 +9,7 @@ import functools
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -49,15 +50,22 @@ class LocalProvider:
     version = "1"
     tokenizer = "wordpiece"
 
-    def __init__(self, model_name: str = "all-MiniLM-L6-v2"):
+    def __init__(self, model_name: str = "all-MiniLM-L6-v2", weights_dir: Path | None = None):
+        """``weights_dir``: a fine-tuned version's own weights (an embedding space's artifact);
+        None: the base model's packaged weights."""
         if model_name not in LOCAL_MODELS:
             raise ProviderError(f"Unknown local embedding model {model_name!r}.")
         self.model_name = model_name
+        self.weights_dir = Path(weights_dir) if weights_dir is not None else None
         self.dimensions = LOCAL_MODELS[model_name]
         self.max_tokens = 254  # 256 word pieces minus [CLS] and [SEP]
         self._model = None
         self._query_encoder = False  # False: not tried yet; None: PyTorch
         self._lock = threading.Lock()
+
+    @property
+    def weights(self) -> Path:
+        return self.weights_dir if self.weights_dir is not None else local_model_path()
 
     @property
     def model(self):
@@ -70,7 +78,10 @@ class LocalProvider:
                     import torch
 
                     torch.set_num_threads(settings.EMBEDDING_TORCH_THREADS)
-                self._model = SentenceTransformer(str(local_model_path()), device="cpu")
+                try:
+                    self._model = SentenceTransformer(str(self.weights), device="cpu")
+                except Exception as exc:  # a missing or corrupt artifact: this space cannot serve
+                    raise ProviderError(f"The model weights at {self.weights} cannot be loaded: {exc}") from exc
         return self._model
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
@@ -95,7 +106,7 @@ class LocalProvider:
                     self._query_encoder = (
                         onnx_query_encoder(
                             model,
-                            weights_dir=local_model_path(),
+                            weights_dir=self.weights,
                             cache_dir=Path(settings.VAR_DIR) / "models",
                             threads=settings.EMBEDDING_TORCH_THREADS,
                         )
@@ -196,7 +207,9 @@ _providers_lock = threading.Lock()
 
 
 def provider_for(model_key: str) -> EmbeddingProvider:
-    """``local:all-MiniLM-L6-v2`` or ``openai:text-embedding-3-small``; one instance per process."""
+    """A built-in model's provider (``local:all-MiniLM-L6-v2``, ``openai:text-embedding-3-small``),
+    one instance per process: what a model *is* (dimensions, tokenizer). Vectors of a space come
+    from ``provider_for_space``, which serves a fine-tuned version's own weights."""
     with _providers_lock:
         if model_key not in _providers:
             kind, _, name = model_key.partition(":")
@@ -209,9 +222,55 @@ def provider_for(model_key: str) -> EmbeddingProvider:
         return _providers[model_key]
 
 
+# Spaces with weights of their own (fine-tuned versions), loaded once per process and kept while
+# used: the least recently used is dropped past EMBEDDING_MAX_LOADED_VERSIONS, and a retired
+# space's provider is dropped at once (``provider_evict``).
+_versions: OrderedDict[tuple[int, str], EmbeddingProvider] = OrderedDict()
+
+
+def artifact_path(artifact: str) -> Path:
+    """Where a space's artifact (a path relative to the models directory) lives on this host."""
+    return Path(settings.TRAINING_ARTIFACTS_DIR) / artifact
+
+
+def provider_for_space(space) -> EmbeddingProvider:
+    """The provider that produces ``space``'s vectors: the one registry every embedding goes
+    through (ingestion, re-embedding, queries on both search paths). A space without an artifact
+    is its built-in model; a space with one loads that artifact's weights (and its own ONNX query
+    graph), so version 2 of a model never runs version 1's weights."""
+    artifact = getattr(space, "artifact", "") or ""
+    if not artifact:
+        return provider_for(space.model_key)
+    key = (space.pk, artifact)
+    with _providers_lock:
+        found = _versions.get(key)
+        if found is not None:
+            _versions.move_to_end(key)
+            return found
+    if space.provider != "local":
+        raise ProviderError(f"Embedding space {space.key} names weights, but {space.provider} models have none.")
+    path = artifact_path(artifact)
+    if not (path / "config.json").is_file():
+        raise ProviderError(f"The weights of embedding space {space.key} are missing ({path}).")
+    provider = LocalProvider(space.model_name, weights_dir=path)
+    with _providers_lock:
+        provider = _versions.setdefault(key, provider)
+        while len(_versions) > settings.EMBEDDING_MAX_LOADED_VERSIONS:
+            _versions.popitem(last=False)
+    return provider
+
+
+def provider_evict(space) -> None:
+    """Forget a space's loaded weights in this process (it was retired or removed)."""
+    with _providers_lock:
+        for key in [key for key in _versions if key[0] == space.pk]:
+            del _versions[key]
+
+
 def reset_providers() -> None:
     with _providers_lock:
         _providers.clear()
+        _versions.clear()
 
 
 def warm_up() -> None:

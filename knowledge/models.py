@@ -19,6 +19,13 @@ class EmbeddingSpace(models.Model):
     model_name = models.CharField(max_length=200)
     version = models.CharField(max_length=40, default="1")
     dimensions = models.PositiveIntegerField()
+    artifact = models.CharField(
+        max_length=300,
+        blank=True,
+        default="",
+        db_default="",  # the owner's app_global_space_ensure inserts built-in spaces without it
+        help_text="A fine-tuned version's weights: a folder under TRAINING_ARTIFACTS_DIR. Empty: the built-in model.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:

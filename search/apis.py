@@ -9,7 +9,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from knowledge.models import Document
-from search.filters import search_filters_build
+from search.arguments import search_arguments_parse
 from search.logbuffer import search_logs_flush
 from search.selectors import (
     SEARCH_LOG_EXPORT_COLUMNS,
@@ -17,7 +17,7 @@ from search.selectors import (
     search_analytics,
     search_log_export_rows,
 )
-from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn, search_feedback_create, search_run
+from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, search_feedback_create, search_run
 from tenants.apis import TenantApi
 from tenants.scoping import scope_kept
 from tenants.serializers import (
@@ -31,8 +31,6 @@ from tenants.serializers import (
     query_params,
 )
 from tenants.spreadsheet import csv_rows
-
-FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
 
 
 @extend_schema_field({"anyOf": [{"$ref": "#/components/schemas/MetadataFilter"}, {"type": "null"}]})
@@ -181,22 +179,18 @@ class SearchApi(TenantApi):
         tags=["search"],
     )
     def post(self, request):
-        params = SearchRequestSerializer(data=request.data)
-        params.is_valid(raise_exception=True)
-        data = params.validated_data
-        chatbot = self.get_chatbot(data["chatbot_id"])
-        nested = data.get("filters") or {}
-        filters = search_filters_build(**{k: data.get(k) or nested.get(k) for k in FILTER_KEYS})
+        args = search_arguments_parse(request.data)  # the fast path's parser too (search/arguments.py)
+        chatbot = self.get_chatbot(args.chatbot_id)
         result = search_run(
             tenant=self.tenant,
             chatbot=chatbot,
-            query=data["query"],
-            max_results=data["max_results"],
-            similarity_threshold=data["similarity_threshold"],
-            mode=data["mode"],
-            semantic_weight=data.get("semantic_weight"),
-            filters=filters,
-            conversation=[Turn(**t) for t in data.get("conversation") or []],
+            query=args.query,
+            max_results=args.max_results,
+            similarity_threshold=args.threshold,
+            mode=args.mode,
+            semantic_weight=args.weight,
+            filters=args.filters,
+            conversation=list(args.conversation),
             api_key=self.api_key,
             user=None if self.api_key else request.user,
             source="api" if self.api_key else "dashboard",

@@ -8,7 +8,7 @@ every part of it is plainly valid; anything else — an unusual body, a bad key,
 chatbot, a failure — falls through to the normal view, which answers it (and its errors) in full.
 
 The key/chatbot context (key valid and allowed to search, tenant active and its plan, chatbot
-scope, content version, active space) comes from one prepared SQL statement, or from memory while
+scope, content version) comes from one prepared SQL statement, or from memory while
 this process hears PostgreSQL's ``access_changed`` notifications: triggers send one at commit
 whenever a key, tenant, chatbot or space changes (whoever changes it), and every notification
 empties the memory. If the listening connection is down, stalled or half-open (it is pinged about
@@ -33,25 +33,9 @@ from django.db import connection
 from django.http import HttpResponse
 from django.utils import timezone
 
-from knowledge.models import Document, EmbeddingSpace
-from search import cache
 from search.apis import search_payload
-from search.filters import search_filters_build
-from search.logbuffer import cached_get_logged
-from search.metrics import CACHE_EVENTS
-from search.selectors import Hit
-from search.services import (
-    MAX_CONVERSATION_TURNS,
-    MAX_QUERY_CHARS,
-    MODES,
-    SearchResult,
-    Turn,
-    query_plan_build,
-    results_cache_key,
-    search_count,
-    search_log_row,
-    search_logged,
-)
+from search.arguments import search_arguments_parse
+from search.services import CachedSearch, RateCheck, Throttled, query_plan_build, search_cached, serving_for
 from tenants import dbroles
 from tenants.errors import DomainError, error_body
 from tenants.models import ApiKey, Chatbot, Tenant
@@ -61,23 +45,6 @@ from tenants.selectors import api_key_hash
 
 logger = logging.getLogger(__name__)
 
-FIELDS = frozenset(
-    {
-        "query",
-        "chatbot_id",
-        "max_results",
-        "similarity_threshold",
-        "mode",
-        "semantic_weight",
-        "filters",
-        "content_types",
-        "categories",
-        "document_ids",
-        "metadata",
-        "conversation",
-    }
-)
-FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
 MAX_BODY = 64 * 1024
 
 # The key is looked up before its tenant is known: the owner's SECURITY DEFINER function
@@ -86,7 +53,7 @@ _CONTEXT_SQL = "SELECT * FROM app_search_context(%(hash)s, %(chatbot)s)"
 
 
 def _context_query(*, chatbot_id: int, key_hash: str):
-    """The key, chatbot and space row, as a server-side prepared statement (planned once per
+    """The key and chatbot row, as a server-side prepared statement (planned once per
     connection)."""
     connection.ensure_connection()
     with psycopg.Cursor(connection.connection) as cursor:
@@ -234,7 +201,7 @@ class AccessCache:
                         if len(self.rows) >= self.MAX_ROWS:
                             self.rows.clear()
                         self.rows[key] = (row, now)
-        if row is not None and row[9] is not None and row[9] <= timezone.now():
+        if row is not None and row[4] is not None and row[4] <= timezone.now():
             return None  # expired since it was read
         return row
 
@@ -248,87 +215,6 @@ access_cache = AccessCache()
 
 def _context(*, chatbot_id: int, key_hash: str):
     return access_cache.get(chatbot_id=chatbot_id, key_hash=key_hash)
-
-
-def _number(value, low: float, high: float) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
-
-
-def _parse(body: dict):
-    """The request's search arguments if they are plainly valid, else None (the full path decides)."""
-    if not isinstance(body, dict) or not body.keys() <= FIELDS:
-        return None
-    query, chatbot_id = body.get("query"), body.get("chatbot_id")
-    if not isinstance(query, str) or not query.strip() or len(query.strip()) > MAX_QUERY_CHARS:
-        return None
-    if not isinstance(chatbot_id, int) or isinstance(chatbot_id, bool) or not 1 <= chatbot_id < 2**63:
-        return None
-    max_results = body.get("max_results", 5)
-    threshold = body.get("similarity_threshold", 0.0)
-    mode = body.get("mode", "semantic")
-    weight = body.get("semantic_weight")
-    if not isinstance(max_results, int) or isinstance(max_results, bool) or not 1 <= max_results <= 50:
-        return None
-    if not _number(threshold, 0.0, 1.0) or mode not in MODES or not (weight is None or _number(weight, 0.0, 1.0)):
-        return None
-    turns = body.get("conversation")
-    turns = [] if turns is None else turns  # null is "none"; any other non-list is the full path's 400
-    if not isinstance(turns, list) or len(turns) > MAX_CONVERSATION_TURNS:
-        return None
-    conversation = []
-    for turn in turns:
-        if (
-            not isinstance(turn, dict)
-            or turn.keys() != {"role", "content"}
-            or turn["role"] not in ("user", "assistant", "system")
-            or not isinstance(turn["content"], str)
-            or len(turn["content"]) > 8000
-        ):
-            return None
-        conversation.append(Turn(role=turn["role"], content=turn["content"]))
-    nested = body.get("filters")
-    nested = {} if nested is None else nested
-    if not isinstance(nested, dict) or not nested.keys() <= set(FILTER_KEYS):
-        return None
-    for source in (body, nested):  # each given filter must be of its type (a falsy wrong one too)
-        for key in FILTER_KEYS:
-            value = source.get(key)
-            if value is not None and not isinstance(value, dict if key == "metadata" else list):
-                return None
-            if key == "metadata" and value == {}:
-                return None
-    raw_filters = {k: body.get(k) or nested.get(k) for k in FILTER_KEYS}
-    for key, most in (("content_types", 20), ("categories", 100), ("document_ids", 500)):  # as the serializer
-        value = raw_filters[key]
-        if value is not None and (
-            not isinstance(value, list)
-            or len(value) > most
-            or not all(isinstance(v, str if key != "document_ids" else int) and not isinstance(v, bool) for v in value)
-            or (key == "document_ids" and not all(1 <= v < 2**63 for v in value))
-            or (key == "categories" and not all(len(v) <= 200 and v.strip() for v in value))
-        ):
-            return None
-    if raw_filters["content_types"] and not set(raw_filters["content_types"]) <= set(Document.ContentType.values):
-        return None
-    try:
-        filters = search_filters_build(**raw_filters)
-    except DomainError:
-        return None
-    return {
-        "query": query.strip(),
-        "chatbot_id": chatbot_id,
-        "max_results": max_results,
-        "threshold": float(threshold),
-        "mode": mode,
-        "weight": None if weight is None else float(weight),
-        "filters": filters,
-        "conversation": conversation,
-    }
-
-
-class Throttled(Exception):
-    def __init__(self, retry_after: int):
-        self.retry_after = retry_after
 
 
 def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | None:
@@ -346,32 +232,41 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
     if not meta.get("CONTENT_TYPE", "").startswith("application/json") or len(body) > MAX_BODY:
         return None
     try:
-        args = _parse(json.loads(body))
-    except ValueError:
+        args = search_arguments_parse(json.loads(body, parse_constant=_no_constant))
+    except (ValueError, RecursionError, DomainError):  # the full path answers it, with the same message
         return None
-    if args is None:
-        return None
-    row = _context(chatbot_id=args["chatbot_id"], key_hash=api_key_hash(parts[1]))
+    row = _context(chatbot_id=args.chatbot_id, key_hash=api_key_hash(parts[1]))
     if row is None:
         return None
-    (
-        key_id,
-        tenant_id,
-        last_used,
-        content_version,
-        space_id,
-        provider,
-        model_name,
-        version,
-        dimensions,
-        _,
-        tenant_plan,
-    ) = row
+    key_id, tenant_id, last_used, content_version, _, tenant_plan = row
     from search.services import search_run  # looked up per call (tests patch it)
 
     tenant_context_enter(tenant_id)  # the rest acts as the key's tenant (search_answer ends it)
+    chatbot = Chatbot(pk=args.chatbot_id, tenant_id=tenant_id, content_version=content_version)
+    serving = serving_for(chatbot, create=False)
+    if serving is None:  # a chatbot that holds no space yet: the full path gives it one
+        return None
+    began = time.perf_counter()
+    request = CachedSearch(
+        tenant_id=tenant_id,
+        chatbot_id=args.chatbot_id,
+        content_version=content_version,
+        space=serving.space,
+        plan=query_plan_build(query=args.query, conversation=list(args.conversation)),
+        mode=args.mode,
+        max_results=args.max_results,
+        threshold=args.threshold,
+        filters=args.filters,
+        weight=args.weight,
+        conversation=list(args.conversation),
+        api_key_id=key_id,
+        user_id=None,
+        source="api",
+    )
+    rate_key, retry_after = window_key(key_id)
+    rate = RateCheck(key=rate_key, limit=limit_for(tenant_plan), ttl=WINDOW_SECONDS + 5, retry_after=retry_after)
     try:
-        result, counted = _cached_result(args, row)
+        result, counted = search_cached(request, began=began, rate=rate)
         if not counted:
             retry_after = rate_hit(key_id=key_id, plan=tenant_plan)
             if retry_after is not None:
@@ -382,21 +277,19 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
     if result is not None:
         _touch(key_id, last_used)
         return 200, _json(search_payload(result)), None
-    tenant = Tenant(pk=tenant_id)
     try:
         result = search_run(
-            tenant=tenant,
-            chatbot=Chatbot(pk=args["chatbot_id"], tenant_id=tenant_id, content_version=content_version),
-            space=EmbeddingSpace(
-                pk=space_id, provider=provider, model_name=model_name, version=version, dimensions=dimensions
-            ),
-            query=args["query"],
-            max_results=args["max_results"],
-            similarity_threshold=args["threshold"],
-            mode=args["mode"],
-            filters=args["filters"],
-            conversation=args["conversation"],
-            semantic_weight=args["weight"],
+            tenant=Tenant(pk=tenant_id),
+            chatbot=chatbot,
+            serving=serving,
+            cache_checked=True,
+            query=args.query,
+            max_results=args.max_results,
+            similarity_threshold=args.threshold,
+            mode=args.mode,
+            filters=args.filters,
+            conversation=list(args.conversation),
+            semantic_weight=args.weight,
             api_key=ApiKey(pk=key_id, tenant_id=tenant_id),
         )
     except Exception:  # the full path runs it again and answers the error properly
@@ -406,82 +299,8 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
     return 200, _json(search_payload(result)), None
 
 
-def _cached_result(args: dict, row):
-    """A cached answer without the rest of ``search_run`` (the hot path of repeated questions):
-    with buffered logging, one Redis round trip reads the answer and queues its log row."""
-    key_id, tenant_id, _, content_version, space_id, provider, model_name, version, _, _, tenant_plan = row
-    began = time.perf_counter()
-    plan = query_plan_build(query=args["query"], conversation=args["conversation"])
-    key = results_cache_key(
-        chatbot_id=args["chatbot_id"],
-        content_version=content_version,
-        space_id=space_id,
-        plan=plan,
-        mode=args["mode"],
-        max_results=args["max_results"],
-        threshold=args["threshold"],
-        filters=args["filters"],
-        weight=args["weight"],
-    )
-    log = {
-        "tenant_id": tenant_id,
-        "chatbot_id": args["chatbot_id"],
-        "space_key": f"{provider}:{model_name}@{version}",
-        "plan": plan,
-        "query_id": uuid.uuid4(),
-        "mode": args["mode"],
-        "filters": args["filters"],
-        "parameters": {"max_results": args["max_results"], "threshold": args["threshold"], "weight": args["weight"]},
-        "conversation": args["conversation"],
-        "cache_hit": True,
-        "embedding": None,
-        "api_key_id": key_id,
-        "user_id": None,
-        "source": "api",
-    }
-    counted = logged = False
-    cached = None
-    if settings.SEARCH_LOG_BUFFER:
-        # took_ms of such an answer covers the work before its one Redis round trip
-        log["took_ms"] = round((time.perf_counter() - began) * 1000, 2)
-        rate_key, retry_after = window_key(key_id)
-        outcome = cached_get_logged(
-            key,
-            search_log_row(**log, results=None, strategy=""),
-            rate_key=rate_key,
-            rate_limit=limit_for(tenant_plan),
-            rate_ttl=WINDOW_SECONDS + 5,
-        )
-        if outcome is not None:
-            allowed, raw = outcome
-            if not allowed:
-                raise Throttled(retry_after)
-            counted, logged = True, raw is not None
-            cached = json.loads(raw) if raw is not None else None
-    else:
-        cached = cache.get_json(key, "results", count_miss=False)
-    if cached is None:
-        return None, counted
-    if logged:
-        CACHE_EVENTS.labels("results", "hit").inc()
-    results = [Hit(**hit) for hit in cached["results"]]
-    took_ms = log["took_ms"] if "took_ms" in log else round((time.perf_counter() - began) * 1000, 2)
-    result = SearchResult(
-        results=results,
-        took_ms=took_ms,
-        embedding_space=log["space_key"],
-        mode=args["mode"],
-        query_id=log["query_id"],
-        effective_query=plan.effective_query,
-        cache_hit=True,
-        strategy=cached["strategy"],
-        semantic_weight=cached["weight"] if args["mode"] == "hybrid" else None,
-    )
-    if logged:
-        search_count(mode=args["mode"], cache_hit=True, strategy=result.strategy, took_ms=took_ms, empty=not results)
-    else:
-        search_logged(**{**log, "took_ms": took_ms}, results=results, strategy=result.strategy)
-    return result, counted
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
 
 
 TOUCH_SECONDS = 60

@@ -852,3 +852,75 @@ def test_the_schema_states_the_filter_language_exactly(api):
         if metadata:  # an empty filter is no filter to the service; the API refuses it
             with pytest.raises(DomainError):
                 search_filters_build(metadata=metadata)
+
+
+SAME_REQUESTS = [
+    {"query": "How can I pay?"},
+    {"query": "  reset my password  ", "max_results": 2.0, "mode": "hybrid"},
+    {"query": "refund", "mode": "keyword", "similarity_threshold": 0, "semantic_weight": None},
+    {"query": "card fee", "mode": "hybrid", "semantic_weight": 0.3, "filters": {"content_types": ["faq"]}},
+    {"query": "pay\x00ment", "categories": ["help"], "filters": None, "document_ids": None},
+    {"query": "and how much?", "conversation": [{"role": "user", "content": "Which cards do you take?"}]},
+    {"query": "x", "filters": {"metadata": {"product": {"in": ["a", "b"]}}}, "conversation": None},
+]
+BAD_REQUESTS = [
+    {"query": "ok", "max_results": "5"},
+    {"query": "ok", "max_results": True},
+    {"query": "ok", "similarity_threshold": 2},
+    {"query": "   "},
+    {"query": "ok", "mode": None},
+    {"query": "ok", "colour": "blue"},
+    {"query": "ok", "filters": {"colour": ["blue"]}},
+    {"query": "ok", "filters": {"metadata": {}}},
+    {"query": "ok", "categories": [" "]},
+    {"query": "ok", "document_ids": [0]},
+    {"query": "ok", "conversation": [{"role": "bot", "content": "hi"}]},
+    {"query": "ok", "conversation": [{"role": "user"}]},
+    {"query": "ok", "filters": {"metadata": {"year": {"between": [1, 2]}}}},
+]
+
+
+def test_both_search_paths_answer_the_same_requests_the_same_way(bundle, faq, settings):
+    """The fast path (``search_answer``, as the middleware and the WSGI wrapper call it) and the
+    DRF view (the middleware taken out) parse with one parser and answer from one cached-answer
+    function: the same request gets the same answer, fresh or cached, and a request one path
+    refuses the other refuses with the same message (the fast path hands it to the full path)."""
+    from django.test import override_settings
+
+    from search import fastpath
+    from tenants.services import chatbot_content_changed
+
+    def cache_clear():  # a new content version: no answer cached for it yet
+        with as_tenant(bundle):
+            chatbot_content_changed(chatbot_id=bundle.chatbot.pk)
+
+    def fast(body):
+        meta = {"HTTP_AUTHORIZATION": f"Bearer {bundle.api_key}", "CONTENT_TYPE": "application/json"}
+        return fastpath.search_answer(meta, json.dumps(body).encode())
+
+    def full(body):
+        without = [m for m in settings.MIDDLEWARE if "fastpath" not in m]
+        client = APIClient()
+        client.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
+        with override_settings(MIDDLEWARE=without):
+            return client.post("/api/search", body, format="json")
+
+    def answer(payload):
+        return {k: v for k, v in payload.items() if k not in ("query_id", "took_ms", "cached")}
+
+    for request in SAME_REQUESTS:
+        body = {"chatbot_id": bundle.chatbot.pk, **request}
+        for first, second in ((fast, full), (full, fast)):  # each path fresh, then the other cached
+            cache_clear()
+            one, two = first(body), second(body)
+            one = json.loads(one[1]) if isinstance(one, tuple) else one.json()
+            two = json.loads(two[1]) if isinstance(two, tuple) else two.json()
+            assert (one["cached"], two["cached"]) == (False, True), request
+            assert answer(one) == answer(two), request
+    for request in BAD_REQUESTS:
+        body = {"chatbot_id": bundle.chatbot.pk, **request}
+        assert fast(body) is None, request  # not answered here: the full path answers the error
+        refused = full(body)
+        through_both = APIClient(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}").post("/api/search", body, format="json")
+        assert refused.status_code == through_both.status_code == 400, (request, refused.json())
+        assert refused.json() == through_both.json(), request

@@ -1,0 +1,63 @@
+"""Search over a chatbot's ready chunks: semantic, keyword, or both fused; conversation-aware,
+filtered, cached in Redis and logged. A package by concern:
+
+- ``planning``: what a search embeds and matches (the question, its conversation, the vector);
+- ``ranking``: exact or HNSW vector search, BM25 statistics, the hybrid blend;
+- ``serving``: which embedding space (model version) serves a chatbot's searches;
+- ``run``: one search start to end, and the cached-answer branch both search paths share;
+- ``logs``: metrics and the queued log row of every search;
+- ``feedback``: feedback on results, and the blend it teaches.
+"""
+
+from search.services.feedback import search_feedback_create
+from search.services.logs import result_fields, search_count, search_log_row, search_logged
+from search.services.planning import (
+    MAX_CONVERSATION_TURNS,
+    MAX_QUERY_CHARS,
+    MODES,
+    QueryPlan,
+    Turn,
+    query_plan_build,
+    query_vector,
+)
+from search.services.ranking import _semantic_search, auto_semantic_weight, fuse, top_cosine
+from search.services.run import (
+    CachedSearch,
+    RateCheck,
+    SearchResult,
+    Throttled,
+    results_cache_key,
+    search_cached,
+    search_run,
+)
+from search.services.serving import Serving, blend_keyword_factor, serving_for, serving_forget
+
+__all__ = [
+    "MAX_CONVERSATION_TURNS",
+    "MAX_QUERY_CHARS",
+    "MODES",
+    "CachedSearch",
+    "QueryPlan",
+    "RateCheck",
+    "SearchResult",
+    "Serving",
+    "Throttled",
+    "Turn",
+    "_semantic_search",
+    "auto_semantic_weight",
+    "blend_keyword_factor",
+    "fuse",
+    "query_plan_build",
+    "query_vector",
+    "result_fields",
+    "results_cache_key",
+    "search_cached",
+    "search_count",
+    "search_feedback_create",
+    "search_log_row",
+    "search_logged",
+    "search_run",
+    "serving_for",
+    "serving_forget",
+    "top_cosine",
+]
