@@ -289,13 +289,15 @@ def test_near_duplicates_are_flagged_by_embedding(bundle):
 
 def test_rerun_after_a_crash_keeps_exactly_one_copy_of_each_chunk(bundle, monkeypatch):
     """A worker dying mid-embedding: rows written so far stay, the rerun only adds what is missing."""
+    import sys
+
     from django.test import TestCase
 
-    from knowledge import services
+    from knowledge.embeddings import provider_for_space as real
     from knowledge.services import document_create, ingestion_job_run
 
     calls = {"n": 0}
-    real = services._embed_missing.__globals__["provider_for"]
+    ingestion = sys.modules[ingestion_job_run.__module__]  # where the job looks its provider up
 
     class Dying:
         def __init__(self, inner):
@@ -310,7 +312,7 @@ def test_rerun_after_a_crash_keeps_exactly_one_copy_of_each_chunk(bundle, monkey
                 raise SystemExit("worker killed")
             return self.inner.embed(texts)
 
-    monkeypatch.setattr(services, "provider_for", lambda key: Dying(real(key)))
+    monkeypatch.setattr(ingestion, "provider_for_space", lambda space: Dying(real(space)))
     monkeypatch.setattr("django.conf.settings.EMBEDDING_BATCH_SIZE", 8)
     with TestCase.captureOnCommitCallbacks(execute=False), as_tenant(bundle):
         result = document_create(tenant=bundle.tenant, chatbot=bundle.chatbot, upload=make_upload("h.txt", LONG_TEXT))

@@ -19,7 +19,8 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "main
 def sent(monkeypatch):
     """Messages the services would send to the broker (kept here instead: the jobs stay queued)."""
     messages = []
-    monkeypatch.setattr("knowledge.services._enqueue", lambda job_id, tenant_id: messages.append((job_id, tenant_id)))
+    sent = lambda job_id, tenant_id: messages.append((job_id, tenant_id))  # noqa: E731
+    monkeypatch.setattr("knowledge.services.jobs.job_enqueue", sent)
     return messages
 
 
@@ -60,7 +61,7 @@ def test_lost_queued_jobs_are_requeued(bundle, sent):
 
 
 def test_a_file_that_kills_the_worker_every_time_fails_after_three_attempts(bundle, sent):
-    from knowledge.services import _job_claim
+    from knowledge.services.jobs import job_claim as _job_claim
 
     job = queued_job(bundle, sent)
     with as_tenant(bundle):  # the task's scope
