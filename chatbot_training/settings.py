@@ -219,6 +219,13 @@ CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_DEFAULT_QUEUE = env("CELERY_QUEUE", default="celery")
+# Fine-tunes and deploys (re-embedding a chatbot) have a queue and a worker of their own, so an
+# upload is never stuck behind a training job.
+CELERY_TRAINING_QUEUE = env("CELERY_TRAINING_QUEUE", default="training")
+CELERY_TASK_ROUTES = {
+    "training.training_job_run": {"queue": CELERY_TRAINING_QUEUE},
+    "training.model_version_deploy": {"queue": CELERY_TRAINING_QUEUE},
+}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 
@@ -262,6 +269,25 @@ EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=256)  # chunks pe
 # and how many of them one process keeps loaded at once (least recently used dropped first).
 TRAINING_ARTIFACTS_DIR = env.path("TRAINING_ARTIFACTS_DIR", default=str(VAR_DIR / "models" / "versions"))
 EMBEDDING_MAX_LOADED_VERSIONS = env.int("EMBEDDING_MAX_LOADED_VERSIONS", default=4)
+
+# --- Training (training/) -----------------------------------------------------------------
+TRAINING_MIN_PAIRS = env.int("TRAINING_MIN_PAIRS", default=50)  # training pairs a job needs
+TRAINING_HELDOUT_PERCENT = env.int("TRAINING_HELDOUT_PERCENT", default=20)  # of queries, never trained on
+TRAINING_SPLIT_SEED = env.str("TRAINING_SPLIT_SEED", default="chatbot-training")
+TRAINING_MIN_HELDOUT = env.int("TRAINING_MIN_HELDOUT", default=10)  # held-out questions to judge a version
+# The gate: a candidate must beat the active version by this much nDCG@10 (with a paired-bootstrap
+# 95% interval above zero), and may lose at most TRAINING_MAX_SOURCE_LOSS on any one source.
+TRAINING_MIN_GAIN = env.float("TRAINING_MIN_GAIN", default=0.005)
+TRAINING_MAX_SOURCE_LOSS = env.float("TRAINING_MAX_SOURCE_LOSS", default=0.02)
+TRAINING_DEVICE = env.str("TRAINING_DEVICE", default="auto")  # auto: CUDA when present, else CPU
+TRAINING_HEARTBEAT_SECONDS = env.float("TRAINING_HEARTBEAT_SECONDS", default=10)
+TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=300)
+TRAINING_MAX_ATTEMPTS = env.int("TRAINING_MAX_ATTEMPTS", default=3)
+TRAINING_MAX_SYNTHETIC = env.int("TRAINING_MAX_SYNTHETIC", default=2000)  # synthetic pairs per chatbot
+# Hard negatives: skip the nearest ranks and keep a margin below the positive's score, so
+# paraphrases of the answer are not taken for negatives.
+TRAINING_NEGATIVE_SKIP_RANKS = env.int("TRAINING_NEGATIVE_SKIP_RANKS", default=3)
+TRAINING_NEGATIVE_MARGIN = env.float("TRAINING_NEGATIVE_MARGIN", default=0.05)
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
 OPENAI_TIMEOUT_SECONDS = env.float("OPENAI_TIMEOUT_SECONDS", default=30.0)
@@ -321,6 +347,12 @@ SPECTACULAR_SETTINGS = {
     "VERSION": "1.0.0",
     # OpenAPI 3.1: full JSON Schema (propertyNames, type null), so the filter language is stated exactly.
     "OAS_VERSION": "3.1.0",
+    # several "status" fields: each choice set gets a name of its own
+    "ENUM_NAME_OVERRIDES": {
+        "DocumentStatusEnum": ["queued", "processing", "ready", "failed"],
+        "TrainingJobStatusEnum": "training.models.TrainingJob.Status",
+        "ModelVersionStatusEnum": "training.models.ModelVersion.Status",
+    },
     "SERVE_INCLUDE_SCHEMA": False,
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",

@@ -8,11 +8,13 @@ from monitoring import views as monitoring_views
 from search import views as search_views
 from tenants import views as tenant_views
 from tenants.apis import ChatbotListApi
+from training import views as training_views
 
 api_patterns = [
     path("chatbots", ChatbotListApi.as_view(), name="api-chatbots"),
     path("", include("knowledge.urls")),
     path("", include("search.urls")),
+    path("", include("training.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),
@@ -46,6 +48,20 @@ urlpatterns = [
         name="dashboard-search-log-export",
     ),
     path("chatbots/<int:chatbot_id>/faq", search_views.faq_answer_add, name="dashboard-faq-add"),
+    path("chatbots/<int:chatbot_id>/training/", training_views.training_view, name="dashboard-training"),
+    path(
+        "chatbots/<int:chatbot_id>/training/start", training_views.training_start_view, name="dashboard-training-start"
+    ),
+    path(
+        "chatbots/<int:chatbot_id>/training/pairs", training_views.training_pairs_view, name="dashboard-training-pairs"
+    ),
+    path(
+        "chatbots/<int:chatbot_id>/training/rollback",
+        training_views.model_rollback_view,
+        name="dashboard-model-rollback",
+    ),
+    path("training/jobs/<int:job_id>/cancel", training_views.training_cancel_view, name="dashboard-training-cancel"),
+    path("training/versions/<int:version_id>/deploy", training_views.model_deploy_view, name="dashboard-model-deploy"),
     path("documents/<int:document_id>/", knowledge_views.document_detail, name="dashboard-document"),
     path(
         "documents/<int:document_id>/reprocess",

@@ -99,3 +99,53 @@ def test_login_upload_and_watch_documents_finish(browser_page, live_server, bund
         assert page.locator("#chart-volume rect").count() >= 1  # drawn by the page's script
         assert page.locator("#chart-latency circle").count() >= 2
         page.screenshot(path=str(settings.VAR_DIR / "e2e-analytics.png"), full_page=True)
+
+
+def test_start_training_from_the_dashboard_watch_it_finish_and_deploy(browser_page, live_server, bundle, worker_env,
+                                                                       tmp_path):  # fmt: skip
+    """The Training tab in a real browser with a real worker: collect pairs, start a job, watch its
+    progress and loss chart until it finishes, deploy the version, see it serving."""
+    import json
+
+    from django.conf import settings
+
+    from tests.conftest import ingest, make_upload
+    from tests.test_training import faq_rows
+
+    ingest(bundle, make_upload("faq.jsonl", "\n".join(json.dumps(r) for r in faq_rows())), content_type="faq")
+    page = browser_page
+    with celery_worker(worker_env, TRAINING_ARTIFACTS_DIR=tmp_path / "versions", EMBEDDING_TORCH_THREADS=1):
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", bundle.username)
+        page.fill("#id_password", bundle.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        page.goto(f"{live_server.url}/chatbots/{bundle.chatbot.pk}/")
+        page.click("text=Training & model versions")
+        page.click("button[name=collect]")
+        page.wait_for_selector("text=Collected 80 new pairs")
+        page.fill("input[name=num_epochs]", "2")
+        page.fill("input[name=batch_size]", "8")
+        page.click("#start-training")
+        page.wait_for_selector("text=is queued; its progress shows below")
+        page.wait_for_selector("#live-job")
+        page.wait_for_function(
+            "() => document.querySelector('#chart-loss polyline') !== null", timeout=240_000
+        )  # the loss chart, drawn from the status API while the job trains
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-training.png"), full_page=True)
+        page.wait_for_selector("#versions tr[data-status=candidate]", timeout=240_000)  # reloaded when done
+        assert "succeeded" in page.locator("#jobs tbody tr").first.inner_text()
+        row = page.locator("#versions tr[data-status=candidate]")
+        force = row.locator("input[name=force]")
+        if force.count():
+            force.check()
+        row.locator("button.deploy").click()
+        page.wait_for_selector("text=is being deployed")
+        for _ in range(120):
+            page.reload()
+            if page.locator("#versions tr[data-status=active]").count():
+                break
+            page.wait_for_timeout(1000)
+        assert page.locator("#versions tr[data-status=active]").count() == 1
+        assert page.inner_text("#serving").endswith(f"@c{bundle.chatbot.pk}.v1")
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-training-deployed.png"), full_page=True)

@@ -24,14 +24,15 @@ def celery_worker(env: dict, **extra_env):
     log = open(ROOT / "var" / f"{queue}.log", "w+")
     process = subprocess.Popen(
         worker_command(queue=queue, name=name),
-        env={**env, "CELERY_QUEUE": queue, **{k: str(v) for k, v in extra_env.items()}},
+        env={**env, "CELERY_QUEUE": queue, "CELERY_TRAINING_QUEUE": queue, **{k: str(v) for k, v in extra_env.items()}},
         cwd=ROOT,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    previous = (app.conf.task_always_eager, app.conf.task_default_queue)
+    previous = (app.conf.task_always_eager, app.conf.task_default_queue, app.conf.task_routes)
     app.conf.task_always_eager = False
     app.conf.task_default_queue = queue
+    app.conf.task_routes = {}  # every task (training's too) goes to this worker's queue
     try:
         deadline = time.monotonic() + 60
         while not app.control.ping(destination=[name], timeout=0.5):
@@ -40,7 +41,7 @@ def celery_worker(env: dict, **extra_env):
                 raise RuntimeError("the test worker did not start:\n" + log.read()[-3000:])
         yield process
     finally:
-        app.conf.task_always_eager, app.conf.task_default_queue = previous
+        app.conf.task_always_eager, app.conf.task_default_queue, app.conf.task_routes = previous
         children = psutil.Process(process.pid).children(recursive=True) if process.poll() is None else []
         process.terminate()
         try:

@@ -1,1 +1,137 @@
+"""Training data, training jobs and model versions of a chatbot.
 
+A chatbot's own embedding model is a ``ModelVersion``: a tenant-owned ``EmbeddingSpace`` whose
+artifact holds fine-tuned weights, made by a ``TrainingJob`` from the chatbot's ``TrainingPair``
+rows and judged on the held-out pairs before it may serve.
+"""
+
+from django.db import models
+from django.utils import timezone
+
+from tenants.scoping import TenantOwned
+
+
+class TrainingPair(TenantOwned):
+    """A query and the chunk (or text) that answers it, remembering where it came from. The
+    held-out split is decided once per query (seeded by the chatbot and the query's normalised
+    text) and stored, so every version of a chatbot is compared on the same questions."""
+
+    class Source(models.TextChoices):
+        FAQ = "faq", "FAQ rows"
+        CHATLOG = "chatlog", "Chat-log Q&A pairs"
+        FEEDBACK = "feedback", "Search feedback"
+        UPLOAD = "upload", "Uploaded pairs"
+        SYNTHETIC = "synthetic", "Synthetic (from chunks)"
+        LLM = "llm", "LLM-written questions"
+
+    class Split(models.TextChoices):
+        TRAIN = "train", "Train"
+        HELDOUT = "heldout", "Held out"
+
+    chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="training_pairs")
+    query = models.TextField()
+    query_key = models.CharField(max_length=64, help_text="Digest of the normalised query.")
+    chunk = models.ForeignKey("knowledge.Chunk", null=True, blank=True, on_delete=models.CASCADE, related_name="+")
+    positive_text = models.TextField(blank=True, help_text="The answer's text when it is not one of the chunks.")
+    positive_key = models.CharField(max_length=80, help_text="chunk:<id> or text:<digest>; with query_key unique.")
+    negative_chunk = models.ForeignKey(
+        "knowledge.Chunk", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    negative_text = models.TextField(blank=True)
+    source = models.CharField(max_length=12, choices=Source.choices)
+    split = models.CharField(max_length=8, choices=Split.choices, default=Split.TRAIN)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["chatbot", "query_key", "positive_key"], name="trainingpair_unique"),
+        ]
+        indexes = [models.Index(fields=["chatbot", "split", "source"])]
+
+
+class TrainingJob(TenantOwned):
+    class Type(models.TextChoices):
+        INITIAL = "initial_training", "Initial training"
+        INCREMENTAL = "incremental", "Incremental"
+        ADAPTER = "adapter", "Query adapter"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    class Stage(models.TextChoices):
+        WAITING = "waiting", "Waiting for a worker"
+        COLLECTING = "collecting", "Collecting pairs"
+        MINING = "mining", "Mining hard negatives"
+        TRAINING = "training", "Training"
+        EVALUATING = "evaluating", "Evaluating"
+        SAVING = "saving", "Saving"
+        DONE = "done", "Done"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="training_jobs")
+    job_type = models.CharField(max_length=20, choices=Type.choices, default=Type.INITIAL)
+    config = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    stage = models.CharField(max_length=12, choices=Stage.choices, default=Stage.WAITING)
+    progress = models.PositiveSmallIntegerField(default=0, help_text="Percent done, 0-100.")
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
+    epoch = models.FloatField(default=0.0)
+    loss = models.JSONField(default=list, blank=True, help_text="[[step, loss], ...] as training logged it.")
+    eta_seconds = models.PositiveIntegerField(null=True, blank=True)
+    data_summary = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    cancel_requested = models.BooleanField(default=False)
+    attempts = models.PositiveIntegerField(default=0)
+    lease_token = models.CharField(max_length=64, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    requested_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chatbot"], condition=models.Q(status__in=["queued", "running"]), name="trainingjob_one_active"
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"])]
+
+
+class ModelVersion(TenantOwned):
+    """A chatbot's model version: its own embedding space (weights under the artifacts
+    directory), the job that made it, its evaluation and the gate's verdict."""
+
+    class Status(models.TextChoices):
+        CANDIDATE = "candidate", "Candidate"
+        DEPLOYING = "deploying", "Deploying"
+        ACTIVE = "active", "Active"
+        PREVIOUS = "previous", "Previous"
+        RETIRED = "retired", "Retired"
+        FAILED = "failed", "Failed"
+
+    chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="model_versions")
+    number = models.PositiveIntegerField()
+    space = models.OneToOneField("knowledge.EmbeddingSpace", on_delete=models.PROTECT, related_name="model_version")
+    job = models.ForeignKey(TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="versions")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.CANDIDATE)
+    metrics = models.JSONField(
+        default=dict, blank=True, help_text="Candidate and active version on the held-out split."
+    )
+    gate = models.JSONField(default=dict, blank=True, help_text='{"passed": bool, "reason": str, ...}')
+    data_summary = models.JSONField(default=dict, blank=True)
+    size_bytes = models.PositiveBigIntegerField(default=0)
+    deploy_progress = models.PositiveSmallIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    deployed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["chatbot", "number"], name="modelversion_unique_number")]

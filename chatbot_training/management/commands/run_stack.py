@@ -75,6 +75,7 @@ class Command(BaseCommand):
         commands = {
             "web": web,
             "worker": worker_command(concurrency=options["concurrency"], name="worker@%h"),
+            "worker-training": worker_command(concurrency=1, queue=settings.CELERY_TRAINING_QUEUE, name="training@%h"),
             "beat": celery_command("beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")),
         }
         envs = {"web": web_environment}

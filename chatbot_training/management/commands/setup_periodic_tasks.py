@@ -7,6 +7,8 @@ SCHEDULE = {
     "Write queued search logs": ("search.logs_flush", 10, 9),
     "Optimise per-chatbot vector indexes": ("knowledge.vector_indexes_optimize", 900, 850),
     "Re-embed chunks stored without context": ("knowledge.chunk_embeddings_refresh", 3600, 3000),
+    "Sweep stuck training jobs": ("training.training_jobs_sweep", 60, 55),
+    "Remove retired model versions": ("training.model_versions_retire", 3600, 3000),
 }
 
 

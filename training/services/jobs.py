@@ -1,0 +1,417 @@
+"""Training jobs as state machines: ``queued → running → succeeded | failed | cancelled``.
+
+Started by ``training_job_start`` (config validated field by field, one active job per chatbot,
+enqueued on commit on the ``training`` queue), claimed by ``training_job_run`` with a conditional
+update under a lease, heartbeat with every step, swept when its worker vanished (a job that lost
+its worker is started again from the beginning: training is seeded, so the rerun gives the same
+model), cancelled within one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from knowledge.chunking import embedding_text
+from knowledge.embeddings import LocalProvider, provider_for_space
+from knowledge.models import Chunk, ChunkEmbedding, Document
+from knowledge.services import Pulse
+from search.services import serving_for
+from tenants.errors import Conflict, DomainError, NotFound
+from tenants.models import Chatbot, Tenant
+from tenants.scoping import cross_tenant_context, tenant_context
+from training.models import TrainingJob, TrainingPair
+from training.services import trainer
+from training.services.data import ensure_enough_pairs, pair_texts, training_pairs_collect
+from training.services.versions import model_version_create, model_version_deploy
+
+logger = logging.getLogger(__name__)
+
+Status = TrainingJob.Status
+Stage = TrainingJob.Stage
+
+# name: (type, low, high, default)
+CONFIG = {
+    "batch_size": (int, 2, 512, 16),
+    "num_epochs": (float, 0.1, 20, 1),
+    "learning_rate": (float, 1e-7, 1e-2, 2e-5),
+    "warmup_ratio": (float, 0.0, 0.5, 0.1),
+    "max_pairs": (int, 1, 1_000_000, 50_000),
+    "hard_negatives": (bool, None, None, True),
+    "auto_deploy": (bool, None, None, False),
+    "seed": (int, 0, 2**31 - 1, 42),
+}
+
+
+def training_config_parse(config) -> dict:
+    """Every config value checked for type and range; a 400 names the field."""
+    if config is None:
+        config = {}
+    if not isinstance(config, dict):
+        raise DomainError("config must be a JSON object.", field="config")
+    unknown = sorted(set(config) - set(CONFIG) - {"sources"})
+    if unknown:
+        raise DomainError(f"config.{unknown[0]} is not a setting; use {', '.join([*CONFIG, 'sources'])}.",
+                          field=f"config.{unknown[0]}")  # fmt: skip
+    out = {}
+    for name, (kind, low, high, default) in CONFIG.items():
+        value = config.get(name, default)
+        field = f"config.{name}"
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise DomainError(f"{field} must be true or false.", field=field)
+        else:
+            if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+                raise DomainError(f"{field} must be a number.", field=field)
+            if kind is int and not float(value).is_integer():
+                raise DomainError(f"{field} must be a whole number.", field=field)
+            if not low <= value <= high:
+                raise DomainError(f"{field} must be from {low:g} to {high:g}.", field=field)
+            value = kind(value)
+        out[name] = value
+    sources = config.get("sources")
+    if sources is not None:
+        if not isinstance(sources, list) or not sources or not all(s in TrainingPair.Source.values for s in sources):
+            raise DomainError(
+                f"config.sources must be a list of {', '.join(TrainingPair.Source.values)}.", field="config.sources"
+            )
+        out["sources"] = sorted(set(sources))
+    return out
+
+
+def training_job_start(
+    *, tenant: Tenant, chatbot: Chatbot, job_type: str, config, requested_by: str = ""
+) -> TrainingJob:
+    if chatbot.tenant_id != tenant.pk:
+        raise NotFound("Chatbot not found.", field="chatbot_id")
+    if job_type not in TrainingJob.Type.values:
+        raise DomainError(f"job_type must be one of {', '.join(TrainingJob.Type.values)}.", field="job_type")
+    if job_type == TrainingJob.Type.ADAPTER:
+        raise DomainError("Adapter jobs are not available yet; use initial_training or incremental.", field="job_type")
+    config = training_config_parse(config)
+    serving = serving_for(chatbot)
+    if serving.space.provider != "local":
+        raise DomainError(
+            f"{serving.space.key} is a hosted model and cannot be fine-tuned; adapter jobs will cover it.",
+            field="job_type",
+        )
+    training_pairs_collect(chatbot=chatbot)
+    summary = ensure_enough_pairs(chatbot=chatbot, sources=config.get("sources"))
+    try:
+        with transaction.atomic():
+            job = TrainingJob.objects.create(
+                tenant=tenant,
+                chatbot=chatbot,
+                job_type=job_type,
+                config=config,
+                data_summary=summary,
+                requested_by=requested_by[:200],
+            )
+    except IntegrityError:
+        raise Conflict("This chatbot already has a training job queued or running; wait for it or cancel it.") from None
+    transaction.on_commit(lambda: training_job_enqueue(job.pk, tenant.pk))
+    return job
+
+
+def training_job_enqueue(job_id: int, tenant_id: int) -> None:
+    from training.tasks import training_job_run_task
+
+    try:
+        training_job_run_task.delay(job_id=job_id, tenant_id=tenant_id)  # the training queue (CELERY_TASK_ROUTES)
+    except Exception:  # the broker is down: the sweeper sends it again
+        logger.warning("training job %s not sent to the broker; the sweeper will", job_id, exc_info=True)
+
+
+def training_job_cancel(*, tenant: Tenant, job: TrainingJob) -> TrainingJob:
+    with transaction.atomic():
+        job = TrainingJob.objects.select_for_update().get(pk=job.pk, tenant=tenant)
+        if job.status not in TrainingJob.ACTIVE:
+            raise Conflict(f"This job is {job.status}; only a queued or running job can be cancelled.")
+        if job.status == Status.QUEUED:
+            job.status, job.finished_at, job.error = Status.CANCELLED, timezone.now(), "Cancelled before it started."
+            job.save(update_fields=["status", "finished_at", "error"])
+        else:
+            job.cancel_requested = True
+            job.save(update_fields=["cancel_requested"])
+    return job
+
+
+def _claim(job_id: int, lease_token: str) -> TrainingJob | None:
+    stale = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
+    from django.db.models import Q
+
+    claimed = (
+        TrainingJob.objects.filter(pk=job_id)
+        # queued; or running under this very lease (its message redelivered after the worker died:
+        # the rerun starts from the beginning, and training is seeded); or silent for too long
+        .filter(
+            Q(status=Status.QUEUED)
+            | Q(status=Status.RUNNING, lease_token=lease_token)
+            | Q(status=Status.RUNNING, heartbeat_at__lt=stale)
+        )
+        .update(
+            status=Status.RUNNING,
+            lease_token=lease_token,
+            heartbeat_at=timezone.now(),
+            started_at=timezone.now(),
+            stage=Stage.COLLECTING,
+            progress=1,
+            step=0,
+            loss=[],
+        )
+    )
+    if not claimed:
+        return None
+    job = TrainingJob.objects.get(pk=job_id)
+    TrainingJob.objects.filter(pk=job_id).update(attempts=job.attempts + 1)
+    return job
+
+
+class LeaseLost(Exception):
+    pass
+
+
+def _beat(job: TrainingJob, **fields) -> None:
+    """Write progress under the lease; raise LeaseLost if another worker owns the job now."""
+    fields["heartbeat_at"] = timezone.now()
+    updated = TrainingJob.objects.filter(pk=job.pk, lease_token=job.lease_token, status=Status.RUNNING).update(**fields)
+    if not updated:
+        raise LeaseLost()
+    for name, value in fields.items():
+        setattr(job, name, value)
+
+
+def _finish(job: TrainingJob, status: str, **fields) -> None:
+    TrainingJob.objects.filter(pk=job.pk, lease_token=job.lease_token).update(
+        status=status, finished_at=timezone.now(), heartbeat_at=timezone.now(), lease_token="", **fields
+    )
+
+
+def training_job_run(*, job_id: int, lease_token: str | None = None) -> str:
+    """Run a claimed job to its end; returns the final status (or ``skipped``)."""
+    job = _claim(job_id, lease_token or uuid.uuid4().hex)
+    if job is None:
+        return "skipped"
+    try:
+        with Pulse(job, running=Status.RUNNING, every=settings.TRAINING_HEARTBEAT_SECONDS):
+            return _run(job)
+    except LeaseLost:
+        return "skipped"
+    except trainer.Cancelled:
+        _finish(job, Status.CANCELLED, error="Cancelled while training; no version was made.", stage=Stage.DONE)
+        return Status.CANCELLED
+    except DomainError as exc:
+        _finish(job, Status.FAILED, error=exc.message)
+        return Status.FAILED
+    except OSError as exc:  # disk full while saving, a missing file
+        _finish(job, Status.FAILED, error=f"Could not write the model: {exc.strerror or exc}.")
+        return Status.FAILED
+    except Exception as exc:
+        logger.exception("training job %s failed", job_id)
+        _finish(job, Status.FAILED, error=f"Training failed: {type(exc).__name__}: {exc}"[:2000])
+        return Status.FAILED
+
+
+def _cancelled(job: TrainingJob) -> bool:
+    return TrainingJob.objects.filter(pk=job.pk, cancel_requested=True).exists()
+
+
+def _corpus(chatbot: Chatbot) -> tuple[list[int], list[str]]:
+    rows = (
+        Chunk.objects.filter(chatbot=chatbot, document__status=Document.Status.READY)
+        .order_by("id")
+        .values_list("id", "text", "context")
+    )
+    ids, texts = [], []
+    for chunk_id, text, context in rows:
+        ids.append(chunk_id)
+        texts.append(embedding_text(text, context))
+    return ids, texts
+
+
+def _stored_vectors(chatbot: Chatbot, space, ids: list[int]):
+    import numpy as np
+
+    found = dict(
+        ChunkEmbedding.objects.filter(chatbot=chatbot, space=space, chunk_id__in=ids).values_list(
+            "chunk_id", "embedding"
+        )
+    )
+    return np.asarray([found[i] for i in ids], dtype=np.float32) if len(found) == len(ids) else None
+
+
+def _run(job: TrainingJob) -> str:
+    chatbot = job.chatbot
+    config = training_config_parse(job.config)
+    sources = config.get("sources")
+    if _cancelled(job):
+        raise trainer.Cancelled()
+    training_pairs_collect(chatbot=chatbot)
+    summary = ensure_enough_pairs(chatbot=chatbot, sources=sources)
+    train = pair_texts(chatbot=chatbot, split="train", sources=sources, limit=config["max_pairs"])
+    heldout = pair_texts(chatbot=chatbot, split="heldout")
+    serving = serving_for(chatbot)
+    active_space = serving.space
+    active_provider = provider_for_space(active_space)
+    if not isinstance(active_provider, LocalProvider):
+        raise DomainError(f"{active_space.key} cannot be fine-tuned.")
+    _beat(job, stage=Stage.MINING, progress=5, data_summary=summary)
+    model = trainer.load_model(str(active_provider.weights))
+    corpus_ids, corpus_texts = _corpus(chatbot)
+    negatives = list(train.negatives)
+    if config["hard_negatives"]:
+        mined = trainer.hard_negatives_mine(
+            model, anchors=train.anchors, positives=train.positives, corpus=corpus_texts
+        )
+        negatives = [given or found for given, found in zip(negatives, mined)]
+    if _cancelled(job):
+        raise trainer.Cancelled()
+    _beat(job, stage=Stage.TRAINING, progress=10)
+    began = time.monotonic()
+    losses: list = []
+    last_beat = [0.0]
+
+    def on_progress(p: trainer.Progress) -> bool:
+        if p.loss is not None:
+            losses.append([p.step, round(p.loss, 5)])
+        now = time.monotonic()
+        if now - last_beat[0] >= 1.0 or p.step >= p.total:
+            last_beat[0] = now
+            rate = (now - began) / max(p.step, 1)
+            _beat(
+                job,
+                step=p.step,
+                total_steps=p.total,
+                epoch=round(p.epoch, 3),
+                loss=list(losses),
+                progress=10 + int(70 * p.step / max(p.total, 1)),
+                eta_seconds=int(rate * max(p.total - p.step, 0)),
+            )
+            return not _cancelled(job)
+        return True
+
+    workdir = Path(tempfile.mkdtemp(prefix=f"train-{job.pk}-", dir=_scratch()))
+    try:
+        trainer.fine_tune(
+            model,
+            anchors=train.anchors,
+            positives=train.positives,
+            negatives=negatives if any(n is not None for n in negatives) else None,
+            batch_size=config["batch_size"],
+            epochs=config["num_epochs"],
+            learning_rate=config["learning_rate"],
+            warmup_ratio=config["warmup_ratio"],
+            seed=config["seed"],
+            output_dir=str(workdir / "checkpoints"),
+            on_progress=on_progress,
+        )
+        train_seconds = time.monotonic() - began
+        _beat(job, stage=Stage.EVALUATING, progress=82, loss=list(losses))
+        metrics = _evaluate(chatbot, model, active_space, active_provider, corpus_ids, corpus_texts, heldout,
+                            seed=config["seed"])  # fmt: skip
+        metrics["training"] = {
+            "pairs": len(train.anchors),
+            "seconds": round(train_seconds, 1),
+            "pairs_per_minute": round(len(train.anchors) * config["num_epochs"] / max(train_seconds, 1e-6) * 60, 1),
+            "hard_negatives": sum(n is not None for n in negatives),
+        }
+        _beat(job, stage=Stage.SAVING, progress=92)
+        version = model_version_create(job=job, model=model, metrics=metrics, workdir=workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    _finish(job, Status.SUCCEEDED, stage=Stage.DONE, progress=100, metrics=metrics, loss=list(losses), eta_seconds=0)
+    if config["auto_deploy"] and version.gate.get("passed"):
+        model_version_deploy(tenant=chatbot.tenant, version=version)
+    return Status.SUCCEEDED
+
+
+def _scratch() -> str:
+    path = Path(settings.TRAINING_ARTIFACTS_DIR).parent / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return str(path)
+
+
+def _evaluate(chatbot, model, active_space, active_provider, corpus_ids, corpus_texts, heldout, *, seed: int) -> dict:
+    """Candidate and active version on the held-out queries over the whole corpus, per source;
+    the gate's inputs (paired bootstrap of nDCG@10)."""
+    import numpy as np
+
+    queries: dict[str, dict] = {}
+    for query, chunk_id, source in zip(heldout.anchors, heldout.chunk_ids, heldout.sources):
+        if chunk_id is None:
+            continue
+        entry = queries.setdefault(
+            " ".join(query.casefold().split()), {"query": query, "relevant": set(), "source": source}
+        )
+        entry["relevant"].add(chunk_id)
+    if len(queries) < settings.TRAINING_MIN_HELDOUT:
+        raise DomainError(
+            f"Only {len(queries)} held-out questions point at a chunk; at least {settings.TRAINING_MIN_HELDOUT} "
+            "are needed to judge a version. Add more FAQ rows, chat logs or pairs with chunk_id."
+        )
+    texts = [q["query"] for q in queries.values()]
+    relevant = [q["relevant"] for q in queries.values()]
+    sources = np.asarray([q["source"] for q in queries.values()])
+    candidate = trainer.rank(trainer.encode(model, texts), trainer.encode(model, corpus_texts), corpus_ids, relevant)
+    stored = _stored_vectors(chatbot, active_space, corpus_ids)
+    active_corpus = stored if stored is not None else np.asarray(active_provider.embed(corpus_texts), dtype=np.float32)
+    active_queries = np.asarray(active_provider.embed(texts), dtype=np.float32)
+    active = trainer.rank(active_queries, active_corpus, corpus_ids, relevant)
+    per_source = {}
+    for source in sorted(set(sources.tolist())):
+        mask = sources == source
+        per_source[source] = {"candidate": candidate.summary(mask), "active": active.summary(mask)}
+    return {
+        "candidate": candidate.summary(),
+        "active": active.summary(),
+        "active_space": active_space.key,
+        "per_source": per_source,
+        "bootstrap": trainer.paired_bootstrap(candidate.ndcg, active.ndcg, seed=seed),
+        "corpus_chunks": len(corpus_ids),
+    }
+
+
+def training_jobs_sweep() -> dict:
+    """Jobs whose worker vanished (no heartbeat for TRAINING_STALE_AFTER_SECONDS) are sent again
+    (their rerun starts from the beginning), and queued jobs never picked up are re-sent."""
+    stale = timezone.now() - timedelta(seconds=settings.TRAINING_STALE_AFTER_SECONDS)
+    resent = failed = 0
+    with cross_tenant_context("training-job-sweep"):
+        rows = list(
+            TrainingJob.objects.filter(status__in=TrainingJob.ACTIVE)
+            .filter(heartbeat_at__lt=stale)
+            .values_list("pk", "tenant_id", "attempts")
+            .union(
+                TrainingJob.objects.filter(
+                    status=Status.QUEUED, heartbeat_at__isnull=True, created_at__lt=stale
+                ).values_list("pk", "tenant_id", "attempts")
+            )
+        )
+    for job_id, tenant_id, attempts in rows:
+        with tenant_context(tenant_id):
+            if attempts >= settings.TRAINING_MAX_ATTEMPTS:
+                TrainingJob.objects.filter(pk=job_id, status__in=TrainingJob.ACTIVE).update(
+                    status=Status.FAILED,
+                    finished_at=timezone.now(),
+                    lease_token="",
+                    error=f"The worker stopped {attempts} times while running this job; it was given up.",
+                )
+                failed += 1
+                continue
+        training_job_enqueue(job_id, tenant_id)
+        resent += 1
+    return {"resent": resent, "failed": failed}
+
+
+def training_job_tenant_id(*, job_id: int) -> int | None:
+    with cross_tenant_context("training-job-lookup"):
+        return TrainingJob.objects.filter(pk=job_id).values_list("tenant_id", flat=True).first()
