@@ -31,6 +31,7 @@ bench: install  ## Benchmarks and drills (some need ../shared; run alone: the dr
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/quality.py
+	$(BIN)/python bench/training.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/schema_fuzz.py

@@ -41,7 +41,8 @@ def test_make_run_serves_production_style_and_ctrl_c_stops_everything(worker_env
     from bench.common import multipart
 
     port = _free_port()
-    env = {**worker_env, "CELERY_QUEUE": f"run-stack-{uuid.uuid4().hex[:6]}", "WEB_WORKERS": "1"}
+    queue = f"run-stack-{uuid.uuid4().hex[:6]}"
+    env = {**worker_env, "CELERY_QUEUE": queue, "CELERY_TRAINING_QUEUE": f"{queue}-training", "WEB_WORKERS": "1"}
     env.pop("DJANGO_SETTINGS_MODULE", None)
     log = open(tmp_path / "run_stack.log", "w+")
     stack = subprocess.Popen(
@@ -72,7 +73,7 @@ def test_make_run_serves_production_style_and_ctrl_c_stops_everything(worker_env
         assert "granian" in " ".join(names) or any("granian" in " ".join(p.cmdline()) for p in
                                                     psutil.Process(stack.pid).children(recursive=True))  # fmt: skip
 
-        status, headers, body = _get(f"{base}/api/models/1")  # an unknown API path
+        status, headers, body = _get(f"{base}/api/no-such-operation/1")  # an unknown API path
         assert status == 404 and headers["Content-Type"] == "application/json", body[:300]
         assert json.loads(body)["error"]["code"] == "not_found"
         status, _, body = _get(f"{base}/no-such-page")

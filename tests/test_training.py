@@ -335,3 +335,98 @@ def test_the_training_tab_starts_a_job_shows_its_result_and_deploys_and_rolls_ba
     response = client.post(f"{url}rollback")
     assert "serves again" in " ".join(str(m) for m in get_messages(response.wsgi_request))
     assert '<b id="serving">local:all-MiniLM-L6-v2@1</b>' in client.get(url).content.decode()
+
+
+def test_disk_trouble_while_saving_fails_the_job_with_a_reason_and_makes_no_version(trained_bot, settings, tmp_path):
+    from training.models import ModelVersion, TrainingJob
+    from training.services import training_job_run, training_pairs_collect
+
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("a file where the artifacts directory should be")
+    settings.TRAINING_ARTIFACTS_DIR = blocker / "versions"  # every write under it fails, as on a full disk
+    bundle = trained_bot
+    with as_tenant(bundle):
+        training_pairs_collect(chatbot=bundle.chatbot)
+        job = TrainingJob.objects.create(tenant=bundle.tenant, chatbot=bundle.chatbot, config={"num_epochs": 0.2})
+        assert training_job_run(job_id=job.pk) == "failed"
+        job.refresh_from_db()
+        assert job.status == "failed" and job.error.startswith("Could not write the model"), job.error
+        assert not ModelVersion.objects.exists()
+        assert not TrainingJob.objects.filter(status__in=["queued", "running"]).exists()
+
+
+def test_a_corrupt_artifact_fails_its_deploy_and_the_active_model_keeps_serving(
+    trained_bot, django_capture_on_commit_callbacks
+):
+    from knowledge.embeddings import artifact_path
+    from training.models import ModelVersion, TrainingJob
+    from training.services import training_job_run, training_pairs_collect
+
+    bundle = trained_bot
+    api = api_for(bundle)
+    with as_tenant(bundle):
+        training_pairs_collect(chatbot=bundle.chatbot)
+        job = TrainingJob.objects.create(tenant=bundle.tenant, chatbot=bundle.chatbot, config={"num_epochs": 0.2})
+        training_job_run(job_id=job.pk)
+        version = ModelVersion.objects.select_related("space").get()
+        folder = artifact_path(version.space.artifact)
+    for weights in folder.glob("*.safetensors"):
+        weights.write_bytes(b"not a model")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert api.post(f"/api/models/{version.pk}/deploy", {"force": True}, format="json").status_code == 202
+    listing = api.get(f"/api/models/{bundle.chatbot.pk}").json()
+    assert listing["versions"][0]["status"] == "failed" and "cannot be loaded" in listing["versions"][0]["error"]
+    assert listing["serving"] == "local:all-MiniLM-L6-v2@1"
+    search = api.post("/api/search", {"chatbot_id": bundle.chatbot.pk, "query": "reset my router"}, format="json")
+    assert search.status_code == 200 and search.json()["embedding_space"] == "local:all-MiniLM-L6-v2@1"
+    again = api.post(f"/api/models/{version.pk}/deploy", {"force": True}, format="json")
+    assert again.status_code == 409 and "failed" in again.json()["error"]["message"]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # the sweeper's own role
+def test_the_sweeper_resends_a_silent_job_and_gives_up_after_the_attempts(bundle, settings):
+    """The sweep finds silent jobs across tenants (maintenance role) and sends each again; with
+    eager Celery the resent task runs at once, in this process."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from training.models import TrainingJob
+    from training.services import training_jobs_sweep
+
+    settings.TRAINING_MIN_PAIRS = 10**6  # the resent job runs (eager) and fails for lack of data: it ran
+    long_ago = timezone.now() - timedelta(hours=1)
+    with as_tenant(bundle):
+        silent = TrainingJob.objects.create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, status="running", heartbeat_at=long_ago, attempts=1
+        )
+    assert training_jobs_sweep() == {"resent": 1, "failed": 0}
+    with as_tenant(bundle):
+        silent.refresh_from_db()
+        assert silent.status == "failed" and "Too little training data" in silent.error and silent.attempts == 2
+        worn = TrainingJob.objects.create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, status="running", heartbeat_at=long_ago, attempts=3
+        )
+    assert training_jobs_sweep() == {"resent": 0, "failed": 1}
+    with as_tenant(bundle):
+        worn.refresh_from_db()
+        assert worn.status == "failed" and "stopped 3 times" in worn.error
+
+
+def test_every_training_api_answers_404_for_another_tenants_objects(trained_bot, other_bundle):
+    from training.models import TrainingJob
+
+    bundle = trained_bot
+    with as_tenant(bundle):
+        job = TrainingJob.objects.create(tenant=bundle.tenant, chatbot=bundle.chatbot, config={})
+    other = api_for(other_bundle)
+    chatbot = bundle.chatbot.pk
+    assert other.get(f"/api/training/jobs/{chatbot}").status_code == 404
+    assert other.get(f"/api/training/status/{job.pk}").status_code == 404
+    assert other.post(f"/api/training/jobs/{job.pk}/cancel").status_code == 404
+    assert other.get(f"/api/models/{chatbot}").status_code == 404
+    assert other.post(f"/api/models/{chatbot}/rollback").status_code == 404
+    assert other.post("/api/training/start", {"chatbot_id": chatbot}, format="json").status_code == 404
+    with as_tenant(bundle):
+        job.refresh_from_db()
+        assert job.status == "queued" and not job.cancel_requested  # untouched

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from knowledge.chunking import embedding_text
-from knowledge.embeddings import LocalProvider, provider_for_space
+from knowledge.embeddings import LocalProvider, provider_for, provider_for_space
 from knowledge.models import Chunk, ChunkEmbedding, Document
 from knowledge.services import Pulse
 from search.services import serving_for
@@ -265,7 +265,9 @@ def _run(job: TrainingJob) -> str:
     if not isinstance(active_provider, LocalProvider):
         raise DomainError(f"{active_space.key} cannot be fine-tuned.")
     _beat(job, stage=Stage.MINING, progress=5, data_summary=summary)
-    model = trainer.load_model(str(active_provider.weights))
+    # initial training starts from the base model, incremental from the version serving now
+    start = active_provider if job.job_type == TrainingJob.Type.INCREMENTAL else provider_for(active_space.model_key)
+    model = trainer.load_model(str(start.weights))
     corpus_ids, corpus_texts = _corpus(chatbot)
     negatives = list(train.negatives)
     if config["hard_negatives"]:

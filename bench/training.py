@@ -1,0 +1,315 @@
+"""Training: throughput, the quality lift on SciFact, the gate on a bad version, re-embedding on deploy.
+
+    python bench/training.py [--epochs 1] [--batch-size 16]
+
+Runs in-process on the SciFact chatbot of bench/quality.py (database ``chatbot_training_quality``,
+ingested there on first use), with Celery eager (jobs run as their task functions, in this
+process), API calls through Django's test client with the tenant's key, and searches through
+``search.services.search_run`` (the code behind ``POST /api/search``):
+
+1. nDCG@10 of the 300 SciFact test queries with the base model;
+2. the 809 train queries' pairs (query → the first chunk of each relevant abstract) sent to
+   ``POST /api/training/pairs``; ``POST /api/training/start`` (hard negatives mined); the gate's
+   verdict; a deploy (every chunk re-embedded, then one switch); nDCG@10 of the test queries again;
+   rollback to the base model (so bench/quality.py keeps measuring the base model);
+3. the same train queries with shuffled positives (held-out pairs kept correct): the gate must
+   refuse that version;
+4. raw baselines in the same run: ``SentenceTransformerTrainer`` with MultipleNegativesRankingLoss
+   on the same pairs and settings (pairs/min), and ``SentenceTransformer.encode`` of the same
+   chunk texts (chunks/s) against the deploy's re-embedding.
+
+Prints one JSON summary. Goals: training ≥ 0.9 × raw trainer pairs/min; nDCG@10 ≥ base + 0.02;
+the shuffled version refused; re-embedding ≥ 0.8 × raw encode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, use_database  # noqa: E402
+from quality import DATABASE, ensure_ingested, ndcg_at, scifact  # noqa: E402
+
+DATA = SHARED / "datasets" / "scifact"
+
+
+def train_pairs(chatbot) -> list[dict]:
+    """query → first chunk of each relevant abstract (by the abstract's _id in chunk metadata)."""
+    from knowledge.models import Chunk
+
+    first_chunk: dict[str, int] = {}
+    for chunk_id, metadata in (
+        Chunk.objects.filter(chatbot=chatbot).order_by("document_id", "position").values_list("id", "metadata")
+    ):
+        first_chunk.setdefault(str((metadata or {}).get("_id")), chunk_id)
+    queries = {
+        q["_id"]: q["text"] for q in map(json.loads, (DATA / "queries.jsonl").read_text(encoding="utf-8").splitlines())
+    }
+    pairs = []
+    with open(DATA / "qrels" / "train.tsv", encoding="utf-8") as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            if int(row["score"]) > 0 and row["corpus-id"] in first_chunk and row["query-id"] in queries:
+                pairs.append({"query": queries[row["query-id"]], "chunk_id": first_chunk[row["corpus-id"]]})
+    return pairs
+
+
+def test_ndcg(dataset, chatbot) -> float:
+    from search.services import search_run
+
+    chatbot.refresh_from_db()
+    scores = []
+    for qid, text in dataset.queries:
+        result = search_run(
+            tenant=chatbot.tenant, chatbot=chatbot, query=text, max_results=dataset.depth, log=False, use_cache=False
+        )
+        ranked, seen = [], set()
+        for hit in result.results:
+            key = dataset.key(hit)
+            if key not in seen:
+                seen.add(key)
+                ranked.append(key)
+        scores.append(ndcg_at(ranked, dataset.qrels[qid]))
+    return round(sum(scores) / len(scores), 4)
+
+
+def upload(api, chatbot, pairs) -> dict:
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    body = "\n".join(json.dumps(p) for p in pairs).encode()
+    response = api.post(
+        "/api/training/pairs",
+        {"chatbot_id": chatbot.pk, "file": SimpleUploadedFile("pairs.jsonl", body)},
+        format="multipart",
+    )
+    assert response.status_code == 202, response.content
+    return response.json()
+
+
+def train(api, chatbot, config: dict) -> dict:
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):  # the eager task runs at "commit"
+        response = api.post("/api/training/start", {"chatbot_id": chatbot.pk, "config": config}, format="json")
+    assert response.status_code == 202, response.content
+    status = api.get(response.json()["status_url"]).json()
+    assert status["status"] == "succeeded", status
+    return status
+
+
+def raw_trainer(anchors, positives, *, batch_size, epochs, learning_rate, warmup_ratio, seed) -> float:
+    """pairs/min of the plain sentence-transformers trainer on the same pairs and settings."""
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+
+    from knowledge.tokens import local_model_path
+
+    model = SentenceTransformer(str(local_model_path()), device="cpu")
+    with tempfile.TemporaryDirectory() as output:
+        began = time.monotonic()
+        args = SentenceTransformerTrainingArguments(
+            output_dir=output,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=batch_size,
+            learning_rate=learning_rate,
+            warmup_ratio=warmup_ratio,
+            seed=seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            save_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            use_cpu=True,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model,
+            args=args,
+            train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}),
+            loss=MultipleNegativesRankingLoss(model),
+        )
+        trainer.train()
+        seconds = time.monotonic() - began
+    return len(anchors) * epochs / seconds * 60
+
+
+def raw_encode(path: str, texts: list[str]) -> float:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(path, device="cpu")
+    model.encode(texts[:32], batch_size=32)
+    began = time.monotonic()
+    model.encode(texts, batch_size=32, normalize_embeddings=True, show_progress_bar=False)
+    return len(texts) / (time.monotonic() - began)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--epochs", type=float, default=1)
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    args = parser.parse_args()
+    if not (DATA / "corpus.jsonl").exists():
+        print(json.dumps({"skipped": f"needs {DATA} (../shared is not beside this clone)"}))
+        return
+    import django
+
+    django.setup()
+    from django.conf import settings
+
+    settings.ALLOWED_HOSTS = [*settings.ALLOWED_HOSTS, "testserver"]
+    from tenants.scoping import cross_tenant_context
+
+    with cross_tenant_context("bench"):
+        use_database(DATABASE, fresh=False)
+        from chatbot_training.celery import app
+
+        app.conf.task_always_eager = True
+        dataset = scifact()
+        chatbot, _, _ = ensure_ingested(dataset)
+    from tenants.scoping import tenant_context
+
+    with tenant_context(chatbot.tenant_id):
+        print(json.dumps(_run(args, dataset, chatbot), indent=2))
+
+
+def _run(args, dataset, chatbot) -> dict:
+    from rest_framework.test import APIClient
+
+    from knowledge.models import Chunk
+    from tenants.services import api_key_create
+    from training.models import ModelVersion, TrainingPair
+
+    api = APIClient()
+    key = api_key_create(tenant=chatbot.tenant, name="bench training", scopes=["search", "read", "write"])
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {key.raw_key}")
+    while ModelVersion.objects.filter(chatbot=chatbot, status="active").exists():  # an earlier run's leftovers
+        api.post(f"/api/models/{chatbot.pk}/rollback")
+    ModelVersion.objects.filter(chatbot=chatbot).exclude(status="active").update(status="retired")
+    TrainingPair.objects.filter(chatbot=chatbot).delete()
+
+    report: dict = {
+        "benchmark": "training",
+        "dataset": "scifact",
+        "chunks": Chunk.objects.filter(chatbot=chatbot).count(),
+    }
+    report["base_test_ndcg@10"] = test_ndcg(dataset, chatbot)
+
+    pairs = train_pairs(chatbot)
+    report["pairs_uploaded"] = upload(api, chatbot, pairs) | {"sent": len(pairs)}
+    report["pairs_uploaded"].pop("errors", None)
+    config = {
+        "batch_size": args.batch_size,
+        "num_epochs": args.epochs,
+        "learning_rate": args.learning_rate,
+        "warmup_ratio": 0.1,
+        "hard_negatives": True,
+        "seed": 42,
+        "sources": ["upload"],  # the SciFact pairs (the chatbot's synthetic pairs are another experiment)
+    }
+    began = time.monotonic()
+    job = train(api, chatbot, config)
+    job_seconds = time.monotonic() - began
+    listing = api.get(f"/api/models/{chatbot.pk}").json()
+    version = next(v for v in listing["versions"] if v["job_id"] == job["job_id"])
+    report["job"] = {
+        "seconds": round(job_seconds, 1),
+        "training": job["metrics"]["training"],
+        "heldout": {"active": job["metrics"]["active"], "candidate": job["metrics"]["candidate"]},
+        "bootstrap": job["metrics"]["bootstrap"],
+        "gate": version["gate"],
+    }
+
+    deploy_began = time.monotonic()
+    from django.test import TestCase
+
+    with TestCase.captureOnCommitCallbacks(execute=True):
+        response = api.post(f"/api/models/{version['version_id']}/deploy", {"force": True}, format="json")
+    assert response.status_code == 202, response.content
+    deploy_seconds = time.monotonic() - deploy_began
+    listing = api.get(f"/api/models/{chatbot.pk}").json()
+    assert listing["serving"] == version["embedding_space"], listing
+    chunks = report["chunks"]
+    report["deploy"] = {"seconds": round(deploy_seconds, 1), "chunks_per_s": round(chunks / deploy_seconds, 1)}
+    report["fine_tuned_test_ndcg@10"] = test_ndcg(dataset, chatbot)
+    report["lift_ndcg@10"] = round(report["fine_tuned_test_ndcg@10"] - report["base_test_ndcg@10"], 4)
+    rolled = api.post(f"/api/models/{chatbot.pk}/rollback").json()
+    report["rolled_back_to"] = rolled["space"]
+
+    # a version trained on shuffled positives (the held-out pairs stay correct): the gate refuses it
+    train_rows = list(TrainingPair.objects.filter(chatbot=chatbot, split="train").values_list("query", "chunk_id"))
+    TrainingPair.objects.filter(chatbot=chatbot, split="train").delete()
+    targets = [chunk_id for _, chunk_id in train_rows]
+    random.Random(7).shuffle(targets)
+    shuffled = [{"query": q, "chunk_id": c} for (q, _), c in zip(train_rows, targets)]
+    upload(api, chatbot, shuffled)
+    bad = train(api, chatbot, {**config, "hard_negatives": False})
+    listing = api.get(f"/api/models/{chatbot.pk}").json()
+    bad_version = next(v for v in listing["versions"] if v["job_id"] == bad["job_id"])
+    report["shuffled"] = {
+        "heldout": {"active": bad["metrics"]["active"], "candidate": bad["metrics"]["candidate"]},
+        "gate": bad_version["gate"],
+        "training": bad["metrics"]["training"],
+    }
+
+    # raw baselines, same run, same pairs and settings (without mined negatives, as the shuffled job)
+    from training.services.data import pair_texts
+
+    texts = pair_texts(chatbot=chatbot, split="train")
+    raw = raw_trainer(
+        texts.anchors,
+        texts.positives,
+        batch_size=args.batch_size,
+        epochs=args.epochs,
+        learning_rate=args.learning_rate,
+        warmup_ratio=0.1,
+        seed=42,
+    )
+    from knowledge.chunking import embedding_text
+    from knowledge.embeddings import artifact_path
+
+    sample = [
+        embedding_text(t, c)
+        for t, c in Chunk.objects.filter(chatbot=chatbot).order_by("id").values_list("text", "context")[:1000]
+    ]
+    weights = artifact_path(ModelVersion.objects.get(pk=version["version_id"]).space.artifact)
+    raw_chunks_per_s = raw_encode(str(weights), sample)
+    product = bad["metrics"]["training"]["pairs_per_minute"]
+    report["throughput"] = {
+        "product_pairs_per_min": product,
+        "product_with_hard_negatives_pairs_per_min": job["metrics"]["training"]["pairs_per_minute"],
+        "raw_trainer_pairs_per_min": round(raw, 1),
+        "ratio": round(product / raw, 3),
+    }
+    report["reembed"] = {
+        "deploy_chunks_per_s": report["deploy"]["chunks_per_s"],
+        "raw_encode_chunks_per_s": round(raw_chunks_per_s, 1),
+        "ratio": round(report["deploy"]["chunks_per_s"] / raw_chunks_per_s, 3),
+    }
+    report["goals"] = {
+        "throughput ratio": ">= 0.9",
+        "lift_ndcg@10": ">= 0.02",
+        "shuffled version": "refused by the gate",
+        "reembed ratio": ">= 0.8",
+    }
+    report["met"] = {
+        "throughput": report["throughput"]["ratio"] >= 0.9,
+        "lift": report["lift_ndcg@10"] >= 0.02,
+        "shuffled_refused": not bad_version["gate"]["passed"],
+        "reembed": report["reembed"]["ratio"] >= 0.8,
+    }
+    return report
+
+
+if __name__ == "__main__":
+    main()
