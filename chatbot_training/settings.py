@@ -284,6 +284,10 @@ TRAINING_HEARTBEAT_SECONDS = env.float("TRAINING_HEARTBEAT_SECONDS", default=10)
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=300)
 TRAINING_MAX_ATTEMPTS = env.int("TRAINING_MAX_ATTEMPTS", default=3)
 TRAINING_MAX_SYNTHETIC = env.int("TRAINING_MAX_SYNTHETIC", default=2000)  # synthetic pairs per chatbot
+# LLM-written questions (source "llm") through the openai client (OPENAI_API_KEY, OPENAI_BASE_URL):
+# off unless a chat model is named; at most this many new chunks asked per collection.
+TRAINING_LLM_MODEL = env.str("TRAINING_LLM_MODEL", default="")
+TRAINING_LLM_QUESTIONS = env.int("TRAINING_LLM_QUESTIONS", default=200)
 # Hard negatives: skip the nearest ranks and keep a margin below the positive's score, so
 # paraphrases of the answer are not taken for negatives.
 TRAINING_NEGATIVE_SKIP_RANKS = env.int("TRAINING_NEGATIVE_SKIP_RANKS", default=3)

@@ -430,3 +430,94 @@ def test_every_training_api_answers_404_for_another_tenants_objects(trained_bot,
     with as_tenant(bundle):
         job.refresh_from_db()
         assert job.status == "queued" and not job.cancel_requested  # untouched
+
+
+class FakeChat:
+    """A local HTTP server speaking the chat-completions API: a question per passage, then errors."""
+
+    def __init__(self, answers: int):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, **body})
+                if len(server.requests) > answers:
+                    self.send_response(500)
+                    self.send_header("Content-Type", "application/json")
+                    self.end_headers()
+                    self.wfile.write(json.dumps({"error": {"message": "overloaded", "type": "server_error"}}).encode())
+                    return
+                passage = body["messages"][-1]["content"]
+                product = next((p for p in PRODUCTS if p in passage), "thing")
+                payload = {
+                    "id": f"chat-{len(server.requests)}",
+                    "object": "chat.completion",
+                    "created": 0,
+                    "model": body["model"],
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": f'"What should I do about my {product}?"'},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+                }
+                data = json.dumps(payload).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+
+
+def test_llm_written_questions_through_the_openai_client_against_a_local_server(trained_bot, settings):
+    """With a key and a model configured, each chunk is sent once to the chat-completions API and
+    its question becomes an ``llm`` pair; when the server starts failing the round stops with its
+    reason and the other sources are collected all the same."""
+    from training.models import TrainingPair
+    from training.services import training_pairs_collect
+
+    fake = FakeChat(answers=5)
+    settings.OPENAI_API_KEY, settings.OPENAI_BASE_URL, settings.OPENAI_MAX_RETRIES = "sk-test", fake.url, 0
+    settings.TRAINING_LLM_MODEL, settings.TRAINING_LLM_QUESTIONS = "gpt-test-mini", 8
+    bundle = trained_bot
+    try:
+        with as_tenant(bundle):
+            added = training_pairs_collect(chatbot=bundle.chatbot, synthetic=False)
+            llm = list(TrainingPair.objects.filter(chatbot=bundle.chatbot, source="llm").select_related("chunk"))
+    finally:
+        fake.close()
+    assert added["faq"] == 80 and added["llm"] == 5
+    assert "LLM questions stopped after 5" in added["llm_problem"]
+    assert len(fake.requests) == 6 and {r["model"] for r in fake.requests} == {"gpt-test-mini"}
+    assert all(r["path"] == "/v1/chat/completions" for r in fake.requests)
+    for pair in llm:
+        assert pair.query.startswith("What should I do about my ") and pair.chunk.text in [
+            r["messages"][-1]["content"] for r in fake.requests
+        ]
+        assert pair.query.split()[-1].rstrip("?") in pair.chunk.text  # the question is about its own chunk
+    with as_tenant(bundle):  # a chunk is asked once: a second round asks only the others
+        fake = FakeChat(answers=100)
+        settings.OPENAI_BASE_URL = fake.url
+        try:
+            again = training_pairs_collect(chatbot=bundle.chatbot, synthetic=False)
+        finally:
+            fake.close()
+        asked = {r["messages"][-1]["content"] for r in fake.requests}
+        assert again.get("llm", 0) <= 8 and not asked & {p.chunk.text for p in llm}

@@ -31,6 +31,7 @@ from tenants import inputs
 from tenants.errors import DomainError
 from tenants.models import Chatbot
 from training.models import TrainingPair
+from training.services.questions import llm_enabled, llm_questions
 
 Source = TrainingPair.Source
 MAX_QUERY_CHARS = 2000
@@ -176,11 +177,27 @@ def _synthetic_pairs(chatbot: Chatbot, limit: int) -> list[Candidate]:
     return out[:limit]
 
 
-def training_pairs_collect(*, chatbot: Chatbot, synthetic: bool = True) -> dict:
-    """Gather pairs from the chatbot's FAQ rows, chat logs, feedback and (optionally) synthetic
-    pairs; idempotent (a pair already there is kept as it is). Returns counts added per source."""
+def _llm_pairs(chatbot: Chatbot) -> tuple[list[Candidate], str]:
+    asked = TrainingPair.objects.filter(chatbot=chatbot, source=Source.LLM, chunk__isnull=False).values("chunk_id")
+    rows = (
+        _ready_chunks(chatbot)
+        .exclude(id__in=asked)
+        .order_by("id")
+        .values_list("id", "text")[: settings.TRAINING_LLM_QUESTIONS]
+    )
+    found, problem = llm_questions(chatbot=chatbot, chunks=list(rows))
+    return [Candidate(query=question, source=Source.LLM, chunk_id=chunk_id) for chunk_id, question in found], problem
+
+
+def training_pairs_collect(*, chatbot: Chatbot, synthetic: bool = True, llm: bool = True) -> dict:
+    """Gather pairs from the chatbot's FAQ rows, chat logs, feedback, (optionally) synthetic pairs
+    and LLM-written questions (when configured: ``training/services/questions.py``); idempotent (a
+    pair already there is kept as it is). Returns counts added per source (and ``llm_problem`` when
+    the LLM round stopped early)."""
     added: Counter = Counter()
+    written, problem = _llm_pairs(chatbot) if llm and llm_enabled() else ([], "")  # no transaction held meanwhile
     with transaction.atomic():
+        added[Source.LLM] += _store(chatbot, written)
         for candidate_list in (_question_pairs(chatbot),):
             for source, group in _by_source(candidate_list).items():
                 added[source] += _store(chatbot, group)
@@ -192,7 +209,10 @@ def training_pairs_collect(*, chatbot: Chatbot, synthetic: bool = True) -> dict:
             ).update(negative_chunk_id=chunk_id)
         if synthetic:
             added[Source.SYNTHETIC] += _store(chatbot, _synthetic_pairs(chatbot, settings.TRAINING_MAX_SYNTHETIC))
-    return {k: v for k, v in added.items() if v}
+    counts: dict = {k: v for k, v in added.items() if v}
+    if problem:
+        counts["llm_problem"] = problem
+    return counts
 
 
 def _by_source(candidates: list[Candidate]) -> dict[str, list[Candidate]]:
