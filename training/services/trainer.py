@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,16 +106,18 @@ def fine_tune(
     from sentence_transformers.training_args import BatchSamplers
 
     columns = {"anchor": anchors, "positive": positives}
-    if negatives is not None and all(n is not None for n in negatives):
-        columns["negative"] = negatives
-    elif negatives is not None:  # pairs without a negative borrow none: keep triplets only where mined
-        keep = [i for i, n in enumerate(negatives) if n is not None]
-        if len(keep) >= len(anchors) * 0.8:
-            columns = {
-                "anchor": [anchors[i] for i in keep],
-                "positive": [positives[i] for i in keep],
-                "negative": [negatives[i] for i in keep],
-            }
+    if negatives is not None and any(n is not None for n in negatives):
+        # a pair the miner found no negative for (every candidate too close to its positive) keeps
+        # its place with another pair's positive as its negative: no pair is dropped
+        rng = random.Random(seed)
+        filled = []
+        for i, negative in enumerate(negatives):
+            while negative is None and len(positives) > 1:
+                other = rng.randrange(len(positives))
+                same = positives[other] == positives[i] or anchors[other] == anchors[i]
+                negative = None if same else positives[other]
+            filled.append(negative if negative is not None else positives[i])
+        columns["negative"] = filled
     dataset = Dataset.from_dict(columns)
     if batch_size >= CACHED_LOSS_FROM_BATCH:
         loss = CachedMultipleNegativesRankingLoss(model, mini_batch_size=MINI_BATCH)
