@@ -112,10 +112,11 @@ def fine_tune(
         rng = random.Random(seed)
         filled = []
         for i, negative in enumerate(negatives):
-            while negative is None and len(positives) > 1:
+            for _ in range(20 if negative is None and len(positives) > 1 else 0):
                 other = rng.randrange(len(positives))
-                same = positives[other] == positives[i] or anchors[other] == anchors[i]
-                negative = None if same else positives[other]
+                if positives[other] != positives[i] and anchors[other] != anchors[i]:
+                    negative = positives[other]
+                    break
             filled.append(negative if negative is not None else positives[i])
         columns["negative"] = filled
     dataset = Dataset.from_dict(columns)
