@@ -117,7 +117,7 @@ def fine_tune(
                 if positives[other] != positives[i] and anchors[other] != anchors[i]:
                     negative = positives[other]
                     break
-            filled.append(negative if negative is not None else positives[i])
+            filled.append(negative if negative is not None else "")  # (a tiny corpus: an easy negative)
         columns["negative"] = filled
     dataset = Dataset.from_dict(columns)
     if batch_size >= CACHED_LOSS_FROM_BATCH:
