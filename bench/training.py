@@ -105,6 +105,7 @@ def train(api, chatbot, config: dict) -> dict:
 
 def raw_trainer(anchors, positives, *, batch_size, epochs, learning_rate, warmup_ratio, seed) -> float:
     """pairs/min of the plain sentence-transformers trainer on the same pairs and settings."""
+    import transformers
     from datasets import Dataset
     from sentence_transformers import (
         SentenceTransformer,
@@ -138,6 +139,7 @@ def raw_trainer(anchors, positives, *, batch_size, epochs, learning_rate, warmup
             train_dataset=Dataset.from_dict({"anchor": anchors, "positive": positives}),
             loss=MultipleNegativesRankingLoss(model),
         )
+        trainer.remove_callback(transformers.PrinterCallback)  # as the product's: no log lines on stdout
         trainer.train()
         seconds = time.monotonic() - began
     return len(anchors) * epochs / seconds * 60
@@ -247,8 +249,9 @@ def _run(args, dataset, chatbot) -> dict:
     report["rolled_back_to"] = rolled["space"]
 
     # a version trained on shuffled positives (the held-out pairs stay correct): the gate refuses it
-    train_rows = list(TrainingPair.objects.filter(chatbot=chatbot, split="train").values_list("query", "chunk_id"))
-    TrainingPair.objects.filter(chatbot=chatbot, split="train").delete()
+    uploaded = TrainingPair.objects.filter(chatbot=chatbot, split="train", source="upload")
+    train_rows = list(uploaded.values_list("query", "chunk_id"))
+    uploaded.delete()
     targets = [chunk_id for _, chunk_id in train_rows]
     random.Random(7).shuffle(targets)
     shuffled = [{"query": q, "chunk_id": c} for (q, _), c in zip(train_rows, targets)]
@@ -265,7 +268,7 @@ def _run(args, dataset, chatbot) -> dict:
     # raw baselines, same run, same pairs and settings (without mined negatives, as the shuffled job)
     from training.services.data import pair_texts
 
-    texts = pair_texts(chatbot=chatbot, split="train")
+    texts = pair_texts(chatbot=chatbot, split="train", sources=["upload"])  # what the shuffled job trained on
     raw = raw_trainer(
         texts.anchors,
         texts.positives,

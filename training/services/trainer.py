@@ -164,6 +164,7 @@ def fine_tune(
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[Reporter()]
     )
+    trainer.remove_callback(transformers.PrinterCallback)  # progress goes to the job row, not stdout
     transformers.set_seed(seed)
     began = time.monotonic()
     trainer.train()
