@@ -51,9 +51,7 @@ def embedding_space_get_or_create(
     return space
 
 
-def embedding_space_create_version(
-    *, tenant: Tenant, model_key: str, version: str, artifact: str
-) -> EmbeddingSpace:
+def embedding_space_create_version(*, tenant: Tenant, model_key: str, version: str, artifact: str) -> EmbeddingSpace:
     """A tenant's own version of a model: its weights at ``artifact`` (a folder under
     TRAINING_ARTIFACTS_DIR), served through ``provider_for_space``, with its own HNSW index."""
     provider = provider_for(model_key)
