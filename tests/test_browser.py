@@ -110,11 +110,16 @@ def test_start_training_from_the_dashboard_watch_it_finish_and_deploy(browser_pa
     from django.conf import settings
 
     from tests.conftest import ingest, make_upload
-    from tests.test_training import faq_rows
+    from tests.test_training import MIN_HELDOUT, faq_rows
 
     ingest(bundle, make_upload("faq.jsonl", "\n".join(json.dumps(r) for r in faq_rows())), content_type="faq")
     page = browser_page
-    with celery_worker(worker_env, TRAINING_ARTIFACTS_DIR=tmp_path / "versions", EMBEDDING_TORCH_THREADS=1):
+    with celery_worker(
+        worker_env,
+        TRAINING_ARTIFACTS_DIR=tmp_path / "versions",
+        EMBEDDING_TORCH_THREADS=1,
+        TRAINING_MIN_HELDOUT=MIN_HELDOUT,
+    ):
         page.goto(f"{live_server.url}/login/")
         page.fill("#id_username", bundle.username)
         page.fill("#id_password", bundle.password)
@@ -134,7 +139,7 @@ def test_start_training_from_the_dashboard_watch_it_finish_and_deploy(browser_pa
         )  # the loss chart, drawn from the status API while the job trains
         page.screenshot(path=str(settings.VAR_DIR / "e2e-training.png"), full_page=True)
         page.wait_for_selector("#versions tr[data-status=candidate]", timeout=240_000)  # reloaded when done
-        assert "succeeded" in page.locator("#jobs tbody tr").first.inner_text()
+        assert "succeeded" in page.locator("#jobs tbody tr").first.inner_text()  # (a failure shows its reason)
         row = page.locator("#versions tr[data-status=candidate]")
         force = row.locator("input[name=force]")
         if force.count():

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.conftest import as_tenant, ingest, make_upload
-from tests.test_training import faq_rows
+from tests.test_training import MIN_HELDOUT, faq_rows
 from tests.test_worker_kill import wait_for
 from tests.worker import celery_worker, pool_children
 
@@ -22,7 +22,9 @@ def test_kill_9_mid_training_restarts_cleanly_and_succeeds(bundle, worker_env, t
 
     ingest(bundle, make_upload("faq.jsonl", "\n".join(json.dumps(r) for r in faq_rows())), content_type="faq")
     artifacts = tmp_path / "versions"
-    with celery_worker(worker_env, TRAINING_ARTIFACTS_DIR=artifacts, EMBEDDING_TORCH_THREADS=1) as worker:
+    with celery_worker(
+        worker_env, TRAINING_ARTIFACTS_DIR=artifacts, EMBEDDING_TORCH_THREADS=1, TRAINING_MIN_HELDOUT=MIN_HELDOUT
+    ) as worker:
         with as_tenant(bundle):  # the request's scope; the job is sent to the worker at commit
             job = training_job_start(
                 tenant=bundle.tenant,
@@ -69,6 +71,7 @@ def test_deploy_switches_at_once_while_searches_run(bundle, settings, tmp_path):
     from training.services import model_version_deploy, training_job_run, training_pairs_collect
 
     settings.TRAINING_ARTIFACTS_DIR = tmp_path / "versions"
+    settings.TRAINING_MIN_HELDOUT = MIN_HELDOUT
     settings.EMBEDDING_BATCH_SIZE = 16  # many small batches: searches meet the space half built
     ingest(bundle, make_upload("faq.jsonl", "\n".join(json.dumps(r) for r in faq_rows())), content_type="faq")
     with as_tenant(bundle):
