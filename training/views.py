@@ -122,18 +122,27 @@ def training_pairs_view(request, chatbot_id: int):
     return redirect("dashboard-training", chatbot_id=chatbot.pk)
 
 
+def _act(request, membership, chatbot_id: int, action):
+    """A write button of the tab: ``action()`` returns the success message; a refusal is shown."""
+    if require_write(request, membership):
+        try:
+            messages.success(request, action())
+        except DomainError as exc:
+            messages.error(request, exc.message)
+    return redirect("dashboard-training", chatbot_id=chatbot_id)
+
+
 @login_required
 @require_POST
 def training_cancel_view(request, job_id: int):
     membership = dashboard_membership(request)
     job = training_job_get(tenant=membership.tenant, job_id=job_id)
-    if require_write(request, membership):
-        try:
-            training_job_cancel(tenant=membership.tenant, job=job)
-            messages.success(request, f"Training job {job.pk} will stop within one step.")
-        except DomainError as exc:
-            messages.error(request, exc.message)
-    return redirect("dashboard-training", chatbot_id=job.chatbot_id)
+
+    def cancel():
+        training_job_cancel(tenant=membership.tenant, job=job)
+        return f"Training job {job.pk} will stop within one step."
+
+    return _act(request, membership, job.chatbot_id, cancel)
 
 
 @login_required
@@ -141,13 +150,12 @@ def training_cancel_view(request, job_id: int):
 def model_deploy_view(request, version_id: int):
     membership = dashboard_membership(request)
     version = model_version_get(tenant=membership.tenant, version_id=version_id)
-    if require_write(request, membership):
-        try:
-            model_version_deploy(tenant=membership.tenant, version=version, force=request.POST.get("force") == "on")
-            messages.success(request, f"Version {version.number} is being deployed: every chunk is re-embedded first.")
-        except DomainError as exc:
-            messages.error(request, exc.message)
-    return redirect("dashboard-training", chatbot_id=version.chatbot_id)
+
+    def deploy():
+        model_version_deploy(tenant=membership.tenant, version=version, force=request.POST.get("force") == "on")
+        return f"Version {version.number} is being deployed: every chunk is re-embedded first."
+
+    return _act(request, membership, version.chatbot_id, deploy)
 
 
 @login_required
@@ -155,10 +163,8 @@ def model_deploy_view(request, version_id: int):
 def model_rollback_view(request, chatbot_id: int):
     membership = dashboard_membership(request)
     chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
-    if require_write(request, membership):
-        try:
-            result = model_rollback(tenant=membership.tenant, chatbot=chatbot)
-            messages.success(request, f"Rolled back: {result['space']} serves again.")
-        except DomainError as exc:
-            messages.error(request, exc.message)
-    return redirect("dashboard-training", chatbot_id=chatbot.pk)
+
+    def rollback():
+        return f"Rolled back: {model_rollback(tenant=membership.tenant, chatbot=chatbot)['space']} serves again."
+
+    return _act(request, membership, chatbot.pk, rollback)
