@@ -197,6 +197,22 @@ class OpenAIProvider:
         return wordpiece_count(texts)  # see knowledge/tokens.py
 
 
+class AdapterProvider:
+    """Queries of an adapter space: its store's provider, then the learned transform. Documents
+    are never embedded through it (they keep the store's vectors: ``EmbeddingSpace.store``)."""
+
+    def __init__(self, base: EmbeddingProvider, adapter, version: str):
+        self.base, self.adapter, self.version = base, adapter, version
+        self.provider, self.model_name = base.provider, base.model_name
+        self.dimensions, self.max_tokens, self.tokenizer = base.dimensions, base.max_tokens, base.tokenizer
+
+    def embed(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.adapter.apply(self.base.embed(texts)).tolist()
+
+    def count_tokens(self, texts: Sequence[str]) -> list[int]:
+        return self.base.count_tokens(texts)
+
+
 def _normalise(vector: Sequence[float]) -> list[float]:
     norm = sum(v * v for v in vector) ** 0.5 or 1.0
     return [v / norm for v in vector]
@@ -237,7 +253,8 @@ def provider_for_space(space) -> EmbeddingProvider:
     """The provider that produces ``space``'s vectors: the one registry every embedding goes
     through (ingestion, re-embedding, queries on both search paths). A space without an artifact
     is its built-in model; a space with one loads that artifact's weights (and its own ONNX query
-    graph), so version 2 of a model never runs version 1's weights."""
+    graph), so version 2 of a model never runs version 1's weights; an adapter space (one with
+    ``vectors_from``) embeds queries only: its store's provider, then its transform."""
     artifact = getattr(space, "artifact", "") or ""
     if not artifact:
         return provider_for(space.model_key)
@@ -247,12 +264,25 @@ def provider_for_space(space) -> EmbeddingProvider:
         if found is not None:
             _versions.move_to_end(key)
             return found
-    if space.provider != "local":
-        raise ProviderError(f"Embedding space {space.key} names weights, but {space.provider} models have none.")
     path = artifact_path(artifact)
-    if not (path / "config.json").is_file():
+    if space.vectors_from_id:  # a query adapter over its store's vectors
+        from knowledge.adapters import QueryAdapter
+
+        try:
+            adapter = QueryAdapter.load(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise ProviderError(f"The query adapter of embedding space {space.key} cannot be loaded: {exc}") from exc
+        if adapter.dimensions != space.dimensions:
+            raise ProviderError(
+                f"The query adapter of {space.key} has {adapter.dimensions} dimensions, not {space.dimensions}."
+            )
+        provider = AdapterProvider(provider_for_space(space.vectors_from), adapter, version=space.version)
+    elif space.provider != "local":
+        raise ProviderError(f"Embedding space {space.key} names weights, but {space.provider} models have none.")
+    elif not (path / "config.json").is_file():
         raise ProviderError(f"The weights of embedding space {space.key} are missing ({path}).")
-    provider = LocalProvider(space.model_name, weights_dir=path)
+    else:
+        provider = LocalProvider(space.model_name, weights_dir=path)
     with _providers_lock:
         provider = _versions.setdefault(key, provider)
         while len(_versions) > settings.EMBEDDING_MAX_LOADED_VERSIONS:

@@ -26,6 +26,14 @@ class EmbeddingSpace(models.Model):
         db_default="",  # the owner's app_global_space_ensure inserts built-in spaces without it
         help_text="A fine-tuned version's weights: a folder under TRAINING_ARTIFACTS_DIR. Empty: the built-in model.",
     )
+    vectors_from = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="adapters",
+        help_text="A query adapter: documents keep that space's vectors; only queries are transformed.",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -42,6 +50,13 @@ class EmbeddingSpace(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+    @property
+    def store(self) -> "EmbeddingSpace":
+        """The space whose rows hold this space's document vectors: itself, or for a query
+        adapter the space it adapts. Vector SQL, ingestion and re-embedding use the store; the
+        query embedding uses the space itself (``provider_for_space``)."""
+        return self.vectors_from if self.vectors_from_id else self
 
     @property
     def model_key(self) -> str:

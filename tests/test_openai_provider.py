@@ -28,7 +28,10 @@ def fake_vector(text: str) -> list[float]:
 
 
 class FakeOpenAI:
-    def __init__(self):
+    """``vectors(texts)``: what the server answers (default: a digest of each text, no meaning)."""
+
+    def __init__(self, vectors=None):
+        self.vectors = vectors or (lambda texts: [fake_vector(t) for t in texts])
         self.requests: list[dict] = []
         self.fail_next: list[int] = []  # status codes to answer before succeeding
         server = self
@@ -54,7 +57,8 @@ class FakeOpenAI:
                     "object": "list",
                     "model": body["model"],
                     "data": [
-                        {"object": "embedding", "index": i, "embedding": fake_vector(t)} for i, t in enumerate(inputs)
+                        {"object": "embedding", "index": i, "embedding": v}
+                        for i, v in enumerate(server.vectors(inputs))
                     ],
                     "usage": {"prompt_tokens": 1, "total_tokens": 1},
                 }

@@ -54,6 +54,8 @@ def version_payload(version: ModelVersion) -> dict:
         "number": version.number,
         "status": version.status,
         "embedding_space": version.space.key,
+        "kind": "adapter" if version.space.vectors_from_id else "fine_tuned",
+        "vectors_of": version.space.store.key,
         "job_id": version.job_id,
         "metrics": version.metrics,
         "gate": version.gate,
@@ -98,6 +100,12 @@ class ModelVersionSerializer(serializers.Serializer):
     number = serializers.IntegerField()
     status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
     embedding_space = serializers.CharField()
+    kind = serializers.ChoiceField(
+        choices=["fine_tuned", "adapter"],
+        help_text="fine_tuned: own weights, deploy re-embeds every chunk; adapter: a query transform over "
+        "vectors_of's stored vectors, deploy re-embeds nothing.",
+    )
+    vectors_of = serializers.CharField(help_text="The space whose stored vectors this version searches.")
     job_id = serializers.IntegerField(allow_null=True)
     metrics = serializers.JSONField()
     gate = serializers.JSONField()
@@ -115,8 +123,9 @@ class TrainingStartRequestSerializer(StrictSerializer):
     config = JsonObjectField(
         required=False,
         allow_null=True,
-        help_text="batch_size (2-512), num_epochs (0.1-20), learning_rate, warmup_ratio (0-0.5), max_pairs, "
-        "hard_negatives, sources, auto_deploy, seed.",
+        help_text="batch_size (2-512), num_epochs (0.1-50), learning_rate (up to 0.1), warmup_ratio (0-0.5), "
+        "max_pairs, hard_negatives, sources, auto_deploy, seed; adapter jobs also adapter_rank (1-256). "
+        "Defaults: batch 16, 1 epoch, lr 2e-5 (fine-tune); batch 64, 10 epochs, lr 1e-3, rank 32 (adapter).",
     )
 
 

@@ -33,7 +33,7 @@ def model_version_get(*, tenant: Tenant, version_id, api_key: ApiKey | None = No
     version = (
         ModelVersion.objects.for_tenant(tenant)
         .filter(pk=version_id, chatbot__in=_allowed(tenant, api_key))
-        .select_related("space", "chatbot")
+        .select_related("space__vectors_from", "chatbot")
         .first()
     )
     if version is None:
@@ -43,5 +43,8 @@ def model_version_get(*, tenant: Tenant, version_id, api_key: ApiKey | None = No
 
 def model_versions(*, tenant: Tenant, chatbot: Chatbot) -> list[ModelVersion]:
     return list(
-        ModelVersion.objects.for_tenant(tenant).filter(chatbot=chatbot).select_related("space").order_by("-number")
+        ModelVersion.objects.for_tenant(tenant)
+        .filter(chatbot=chatbot)
+        .select_related("space__vectors_from")
+        .order_by("-number")
     )

@@ -23,9 +23,9 @@ from training.services import (
     training_pairs_collect,
     training_pairs_upload,
 )
-from training.services.jobs import CONFIG
+from training.services.jobs import ADAPTER_DEFAULTS, ADAPTER_ONLY, CONFIG
 
-FORM_FIELDS = ("batch_size", "num_epochs", "learning_rate", "warmup_ratio", "max_pairs")
+FORM_FIELDS = ("batch_size", "num_epochs", "learning_rate", "warmup_ratio", "max_pairs", "adapter_rank")
 
 
 @login_required
@@ -55,7 +55,8 @@ def training_view(request, chatbot_id: int):
             "versions": [version_payload(v) for v in model_versions(tenant=membership.tenant, chatbot=chatbot)],
             "serving": serving_for(chatbot).space.key,
             "defaults": {name: spec[3] for name, spec in CONFIG.items()},
-            "job_types": [c for c in TrainingJob.Type.choices if c[0] != TrainingJob.Type.ADAPTER],
+            "adapter_defaults": {**{name: spec[3] for name, spec in CONFIG.items()}, **ADAPTER_DEFAULTS},
+            "job_types": TrainingJob.Type.choices,
             "can_write": membership.can_write,
         },
     )
@@ -77,7 +78,12 @@ def training_start_view(request, chatbot_id: int):
     if not require_write(request, membership):
         return redirect("dashboard-training", chatbot_id=chatbot.pk)
     try:
-        config = {name: _number(request.POST[name], name) for name in FORM_FIELDS if request.POST.get(name, "").strip()}
+        job_type = request.POST.get("job_type", TrainingJob.Type.INITIAL)
+        config = {
+            name: _number(request.POST[name], name)
+            for name in FORM_FIELDS
+            if request.POST.get(name, "").strip() and (name not in ADAPTER_ONLY or job_type == TrainingJob.Type.ADAPTER)
+        }
         config["hard_negatives"] = request.POST.get("hard_negatives") == "on"
         config["auto_deploy"] = request.POST.get("auto_deploy") == "on"
         sources = [s for s in request.POST.getlist("sources") if s]
@@ -86,7 +92,7 @@ def training_start_view(request, chatbot_id: int):
         job = training_job_start(
             tenant=membership.tenant,
             chatbot=chatbot,
-            job_type=request.POST.get("job_type", TrainingJob.Type.INITIAL),
+            job_type=job_type,
             config=config,
             requested_by=str(request.user),
         )

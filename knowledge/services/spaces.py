@@ -51,9 +51,13 @@ def embedding_space_get_or_create(
     return space
 
 
-def embedding_space_create_version(*, tenant: Tenant, model_key: str, version: str, artifact: str) -> EmbeddingSpace:
+def embedding_space_create_version(
+    *, tenant: Tenant, model_key: str, version: str, artifact: str, vectors_from: EmbeddingSpace | None = None
+) -> EmbeddingSpace:
     """A tenant's own version of a model: its weights at ``artifact`` (a folder under
-    TRAINING_ARTIFACTS_DIR), served through ``provider_for_space``, with its own HNSW index."""
+    TRAINING_ARTIFACTS_DIR), served through ``provider_for_space``, with its own HNSW index; or,
+    with ``vectors_from``, a query adapter over that space's vectors (no vectors or index of its
+    own)."""
     provider = provider_for(model_key)
     with transaction.atomic():
         space = EmbeddingSpace.objects.create(
@@ -63,8 +67,10 @@ def embedding_space_create_version(*, tenant: Tenant, model_key: str, version: s
             version=version,
             dimensions=provider.dimensions,
             artifact=artifact,
+            vectors_from=vectors_from.store if vectors_from is not None else None,
         )
-        vectors.ensure_space_index(space)
+        if vectors_from is None:
+            vectors.ensure_space_index(space)
     return space
 
 
@@ -117,7 +123,7 @@ def chatbot_space_activate(*, chatbot: Chatbot, space: EmbeddingSpace) -> Chatbo
             raise NotFound("This chatbot holds no vectors in that embedding space.")
         if target.role == ChatbotSpace.Role.ACTIVE:
             return target
-        missing = vectors.chunks_missing_count(space=space, chatbot_id=chatbot.pk)
+        missing = vectors.chunks_missing_count(space=space.store, chatbot_id=chatbot.pk)
         if missing:
             raise Conflict(
                 f"{missing} chunks have no vector in this embedding space yet; re-embed them "
@@ -136,7 +142,8 @@ def chunk_embeddings_backfill(*, chatbot: Chatbot, space: EmbeddingSpace, progre
     """Embed every chunk of the chatbot's ready documents that lacks a current vector in
     ``space`` (a space being built, a changed context); no job lease, safe to run again or
     alongside ingestion (vectors are keyed by chunk and space). ``progress(n)`` after each batch
-    stored. Returns how many vectors were written."""
+    stored. Returns how many vectors were written. An adapter space fills its store."""
+    space = space.store
 
     def fetch(after: int) -> list:
         return vectors.chunks_to_embed(
@@ -149,10 +156,14 @@ def chunk_embeddings_backfill(*, chatbot: Chatbot, space: EmbeddingSpace, progre
 
 
 def ingestion_spaces(*, chatbot: Chatbot) -> list[EmbeddingSpace]:
-    """Spaces new content is embedded into: the active one first, then any being built."""
+    """Spaces new content is embedded into: the active one's store first, then those of any
+    being built (an adapter space's documents live in its store, once)."""
     chatbot_space_ensure_active(chatbot=chatbot)
     links = ChatbotSpace.objects.filter(
         chatbot=chatbot, role__in=[ChatbotSpace.Role.ACTIVE, ChatbotSpace.Role.BUILDING]
     )
-    links = sorted(links.select_related("space"), key=lambda link: link.role != ChatbotSpace.Role.ACTIVE)
-    return [link.space for link in links]
+    links = sorted(links.select_related("space__vectors_from"), key=lambda link: link.role != ChatbotSpace.Role.ACTIVE)
+    stores = {}
+    for link in links:
+        stores.setdefault(link.space.store.pk, link.space.store)
+    return list(stores.values())

@@ -126,7 +126,9 @@ def search_run(
     fetch = max_results if mode == "semantic" else max(max_results * 4, 40)
     if mode in ("semantic", "hybrid"):
         vector = query_vector(space, plan)
-        semantic, strategy = _semantic_search(space=space, chatbot=chatbot, vector=vector, limit=fetch, filters=filters)
+        semantic, strategy = _semantic_search(
+            space=space.store, chatbot=chatbot, vector=vector, limit=fetch, filters=filters
+        )
     if mode in ("keyword", "hybrid"):
         stats, frequencies = _term_statistics(chatbot, query_lexemes(plan.effective_query))
         keyword = keyword_hits(
@@ -146,7 +148,7 @@ def search_run(
             weight = auto_semantic_weight(semantic, keyword, serving.keyword_factor)
         known = {hit.chunk_id for hit in semantic}
         cosines = chunk_cosines(
-            space=space, chunk_ids=[h.chunk_id for h in keyword if h.chunk_id not in known], vector=vector
+            space=space.store, chunk_ids=[h.chunk_id for h in keyword if h.chunk_id not in known], vector=vector
         )
         results = fuse(semantic, keyword, limit=fetch, semantic_weight=weight, cosines=cosines)
     if similarity_threshold > 0 and mode != "keyword":

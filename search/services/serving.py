@@ -40,7 +40,7 @@ def serving_for(chatbot: Chatbot, *, create: bool = True) -> Serving | None:
         return found
     link = (
         ChatbotSpace.objects.filter(chatbot_id=chatbot.pk, role=ChatbotSpace.Role.ACTIVE)
-        .select_related("space")
+        .select_related("space__vectors_from")
         .first()
     )
     if link is None:

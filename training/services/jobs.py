@@ -10,29 +10,22 @@ model), cancelled within one step.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
-import time
 import uuid
 from datetime import timedelta
-from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from knowledge.chunking import embedding_text
-from knowledge.embeddings import LocalProvider, provider_for, provider_for_space
-from knowledge.models import Chunk, ChunkEmbedding, Document
 from knowledge.services import Pulse
 from search.services import serving_for
 from tenants.errors import Conflict, DomainError, NotFound
 from tenants.models import Chatbot, Tenant
 from tenants.scoping import cross_tenant_context, tenant_context
 from training.models import TrainingJob, TrainingPair
-from training.services import trainer
-from training.services.data import ensure_enough_pairs, pair_texts, training_pairs_collect
-from training.services.versions import model_version_create, model_version_deploy
+from training.services import runs, trainer
+from training.services.data import ensure_enough_pairs, training_pairs_collect
+from training.services.versions import model_version_deploy
 
 logger = logging.getLogger(__name__)
 
@@ -42,18 +35,23 @@ Stage = TrainingJob.Stage
 # name: (type, low, high, default)
 CONFIG = {
     "batch_size": (int, 2, 512, 16),
-    "num_epochs": (float, 0.1, 20, 1),
-    "learning_rate": (float, 1e-7, 1e-2, 2e-5),
+    "num_epochs": (float, 0.1, 50, 1),
+    "learning_rate": (float, 1e-7, 1e-1, 2e-5),
     "warmup_ratio": (float, 0.0, 0.5, 0.1),
     "max_pairs": (int, 1, 1_000_000, 50_000),
     "hard_negatives": (bool, None, None, True),
     "auto_deploy": (bool, None, None, False),
     "seed": (int, 0, 2**31 - 1, 42),
+    "adapter_rank": (int, 1, 256, 32),
 }
+# an adapter is a few thousand parameters over fixed vectors: larger steps, more passes, bigger batches
+ADAPTER_DEFAULTS = {"batch_size": 64, "num_epochs": 10, "learning_rate": 1e-3}
+ADAPTER_ONLY = {"adapter_rank"}
 
 
-def training_config_parse(config) -> dict:
-    """Every config value checked for type and range; a 400 names the field."""
+def training_config_parse(config, *, job_type: str = TrainingJob.Type.INITIAL) -> dict:
+    """Every config value checked for type and range; a 400 names the field. Defaults depend on
+    the job type (``ADAPTER_DEFAULTS``)."""
     if config is None:
         config = {}
     if not isinstance(config, dict):
@@ -62,8 +60,16 @@ def training_config_parse(config) -> dict:
     if unknown:
         raise DomainError(f"config.{unknown[0]} is not a setting; use {', '.join([*CONFIG, 'sources'])}.",
                           field=f"config.{unknown[0]}")  # fmt: skip
+    adapter = job_type == TrainingJob.Type.ADAPTER
+    misplaced = sorted(set(config) & ADAPTER_ONLY) if not adapter else []
+    if misplaced:
+        raise DomainError(f"config.{misplaced[0]} applies to adapter jobs only.", field=f"config.{misplaced[0]}")
     out = {}
     for name, (kind, low, high, default) in CONFIG.items():
+        if adapter:
+            default = ADAPTER_DEFAULTS.get(name, default)
+        elif name in ADAPTER_ONLY:
+            continue
         value = config.get(name, default)
         field = f"config.{name}"
         if kind is bool:
@@ -95,13 +101,12 @@ def training_job_start(
         raise NotFound("Chatbot not found.", field="chatbot_id")
     if job_type not in TrainingJob.Type.values:
         raise DomainError(f"job_type must be one of {', '.join(TrainingJob.Type.values)}.", field="job_type")
-    if job_type == TrainingJob.Type.ADAPTER:
-        raise DomainError("Adapter jobs are not available yet; use initial_training or incremental.", field="job_type")
-    config = training_config_parse(config)
+    config = training_config_parse(config, job_type=job_type)
     serving = serving_for(chatbot)
-    if serving.space.provider != "local":
+    if serving.space.provider != "local" and job_type != TrainingJob.Type.ADAPTER:
         raise DomainError(
-            f"{serving.space.key} is a hosted model and cannot be fine-tuned; adapter jobs will cover it.",
+            f"{serving.space.key} is a hosted model and cannot be fine-tuned; start an adapter job, "
+            "which tunes its queries over the stored vectors.",
             field="job_type",
         )
     training_pairs_collect(chatbot=chatbot)
@@ -225,161 +230,22 @@ def _cancelled(job: TrainingJob) -> bool:
     return TrainingJob.objects.filter(pk=job.pk, cancel_requested=True).exists()
 
 
-def _corpus(chatbot: Chatbot) -> tuple[list[int], list[str]]:
-    rows = (
-        Chunk.objects.filter(chatbot=chatbot, document__status=Document.Status.READY)
-        .order_by("id")
-        .values_list("id", "text", "context")
-    )
-    ids, texts = [], []
-    for chunk_id, text, context in rows:
-        ids.append(chunk_id)
-        texts.append(embedding_text(text, context))
-    return ids, texts
-
-
-def _stored_vectors(chatbot: Chatbot, space, ids: list[int]):
-    import numpy as np
-
-    found = dict(
-        ChunkEmbedding.objects.filter(chatbot=chatbot, space=space, chunk_id__in=ids).values_list(
-            "chunk_id", "embedding"
-        )
-    )
-    return np.asarray([found[i] for i in ids], dtype=np.float32) if len(found) == len(ids) else None
-
-
 def _run(job: TrainingJob) -> str:
     chatbot = job.chatbot
-    config = training_config_parse(job.config)
-    sources = config.get("sources")
+    config = training_config_parse(job.config, job_type=job.job_type)
     if _cancelled(job):
         raise trainer.Cancelled()
-    training_pairs_collect(chatbot=chatbot)
-    summary = ensure_enough_pairs(chatbot=chatbot, sources=sources)
-    train = pair_texts(chatbot=chatbot, split="train", sources=sources, limit=config["max_pairs"])
-    heldout = pair_texts(chatbot=chatbot, split="heldout")
-    serving = serving_for(chatbot)
-    active_space = serving.space
-    active_provider = provider_for_space(active_space)
-    if not isinstance(active_provider, LocalProvider):
-        raise DomainError(f"{active_space.key} cannot be fine-tuned.")
-    _beat(job, stage=Stage.MINING, progress=5, data_summary=summary)
-    # initial training starts from the base model, incremental from the version serving now
-    start = active_provider if job.job_type == TrainingJob.Type.INCREMENTAL else provider_for(active_space.model_key)
-    model = trainer.load_model(str(start.weights))
-    corpus_ids, corpus_texts = _corpus(chatbot)
-    negatives = list(train.negatives)
-    if config["hard_negatives"]:
-        mined = trainer.hard_negatives_mine(
-            model, anchors=train.anchors, positives=train.positives, corpus=corpus_texts
-        )
-        negatives = [given or found for given, found in zip(negatives, mined)]
-    if _cancelled(job):
-        raise trainer.Cancelled()
-    _beat(job, stage=Stage.TRAINING, progress=10)
-    began = time.monotonic()
-    losses: list = []
-    last_beat = [0.0]
-
-    def on_progress(p: trainer.Progress) -> bool:
-        if p.loss is not None:
-            losses.append([p.step, round(p.loss, 5)])
-        now = time.monotonic()
-        if now - last_beat[0] >= 1.0 or p.step >= p.total:
-            last_beat[0] = now
-            rate = (now - began) / max(p.step, 1)
-            _beat(
-                job,
-                step=p.step,
-                total_steps=p.total,
-                epoch=round(p.epoch, 3),
-                loss=list(losses),
-                progress=10 + int(70 * p.step / max(p.total, 1)),
-                eta_seconds=int(rate * max(p.total - p.step, 0)),
-            )
-            return not _cancelled(job)
-        return True
-
-    workdir = Path(tempfile.mkdtemp(prefix=f"train-{job.pk}-", dir=_scratch()))
-    try:
-        trainer.fine_tune(
-            model,
-            anchors=train.anchors,
-            positives=train.positives,
-            negatives=negatives if any(n is not None for n in negatives) else None,
-            batch_size=config["batch_size"],
-            epochs=config["num_epochs"],
-            learning_rate=config["learning_rate"],
-            warmup_ratio=config["warmup_ratio"],
-            seed=config["seed"],
-            output_dir=str(workdir / "checkpoints"),
-            on_progress=on_progress,
-        )
-        train_seconds = time.monotonic() - began
-        _beat(job, stage=Stage.EVALUATING, progress=82, loss=list(losses))
-        metrics = _evaluate(chatbot, model, active_space, active_provider, corpus_ids, corpus_texts, heldout,
-                            seed=config["seed"])  # fmt: skip
-        metrics["training"] = {
-            "pairs": len(train.anchors),
-            "seconds": round(train_seconds, 1),
-            "pairs_per_minute": round(len(train.anchors) * config["num_epochs"] / max(train_seconds, 1e-6) * 60, 1),
-            "hard_negatives": sum(n is not None for n in negatives),
-        }
-        _beat(job, stage=Stage.SAVING, progress=92)
-        version = model_version_create(job=job, model=model, metrics=metrics, workdir=workdir)
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
-    _finish(job, Status.SUCCEEDED, stage=Stage.DONE, progress=100, metrics=metrics, loss=list(losses), eta_seconds=0)
-    if config["auto_deploy"] and version.gate.get("passed"):
-        model_version_deploy(tenant=chatbot.tenant, version=version)
+    training_pairs_collect(chatbot=chatbot)  # what arrived since the job was queued
+    summary = ensure_enough_pairs(chatbot=chatbot, sources=config.get("sources"))
+    _beat(job, data_summary=summary)
+    control = runs.Control(beat=lambda **fields: _beat(job, **fields), cancelled=lambda: _cancelled(job))
+    run = runs.adapter_run if job.job_type == TrainingJob.Type.ADAPTER else runs.fine_tune_run
+    outcome = run(job, config, control)
+    _finish(job, Status.SUCCEEDED, stage=Stage.DONE, progress=100, metrics=outcome.metrics, loss=outcome.losses,
+            eta_seconds=0)  # fmt: skip
+    if config["auto_deploy"] and outcome.version.gate.get("passed"):
+        model_version_deploy(tenant=chatbot.tenant, version=outcome.version)
     return Status.SUCCEEDED
-
-
-def _scratch() -> str:
-    path = Path(settings.TRAINING_ARTIFACTS_DIR).parent / "scratch"
-    path.mkdir(parents=True, exist_ok=True)
-    return str(path)
-
-
-def _evaluate(chatbot, model, active_space, active_provider, corpus_ids, corpus_texts, heldout, *, seed: int) -> dict:
-    """Candidate and active version on the held-out queries over the whole corpus, per source;
-    the gate's inputs (paired bootstrap of nDCG@10)."""
-    import numpy as np
-
-    queries: dict[str, dict] = {}
-    for query, chunk_id, source in zip(heldout.anchors, heldout.chunk_ids, heldout.sources):
-        if chunk_id is None:
-            continue
-        entry = queries.setdefault(
-            " ".join(query.casefold().split()), {"query": query, "relevant": set(), "source": source}
-        )
-        entry["relevant"].add(chunk_id)
-    if len(queries) < settings.TRAINING_MIN_HELDOUT:
-        raise DomainError(
-            f"Only {len(queries)} held-out questions point at a chunk; at least {settings.TRAINING_MIN_HELDOUT} "
-            "are needed to judge a version. Add more FAQ rows, chat logs or pairs with chunk_id."
-        )
-    texts = [q["query"] for q in queries.values()]
-    relevant = [q["relevant"] for q in queries.values()]
-    sources = np.asarray([q["source"] for q in queries.values()])
-    candidate = trainer.rank(trainer.encode(model, texts), trainer.encode(model, corpus_texts), corpus_ids, relevant)
-    stored = _stored_vectors(chatbot, active_space, corpus_ids)
-    active_corpus = stored if stored is not None else np.asarray(active_provider.embed(corpus_texts), dtype=np.float32)
-    active_queries = np.asarray(active_provider.embed(texts), dtype=np.float32)
-    active = trainer.rank(active_queries, active_corpus, corpus_ids, relevant)
-    per_source = {}
-    for source in sorted(set(sources.tolist())):
-        mask = sources == source
-        per_source[source] = {"candidate": candidate.summary(mask), "active": active.summary(mask)}
-    return {
-        "candidate": candidate.summary(),
-        "active": active.summary(),
-        "active_space": active_space.key,
-        "per_source": per_source,
-        "bootstrap": trainer.paired_bootstrap(candidate.ndcg, active.ndcg, seed=seed),
-        "corpus_chunks": len(corpus_ids),
-    }
 
 
 def training_jobs_sweep() -> dict:

@@ -22,8 +22,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from knowledge.embeddings import artifact_path, provider_evict
-from knowledge.models import ChatbotSpace, ChunkEmbedding
+from knowledge.embeddings import artifact_path, provider_evict, provider_for_space
+from knowledge.models import ChatbotSpace, ChunkEmbedding, EmbeddingSpace
 from knowledge.services import (
     chatbot_space_activate,
     chatbot_space_add,
@@ -68,13 +68,17 @@ def _dir_size(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def model_version_create(*, job: TrainingJob, model, metrics: dict, workdir: Path) -> ModelVersion:
+def model_version_create(
+    *, job: TrainingJob, metrics: dict, save, workdir: Path, vectors_from: EmbeddingSpace | None = None
+) -> ModelVersion:
+    """``save(folder)`` writes the artifact (fine-tuned weights, or a query adapter over the
+    vectors of ``vectors_from``)."""
     chatbot = job.chatbot
     number = (ModelVersion.objects.filter(chatbot=chatbot).aggregate(n=Max("number"))["n"] or 0) + 1
     relative = f"tenant-{chatbot.tenant_id}/chatbot-{chatbot.pk}/v{number}-job{job.pk}"
     target = artifact_path(relative)
     staging = workdir / "model"
-    model.save(str(staging))
+    save(staging)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         shutil.rmtree(target)
@@ -83,9 +87,10 @@ def model_version_create(*, job: TrainingJob, model, metrics: dict, workdir: Pat
     with transaction.atomic():
         space = embedding_space_create_version(
             tenant=chatbot.tenant,
-            model_key=f"local:{model_base_name(chatbot)}",
+            model_key=(vectors_from.model_key if vectors_from is not None else f"local:{model_base_name(chatbot)}"),
             version=f"c{chatbot.pk}.v{number}",
             artifact=relative,
+            vectors_from=vectors_from,
         )
         return ModelVersion.objects.create(
             tenant_id=chatbot.tenant_id,
@@ -159,13 +164,14 @@ def model_version_deploy_run(*, version_id: int) -> str:
         return "skipped"
     chatbot = version.chatbot
     total = max(chatbot.chunks.count(), 1)
-    done = [ChunkEmbedding.objects.filter(chatbot=chatbot, space=version.space).count()]
+    done = [ChunkEmbedding.objects.filter(chatbot=chatbot, space=version.space.store).count()]
 
     def progress(count: int) -> None:
         done[0] += count
         ModelVersion.objects.filter(pk=version.pk).update(deploy_progress=min(99, int(100 * done[0] / total)))
 
     try:
+        provider_for_space(version.space)  # an adapter loads here (weights on first use): or the version fails
         chunk_embeddings_backfill(chatbot=chatbot, space=version.space, progress=progress)
         with transaction.atomic():
             chunk_embeddings_backfill(chatbot=chatbot, space=version.space)  # what arrived meanwhile
@@ -241,10 +247,13 @@ def model_versions_retire() -> dict:
         rows = list(
             ModelVersion.objects.filter(status=VStatus.RETIRED).values_list("pk", "tenant_id", "space_id", "chatbot_id")
         )
-    removed = 0
+    removed = kept = 0
     for version_id, tenant_id, space_id, chatbot_id in rows:
         with tenant_context(tenant_id), transaction.atomic():
             version = ModelVersion.objects.select_related("space").get(pk=version_id)
+            if _adapted_by_a_live_version(version.space):
+                kept += 1  # a query adapter still serves (or may roll back to) these vectors
+                continue
             ChatbotSpace.objects.filter(chatbot_id=chatbot_id, space_id=space_id).exclude(
                 role=ChatbotSpace.Role.ACTIVE
             ).update(role=ChatbotSpace.Role.RETIRED)
@@ -253,4 +262,12 @@ def model_versions_retire() -> dict:
                 path = artifact_path(version.space.artifact)
                 transaction.on_commit(lambda path=path: shutil.rmtree(path, ignore_errors=True))
             provider_evict(version.space)
-    return {"versions": len(rows), "vectors_removed": removed}
+    return {"versions": len(rows) - kept, "kept_for_adapters": kept, "vectors_removed": removed}
+
+
+def _adapted_by_a_live_version(space: EmbeddingSpace) -> bool:
+    return (
+        EmbeddingSpace.objects.filter(vectors_from=space)
+        .exclude(model_version__status__in=[VStatus.RETIRED, VStatus.FAILED])
+        .exists()
+    )
