@@ -296,6 +296,59 @@ def test_cancel_while_running_stops_within_a_step_and_makes_no_version(trained_b
         assert not ModelVersion.objects.exists()
 
 
+@pytest.mark.parametrize(
+    "job_type, stage",
+    [
+        ("initial_training", "collecting"),
+        ("initial_training", "mining"),
+        ("initial_training", "evaluating"),
+        ("initial_training", "saving"),
+        ("adapter", "mining"),
+        ("adapter", "evaluating"),
+        ("adapter", "saving"),
+    ],
+)
+def test_cancel_in_each_stage_ends_the_job_cancelled_with_no_version_left(
+    trained_bot, monkeypatch, django_capture_on_commit_callbacks, job_type, stage
+):
+    """The cancel arrives just as the job enters ``stage`` (the API sets the same flag); the job
+    ends at its next check, and a version saved meanwhile is removed with its files."""
+    from training.models import ModelVersion, TrainingJob
+    from training.services import jobs, training_job_run, training_pairs_collect
+
+    bundle = trained_bot
+    with as_tenant(bundle):
+        training_pairs_collect(chatbot=bundle.chatbot)
+        job = TrainingJob.objects.create(
+            tenant=bundle.tenant,
+            chatbot=bundle.chatbot,
+            job_type=job_type,
+            config={"batch_size": 32, "num_epochs": 0.5},
+            cancel_requested=stage == "collecting",
+        )
+        real = jobs._beat
+
+        def beat(running, **fields):
+            real(running, **fields)
+            if fields.get("stage") == stage:
+                TrainingJob.objects.filter(pk=running.pk).update(cancel_requested=True)
+
+        monkeypatch.setattr(jobs, "_beat", beat)
+        with django_capture_on_commit_callbacks(execute=True):  # the files go when the removal commits
+            assert training_job_run(job_id=job.pk) == "cancelled"
+        job.refresh_from_db()
+        label = dict(TrainingJob.Stage.choices)[stage].lower()
+        assert job.status == "cancelled" and job.error == f"Cancelled while {label}; no version was made.", job.error
+        assert not ModelVersion.objects.exists()
+        from knowledge.models import EmbeddingSpace
+
+        assert not EmbeddingSpace.objects.filter(tenant=bundle.tenant).exists()
+    from django.conf import settings
+
+    versions = settings.TRAINING_ARTIFACTS_DIR
+    assert not versions.exists() or not [p for p in versions.rglob("v*") if p.is_dir()]
+
+
 def test_the_training_tab_starts_a_job_shows_its_result_and_deploys_and_rolls_back(
     trained_bot, client, django_capture_on_commit_callbacks
 ):

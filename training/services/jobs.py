@@ -25,7 +25,7 @@ from tenants.scoping import cross_tenant_context, tenant_context
 from training.models import TrainingJob, TrainingPair
 from training.services import runs, trainer
 from training.services.data import ensure_enough_pairs, training_pairs_collect
-from training.services.versions import model_version_deploy
+from training.services.versions import model_version_deploy, model_version_discard
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,8 @@ def training_job_run(*, job_id: int, lease_token: str | None = None) -> str:
     except LeaseLost:
         return "skipped"
     except trainer.Cancelled:
-        _finish(job, Status.CANCELLED, error="Cancelled while training; no version was made.", stage=Stage.DONE)
+        stage = TrainingJob.Stage(job.stage).label.lower() if job.stage != Stage.WAITING else "starting"
+        _finish(job, Status.CANCELLED, error=f"Cancelled while {stage}; no version was made.", stage=Stage.DONE)
         return Status.CANCELLED
     except DomainError as exc:
         _finish(job, Status.FAILED, error=exc.message)
@@ -241,6 +242,9 @@ def _run(job: TrainingJob) -> str:
     control = runs.Control(beat=lambda **fields: _beat(job, **fields), cancelled=lambda: _cancelled(job))
     run = runs.adapter_run if job.job_type == TrainingJob.Type.ADAPTER else runs.fine_tune_run
     outcome = run(job, config, control)
+    if _cancelled(job):  # the cancel arrived while the version was saved: it goes again
+        model_version_discard(outcome.version)
+        raise trainer.Cancelled()
     _finish(job, Status.SUCCEEDED, stage=Stage.DONE, progress=100, metrics=outcome.metrics, loss=outcome.losses,
             eta_seconds=0)  # fmt: skip
     if config["auto_deploy"] and outcome.version.gate.get("passed"):

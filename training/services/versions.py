@@ -106,6 +106,19 @@ def model_version_create(
         )
 
 
+def model_version_discard(version: ModelVersion) -> None:
+    """Undo ``model_version_create`` (the job was cancelled while it saved): no version is left,
+    nor its space or files."""
+    with transaction.atomic():
+        space = version.space
+        version.delete()
+        provider_evict(space)
+        path = artifact_path(space.artifact) if space.artifact else None
+        space.delete()
+        if path is not None:
+            transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+
+
 def model_base_name(chatbot: Chatbot) -> str:
     from search.services import serving_for
 
