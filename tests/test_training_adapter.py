@@ -168,3 +168,40 @@ def test_a_corrupt_adapter_fails_its_deploy_and_the_hosted_model_keeps_serving(
     served = api.post("/api/search", {"chatbot_id": bundle.chatbot.pk, "query": "warranty of the phone"},
                       format="json").json()  # fmt: skip
     assert served["embedding_space"] == BASE and served["results"]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # staff read on its connection
+def test_staff_deploy_and_roll_back_versions_from_the_admin(bundle, settings, tmp_path):
+    """The admin's actions on model versions, on committed rows (staff read them on the
+    maintenance connection): a version the gate refused is not deployed by the plain action (the
+    reason is shown); deployed through the API with force, it is rolled back by the admin's."""
+    from django.contrib.auth import get_user_model
+    from django.test import Client
+
+    from training.models import ModelVersion
+
+    settings.TRAINING_ARTIFACTS_DIR = tmp_path / "versions"
+    settings.TRAINING_MIN_HELDOUT = MIN_HELDOUT
+    ingest(bundle, make_upload("faq.jsonl", "\n".join(json.dumps(r) for r in faq_rows())), content_type="faq")
+    api = api_for(bundle)
+    started = api.post("/api/training/start", {"chatbot_id": bundle.chatbot.pk, "job_type": "adapter",
+                                               "config": {"num_epochs": 2}}, format="json")  # fmt: skip
+    assert started.status_code == 202, started.json()
+    with as_tenant(bundle):
+        version = ModelVersion.objects.select_related("space").get()
+    assert not version.gate["passed"]  # the base model answers these FAQ questions perfectly already
+
+    staff = get_user_model().objects.create_superuser("staff-models", password="pw-staff-1")
+    admin = Client()
+    admin.force_login(staff)
+    listing = admin.get("/admin/training/modelversion/").content.decode()
+    assert "adapter" in listing and "+0.0000" in listing
+    refused = admin.post("/admin/training/modelversion/", {"action": "deploy", "_selected_action": [version.pk]},
+                         follow=True).content.decode()  # fmt: skip
+    assert "did not pass the evaluation gate" in refused
+    assert api.post(f"/api/models/{version.pk}/deploy", {"force": True}, format="json").status_code == 202
+    assert api.get(f"/api/models/{bundle.chatbot.pk}").json()["serving"] == version.space.key
+    rolled = admin.post("/admin/training/modelversion/", {"action": "rollback", "_selected_action": [version.pk]},
+                        follow=True).content.decode()  # fmt: skip
+    assert "local:all-MiniLM-L6-v2@1 serves again" in rolled
+    assert api.get(f"/api/models/{bundle.chatbot.pk}").json()["serving"] == "local:all-MiniLM-L6-v2@1"

@@ -2,7 +2,7 @@ from django.contrib import admin, messages
 
 from tenants.scoping import tenant_context
 from training.models import ModelVersion, TrainingJob, TrainingPair
-from training.services import model_version_deploy, training_job_cancel
+from training.services import model_rollback, model_version_deploy, training_job_cancel
 
 
 @admin.register(TrainingJob)
@@ -25,15 +25,25 @@ class TrainingJobAdmin(admin.ModelAdmin):
 
 @admin.register(ModelVersion)
 class ModelVersionAdmin(admin.ModelAdmin):
-    list_display = ("id", "tenant", "chatbot", "number", "status", "gate_passed", "size_bytes", "created_at",
-                    "deployed_at")  # fmt: skip
+    list_display = ("id", "tenant", "chatbot", "number", "kind", "status", "gate_passed", "gain", "size_bytes",
+                    "created_at", "deployed_at")  # fmt: skip
     list_filter = ("status",)
+    list_select_related = ("tenant", "chatbot", "space")
     readonly_fields = [f.name for f in ModelVersion._meta.fields]
-    actions = ["deploy"]
+    actions = ["deploy", "rollback"]
 
     @admin.display(boolean=True, description="Gate")
     def gate_passed(self, version):
         return bool(version.gate.get("passed"))
+
+    @admin.display(description="Kind")
+    def kind(self, version):
+        return "adapter" if version.space.vectors_from_id else "fine-tuned"
+
+    @admin.display(description="nDCG@10 gain")
+    def gain(self, version):
+        gain = version.gate.get("gain")
+        return "–" if gain is None else f"{gain:+.4f}"
 
     @admin.action(description="Deploy the selected versions (that passed the gate)")
     def deploy(self, request, queryset):
@@ -43,6 +53,16 @@ class ModelVersionAdmin(admin.ModelAdmin):
                     model_version_deploy(tenant=version.tenant, version=version)
                 except Exception as exc:
                     self.message_user(request, f"Version {version.number}: {exc}", messages.WARNING)
+
+    @admin.action(description="Roll back the chatbots of the selected versions to their previous version")
+    def rollback(self, request, queryset):
+        for chatbot in {version.chatbot for version in queryset}:
+            with tenant_context(chatbot.tenant_id):
+                try:
+                    result = model_rollback(tenant=chatbot.tenant, chatbot=chatbot, user=request.user)
+                    self.message_user(request, f"{chatbot.name}: {result['space']} serves again.")
+                except Exception as exc:
+                    self.message_user(request, f"{chatbot.name}: {exc}", messages.WARNING)
 
 
 @admin.register(TrainingPair)
