@@ -225,6 +225,7 @@ CELERY_TRAINING_QUEUE = env("CELERY_TRAINING_QUEUE", default="training")
 CELERY_TASK_ROUTES = {
     "training.training_job_run": {"queue": CELERY_TRAINING_QUEUE},
     "training.model_version_deploy": {"queue": CELERY_TRAINING_QUEUE},
+    "training.ab_test_prepare": {"queue": CELERY_TRAINING_QUEUE},
 }
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
@@ -292,6 +293,17 @@ TRAINING_LLM_QUESTIONS = env.int("TRAINING_LLM_QUESTIONS", default=200)
 # paraphrases of the answer are not taken for negatives.
 TRAINING_NEGATIVE_SKIP_RANKS = env.int("TRAINING_NEGATIVE_SKIP_RANKS", default=3)
 TRAINING_NEGATIVE_MARGIN = env.float("TRAINING_NEGATIVE_MARGIN", default=0.05)
+# A/B tests of model versions (training/services/abtests.py): significance level and power of the
+# two-proportion z-test on the helpful-feedback rate, the smallest difference worth detecting
+# (while none is observed), and the guardrails that stop a variant that is clearly worse.
+AB_TEST_ALPHA = env.float("AB_TEST_ALPHA", default=0.05)
+AB_TEST_POWER = env.float("AB_TEST_POWER", default=0.8)
+AB_TEST_MIN_EFFECT = env.float("AB_TEST_MIN_EFFECT", default=0.05)
+AB_GUARDRAIL_MIN_SEARCHES = env.int("AB_GUARDRAIL_MIN_SEARCHES", default=200)  # per arm before a guardrail may trip
+AB_GUARDRAIL_ZERO_RESULT_POINTS = env.float("AB_GUARDRAIL_ZERO_RESULT_POINTS", default=0.05)  # worse by 5 pp ...
+AB_GUARDRAIL_P = env.float("AB_GUARDRAIL_P", default=0.01)  # ... and one-sided p below this
+AB_GUARDRAIL_LATENCY_RATIO = env.float("AB_GUARDRAIL_LATENCY_RATIO", default=1.5)  # variant p95 over control's ...
+AB_GUARDRAIL_LATENCY_MS = env.float("AB_GUARDRAIL_LATENCY_MS", default=50)  # ... and this many ms slower
 OPENAI_API_KEY = env("OPENAI_API_KEY", default="")
 OPENAI_BASE_URL = env("OPENAI_BASE_URL", default="") or None
 OPENAI_TIMEOUT_SECONDS = env.float("OPENAI_TIMEOUT_SECONDS", default=30.0)

@@ -69,16 +69,21 @@ class EmbeddingSpace(models.Model):
 
 class ChatbotSpace(TenantOwned):
     """Which spaces a chatbot holds vectors in. Exactly one is active (served by search);
-    others may be building (re-embedding, A/B candidates) or retired."""
+    others may be building (re-embedding), testing (the variant of an A/B test: it serves
+    ``traffic_percent`` of the searches, and new content is embedded into it) or retired."""
 
     class Role(models.TextChoices):
         ACTIVE = "active", "Active"
         BUILDING = "building", "Building"
+        TESTING = "testing", "Testing (A/B variant)"
         RETIRED = "retired", "Retired"
 
     chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="spaces")
     space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT)
     role = models.CharField(max_length=10, choices=Role.choices, default=Role.ACTIVE)
+    traffic_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="Testing only: the share of searches (by assignment key) this space serves."
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
@@ -86,6 +91,9 @@ class ChatbotSpace(TenantOwned):
             models.UniqueConstraint(fields=["chatbot", "space"], name="chatbotspace_unique"),
             models.UniqueConstraint(
                 fields=["chatbot"], condition=models.Q(role="active"), name="chatbotspace_one_active"
+            ),
+            models.UniqueConstraint(
+                fields=["chatbot"], condition=models.Q(role="testing"), name="chatbotspace_one_testing"
             ),
         ]
 

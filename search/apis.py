@@ -97,6 +97,18 @@ class SearchRequestSerializer(StrictSerializer):
         max_length=MAX_CONVERSATION_TURNS,
         help_text="Earlier turns, oldest first; the current message is `query`.",
     )
+    user_id = TextField(
+        max_length=200,
+        required=False,
+        allow_null=True,
+        help_text="Your end user's id (any text): while an A/B test runs, one user always gets the same variant.",
+    )
+    conversation_id = TextField(
+        max_length=200,
+        required=False,
+        allow_null=True,
+        help_text="The conversation's id: the A/B variant's key when no user_id is given (else the query is).",
+    )
 
 
 class SearchHitSerializer(serializers.Serializer):
@@ -132,6 +144,9 @@ class SearchResponseSerializer(serializers.Serializer):
     effective_query = serializers.CharField(help_text="The query actually matched (with conversation context).")
     cached = serializers.BooleanField()
     semantic_weight = serializers.FloatField(allow_null=True, help_text="Hybrid: the weight used.")
+    variant = serializers.CharField(
+        allow_null=True, help_text="While an A/B test of model versions runs: control or variant; else null."
+    )
 
 
 def hit_payload(hit, mode: str) -> dict:
@@ -165,6 +180,7 @@ def search_payload(result) -> dict:
         "effective_query": result.effective_query,
         "cached": result.cache_hit,
         "semantic_weight": result.semantic_weight,
+        "variant": result.variant,
     }
 
 
@@ -194,6 +210,8 @@ class SearchApi(TenantApi):
             api_key=self.api_key,
             user=None if self.api_key else request.user,
             source="api" if self.api_key else "dashboard",
+            end_user=args.end_user,
+            conversation_id=args.conversation_id,
         )
         return Response(search_payload(result))
 

@@ -39,6 +39,8 @@ FIELDS = (
     "document_ids",
     "metadata",
     "conversation",
+    "user_id",
+    "conversation_id",
 )
 FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
 ROLES = ("user", "assistant", "system")
@@ -57,6 +59,8 @@ class SearchArguments:
     weight: float | None = None
     filters: SearchFilters = NO_FILTERS
     conversation: tuple[Turn, ...] = ()
+    end_user: str | None = None
+    conversation_id: str | None = None
 
 
 def _fail(field: str, message: str):
@@ -200,4 +204,10 @@ def search_arguments_parse(body) -> SearchArguments:
         weight=weight,
         filters=filters,
         conversation=_conversation(body.get("conversation")),
+        end_user=_optional_text(body.get("user_id"), "user_id"),
+        conversation_id=_optional_text(body.get("conversation_id"), "conversation_id"),
     )
+
+
+def _optional_text(value, field: str) -> str | None:
+    return None if value is None else _text(value, field, max_length=200)

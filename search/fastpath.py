@@ -35,7 +35,15 @@ from django.utils import timezone
 
 from search.apis import search_payload
 from search.arguments import search_arguments_parse
-from search.services import CachedSearch, RateCheck, Throttled, query_plan_build, search_cached, serving_for
+from search.services import (
+    CachedSearch,
+    RateCheck,
+    Throttled,
+    assignment_key,
+    query_plan_build,
+    search_cached,
+    serving_for,
+)
 from tenants import dbroles
 from tenants.errors import DomainError, error_body
 from tenants.models import ApiKey, Chatbot, Tenant
@@ -243,7 +251,8 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
 
     tenant_context_enter(tenant_id)  # the rest acts as the key's tenant (search_answer ends it)
     chatbot = Chatbot(pk=args.chatbot_id, tenant_id=tenant_id, content_version=content_version)
-    serving = serving_for(chatbot, create=False)
+    assignment = assignment_key(query=args.query, user_id=args.end_user, conversation_id=args.conversation_id)
+    serving = serving_for(chatbot, create=False, assignment=assignment)
     if serving is None:  # a chatbot that holds no space yet: the full path gives it one
         return None
     began = time.perf_counter()
@@ -262,6 +271,7 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
         api_key_id=key_id,
         user_id=None,
         source="api",
+        variant=serving.variant,
     )
     rate_key, retry_after = window_key(key_id)
     rate = RateCheck(key=rate_key, limit=limit_for(tenant_plan), ttl=WINDOW_SECONDS + 5, retry_after=retry_after)
@@ -291,6 +301,8 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
             conversation=list(args.conversation),
             semantic_weight=args.weight,
             api_key=ApiKey(pk=key_id, tenant_id=tenant_id),
+            end_user=args.end_user,
+            conversation_id=args.conversation_id,
         )
     except Exception:  # the full path runs it again and answers the error properly
         logger.warning("search fast path gave up; the full path takes over", exc_info=True)

@@ -37,6 +37,9 @@ class SearchLog(TenantOwned):
     took_ms = models.FloatField()
     cache_hit = models.BooleanField(default=False)
     embedding_space = models.CharField(max_length=200)
+    variant = models.CharField(
+        max_length=10, blank=True, default="", help_text="control or variant while an A/B test ran; empty otherwise."
+    )
     strategy = models.CharField(max_length=20, blank=True, help_text="exact or hnsw (how vectors were searched).")
     # Kept only for knowledge gaps (zero-result and low-score queries), to group them by meaning.
     query_embedding = VectorField(null=True, blank=True)

@@ -18,7 +18,7 @@ from search.apis import search_payload
 from search.filters import search_filters_build
 from search.logbuffer import search_logs_flush
 from search.selectors import knowledge_gaps, search_analytics
-from search.services import Turn, search_run
+from search.services import Turn, search_feedback_create, search_run
 from tenants import inputs
 from tenants.errors import DomainError
 from tenants.selectors import chatbot_get
@@ -84,6 +84,7 @@ def search_playground(request, chatbot_id: int):
                     conversation=_conversation(form["conversation"]),
                     user=request.user,
                     source="dashboard",
+                    end_user=f"dashboard-user:{request.user.pk}",  # a sticky A/B variant per staff member
                 )
                 columns.append(search_payload(result))
         except DomainError as exc:
@@ -97,6 +98,7 @@ def search_playground(request, chatbot_id: int):
             "columns": columns,
             "error": error,
             "content_types": Document.ContentType.choices,
+            "can_write": membership.can_write,
             "compare_choices": [
                 ("semantic,hybrid", "Semantic vs hybrid"),
                 ("semantic,keyword", "Semantic vs keyword"),
@@ -131,14 +133,15 @@ def search_analytics_view(request, chatbot_id: int):
     search_logs_flush()  # include searches still queued for writing
     low = settings.SEARCH_LOW_SCORE
     stats = search_analytics(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
-    gaps = knowledge_gaps(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)
+    gaps = knowledge_gaps(tenant=membership.tenant, chatbot_id=chatbot.pk, days=days, low_score=low)[:50]
+    _answers_written(chatbot, gaps)
     return render(
         request,
         "dashboard/search_analytics.html",
         {
             "chatbot": chatbot,
             "stats": stats,
-            "gaps": gaps[:50],
+            "gaps": gaps,
             "days": days,
             "day_choices": (1, 7, 14, 30, 90),
             "can_write": membership.can_write,
@@ -148,6 +151,20 @@ def search_analytics_view(request, chatbot_id: int):
             ],
         },
     )
+
+
+def _answers_written(chatbot, gaps: list[dict]) -> None:
+    """Each gap answered with the shortcut below gets ``answer_chunk_id``: the chunk of the FAQ
+    document written for it, for the "this answered it" button (its questions become training
+    pairs)."""
+    from knowledge.models import Chunk
+
+    titles = {f"FAQ: {g['query'][:280]}": g for g in gaps}
+    rows = Chunk.objects.filter(
+        chatbot=chatbot, document__title__in=list(titles), document__status=Document.Status.READY
+    ).values_list("document__title", "id")
+    for title, chunk_id in rows:
+        titles[title].setdefault("answer_chunk_id", chunk_id)
 
 
 @login_required
@@ -180,3 +197,33 @@ def faq_answer_add(request, chatbot_id: int):
         return back
     messages.success(request, f"FAQ answer for “{question[:80]}” added; it is searchable once processed.")
     return back
+
+
+@login_required
+@require_POST
+def playground_feedback_view(request, chatbot_id: int):
+    """A thumbs-up or -down on one result of the search playground: search feedback with the
+    chunk (a training positive or known negative for that query), then back to the same search."""
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    back = request.POST.get("back", "")
+    back = redirect(f"/chatbots/{chatbot.pk}/search/" + (back if back.startswith("?") else ""))
+    if require_write(request, membership):
+        try:
+            chunk_id = whole_number(request.POST.get("chunk_id"), low=1, high=2**63 - 1)
+            helpful = request.POST.get("helpful") == "1"
+            search_feedback_create(tenant=membership.tenant, query_id=_uuid(request.POST.get("query_id")),
+                                   helpful=helpful, chunk_id=chunk_id)  # fmt: skip
+            messages.success(request, "Thanks: marked " + ("helpful." if helpful else "not helpful."))
+        except DomainError as exc:
+            messages.error(request, exc.message)
+    return back
+
+
+def _uuid(value):
+    import uuid
+
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        raise DomainError("That search is not known.", field="query_id") from None

@@ -1,8 +1,8 @@
 from django.contrib import admin, messages
 
 from tenants.scoping import tenant_context
-from training.models import ModelVersion, TrainingJob, TrainingPair
-from training.services import model_rollback, model_version_deploy, training_job_cancel
+from training.models import ABTest, ModelVersion, TrainingJob, TrainingPair
+from training.services import ab_test_stop, model_rollback, model_version_deploy, training_job_cancel
 
 
 @admin.register(TrainingJob)
@@ -70,3 +70,22 @@ class TrainingPairAdmin(admin.ModelAdmin):
     list_display = ("id", "tenant", "chatbot", "source", "split", "query")
     list_filter = ("source", "split")
     search_fields = ("query",)
+
+
+@admin.register(ABTest)
+class ABTestAdmin(admin.ModelAdmin):
+    list_display = ("id", "tenant", "chatbot", "variant", "traffic_percent", "status", "started_at", "ended_at",
+                    "reason")  # fmt: skip
+    list_filter = ("status",)
+    list_select_related = ("tenant", "chatbot", "variant")
+    readonly_fields = [f.name for f in ABTest._meta.fields]
+    actions = ["stop"]
+
+    @admin.action(description="Stop the selected running tests (the control keeps serving)")
+    def stop(self, request, queryset):
+        for test in queryset.filter(status__in=ABTest.LIVE):
+            with tenant_context(test.tenant_id):
+                try:
+                    ab_test_stop(tenant=test.tenant, chatbot=test.chatbot, requested_by=str(request.user))
+                except Exception as exc:
+                    self.message_user(request, f"Test {test.pk}: {exc}", messages.WARNING)

@@ -112,6 +112,7 @@ class ModelVersion(TenantOwned):
     class Status(models.TextChoices):
         CANDIDATE = "candidate", "Candidate"
         DEPLOYING = "deploying", "Deploying"
+        TESTING = "testing", "In an A/B test"
         ACTIVE = "active", "Active"
         PREVIOUS = "previous", "Previous"
         RETIRED = "retired", "Retired"
@@ -135,3 +136,71 @@ class ModelVersion(TenantOwned):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["chatbot", "number"], name="modelversion_unique_number")]
+
+
+class ABTest(TenantOwned):
+    """Live traffic between the chatbot's active version (control) and a variant: the variant's
+    space is embedded first (``embedding``, with progress), then serves ``traffic_percent`` of the
+    searches by sticky assignment (``search.services.serving``) until it is promoted, stopped, or
+    ends by itself (``max_days``, or a guardrail). ``result`` keeps the comparison as it ended."""
+
+    class Status(models.TextChoices):
+        EMBEDDING = "embedding", "Embedding the variant"
+        RUNNING = "running", "Running"
+        PROMOTED = "promoted", "Promoted (the variant serves)"
+        STOPPED = "stopped", "Stopped (control kept)"
+        ENDED = "ended", "Ended at max days (control kept)"
+        GUARDRAIL = "guardrail", "Stopped by a guardrail"
+        FAILED = "failed", "Failed"
+
+    LIVE = (Status.EMBEDDING, Status.RUNNING)
+
+    chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="ab_tests")
+    variant = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="ab_tests_as_variant")
+    control = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="ab_tests_as_control",
+        help_text="Empty: the base model was active.",
+    )
+    control_space = models.CharField(max_length=200, help_text="The control's embedding space key.")
+    traffic_percent = models.PositiveSmallIntegerField()
+    min_searches = models.PositiveIntegerField(default=1000)
+    max_days = models.PositiveSmallIntegerField(default=14)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.EMBEDDING)
+    progress = models.PositiveSmallIntegerField(default=0)
+    reason = models.TextField(blank=True, help_text="Why it ended (or failed).")
+    result = models.JSONField(default=dict, blank=True, help_text="The comparison when it ended.")
+    requested_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True, help_text="When the variant began to serve.")
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chatbot"], condition=models.Q(status__in=["embedding", "running"]), name="abtest_one_live"
+            ),
+        ]
+
+
+class ContinuousLearning(TenantOwned):
+    """A chatbot's opt-in to learn by itself: a beat task starts a job when enough new training
+    signal arrived since its last version (``training.services.continuous``); what passes the gate
+    is deployed or A/B-tested as set here, what fails stays a candidate with its numbers."""
+
+    chatbot = models.OneToOneField("tenants.Chatbot", on_delete=models.CASCADE, related_name="continuous_learning")
+    enabled = models.BooleanField(default=False)
+    min_new_pairs = models.PositiveIntegerField(default=50, help_text="New training pairs since the last version.")
+    min_days_between = models.FloatField(default=7, help_text="Days between two runs at least.")
+    auto_deploy = models.BooleanField(default=True, help_text="Deploy what passes the gate.")
+    auto_ab_percent = models.PositiveSmallIntegerField(
+        default=0, help_text="1-50: A/B-test what passes the gate at this share of traffic instead of deploying it."
+    )
+    last_checked_at = models.DateTimeField(null=True, blank=True)
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    last_job = models.ForeignKey(TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    last_outcome = models.TextField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)

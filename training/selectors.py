@@ -5,7 +5,7 @@ from __future__ import annotations
 from tenants.errors import NotFound
 from tenants.models import ApiKey, Chatbot, Tenant
 from tenants.selectors import chatbot_list
-from training.models import ModelVersion, TrainingJob
+from training.models import ABTest, ModelVersion, TrainingJob
 
 
 def _allowed(tenant: Tenant, api_key: ApiKey | None):
@@ -48,3 +48,79 @@ def model_versions(*, tenant: Tenant, chatbot: Chatbot) -> list[ModelVersion]:
         .select_related("space__vectors_from")
         .order_by("-number")
     )
+
+
+def ab_test_get(*, tenant: Tenant, chatbot: Chatbot) -> ABTest:
+    """The chatbot's live A/B test, else its latest one."""
+    tests = ABTest.objects.for_tenant(tenant).filter(chatbot=chatbot).select_related("variant__space", "control")
+    test = tests.filter(status__in=ABTest.LIVE).first() or tests.order_by("-created_at").first()
+    if test is None:
+        raise NotFound("This chatbot has no A/B test; start one with POST.", field="chatbot_id")
+    return test
+
+
+def ab_tests(*, tenant: Tenant, chatbot: Chatbot, limit: int = 20) -> list[ABTest]:
+    tests = ABTest.objects.for_tenant(tenant).filter(chatbot=chatbot).select_related("variant", "control")
+    return list(tests.order_by("-created_at")[:limit])
+
+
+ARM_SQL = """
+SELECT l.variant,
+       count(*),
+       count(*) FILTER (WHERE l.result_count = 0),
+       count(*) FILTER (WHERE l.result_count > 0 AND l.top_score < %(low)s),
+       avg(l.top_score),
+       percentile_cont(0.5) WITHIN GROUP (ORDER BY l.took_ms),
+       percentile_cont(0.95) WITHIN GROUP (ORDER BY l.took_ms),
+       coalesce(sum(f.feedback), 0),
+       coalesce(sum(f.helpful), 0)
+  FROM search_searchlog l
+  LEFT JOIN (SELECT search_id, count(*) AS feedback, count(*) FILTER (WHERE helpful) AS helpful
+               FROM search_searchfeedback GROUP BY search_id) f ON f.search_id = l.id
+ WHERE l.chatbot_id = %(chatbot)s AND l.created_at >= %(since)s AND l.created_at < %(until)s
+   AND l.variant IN ('control', 'variant')
+ GROUP BY l.variant
+"""
+
+
+def ab_test_arms(*, test: ABTest, until=None) -> dict[str, dict]:
+    """Per arm (control, variant) of a test since it began to serve: searches, zero-result and
+    low-score counts, mean top score, p50/p95 latency, feedback and helpful counts. Reads the
+    search log as the test's tenant (row-level security applies)."""
+    from django.conf import settings
+    from django.db import connection
+    from django.utils import timezone
+
+    arms = {name: dict(ARM_ZERO) for name in ("control", "variant")}
+    if test.started_at is None:
+        return arms
+    until = until or test.ended_at or timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            ARM_SQL,
+            {"low": settings.SEARCH_LOW_SCORE, "chatbot": test.chatbot_id, "since": test.started_at, "until": until},
+        )
+        for name, searches, zero, low, top, p50, p95, feedback, helpful in cursor.fetchall():
+            arms[name] = {
+                "searches": searches,
+                "zero_results": zero,
+                "low_score": low,
+                "mean_top_score": None if top is None else round(float(top), 4),
+                "p50_ms": round(float(p50), 2),
+                "p95_ms": round(float(p95), 2),
+                "feedback": int(feedback),
+                "helpful": int(helpful),
+            }
+    return arms
+
+
+ARM_ZERO = {
+    "searches": 0,
+    "zero_results": 0,
+    "low_score": 0,
+    "mean_top_score": None,
+    "p50_ms": None,
+    "p95_ms": None,
+    "feedback": 0,
+    "helpful": 0,
+}

@@ -50,3 +50,26 @@ def model_versions_retire_task() -> dict:
     from training.services import model_versions_retire
 
     return model_versions_retire()
+
+
+@shared_task(name="training.ab_test_prepare", acks_late=True, reject_on_worker_lost=True, time_limit=6 * 3600)
+def ab_test_prepare_task(*, test_id: int, tenant_id: int) -> str:
+    from tenants.scoping import tenant_context
+    from training.services import ab_test_prepare_run
+
+    with tenant_context(tenant_id):
+        return ab_test_prepare_run(test_id=test_id)
+
+
+@shared_task(name="training.ab_tests_check", expires=240)
+def ab_tests_check_task() -> dict:
+    from training.services import ab_tests_check
+
+    return ab_tests_check()
+
+
+@shared_task(name="training.continuous_learning", expires=800)
+def continuous_learning_task() -> dict:
+    from training.services import continuous_learning_run
+
+    return continuous_learning_run()

@@ -11,4 +11,12 @@ urlpatterns = [
     path("models/<int:chatbot_id>", apis.ModelVersionListApi.as_view(), name="api-models"),
     path("models/<int:version_id>/deploy", apis.ModelDeployApi.as_view(), name="api-models-deploy"),
     path("models/<int:chatbot_id>/rollback", apis.ModelRollbackApi.as_view(), name="api-models-rollback"),
+    path("models/<int:chatbot_id>/ab-test", apis.ABTestApi.as_view(), name="api-models-ab-test"),
+    path("models/<int:chatbot_id>/ab-test/promote", apis.ABTestPromoteApi.as_view(), name="api-ab-test-promote"),
+    path("models/<int:chatbot_id>/ab-test/stop", apis.ABTestStopApi.as_view(), name="api-ab-test-stop"),
+    path(
+        "models/<int:chatbot_id>/continuous-learning",
+        apis.ContinuousLearningApi.as_view(),
+        name="api-models-continuous-learning",
+    ),
 ]

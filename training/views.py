@@ -7,20 +7,27 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
+from search.logbuffer import search_logs_flush
 from search.services import serving_for
 from tenants.errors import DomainError
 from tenants.selectors import chatbot_get
-from tenants.views import dashboard_membership, require_write
-from training.apis import job_payload, version_payload
-from training.models import TrainingJob, TrainingPair
-from training.selectors import model_version_get, model_versions, training_job_get, training_jobs
+from tenants.views import dashboard_membership, require_write, whole_number
+from training.apis import ab_test_payload, continuous_payload, job_payload, model_history, version_payload
+from training.models import ABTest, TrainingJob, TrainingPair
+from training.selectors import ab_tests, model_version_get, model_versions, training_job_get, training_jobs
 from training.services import (
+    ab_test_promote,
+    ab_test_start,
+    ab_test_stop,
+    continuous_learning_get,
+    continuous_learning_update,
     model_rollback,
     model_version_deploy,
     training_data_summary,
     training_job_cancel,
     training_job_start,
     training_pairs_collect,
+    training_pairs_from_gap,
     training_pairs_upload,
 )
 from training.services.jobs import ADAPTER_DEFAULTS, ADAPTER_ONLY, CONFIG
@@ -58,8 +65,31 @@ def training_view(request, chatbot_id: int):
             "adapter_defaults": {**{name: spec[3] for name, spec in CONFIG.items()}, **ADAPTER_DEFAULTS},
             "job_types": TrainingJob.Type.choices,
             "can_write": membership.can_write,
+            "continuous": continuous_payload(continuous_learning_get(chatbot=chatbot)),
+            "history": model_history(tenant=membership.tenant, chatbot=chatbot),
         },
     )
+
+
+@login_required
+@require_POST
+def continuous_learning_view(request, chatbot_id: int):
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+
+    def save():
+        changes = {
+            "enabled": request.POST.get("enabled") == "on",
+            "auto_deploy": request.POST.get("auto_deploy") == "on",
+        }
+        for name in ("min_new_pairs", "min_days_between", "auto_ab_percent"):
+            if request.POST.get(name, "").strip():
+                changes[name] = _number(request.POST[name], name)
+        settings = continuous_learning_update(tenant=membership.tenant, chatbot=chatbot, changes=changes,
+                                              user=request.user)  # fmt: skip
+        return "Continuous learning is " + ("on." if settings.enabled else "off.")
+
+    return _act(request, membership, chatbot.pk, save)
 
 
 def _number(value: str, field: str):
@@ -174,3 +204,120 @@ def model_rollback_view(request, chatbot_id: int):
         return f"Rolled back: {model_rollback(tenant=membership.tenant, chatbot=chatbot)['space']} serves again."
 
     return _act(request, membership, chatbot.pk, rollback)
+
+
+@login_required
+def ab_test_view(request, chatbot_id: int):
+    """The chatbot's A/B page: the live comparison as charts (polled from the API), the verdict
+    in words, promote and stop; a start form and the earlier tests."""
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    search_logs_flush()
+    tests = ab_tests(tenant=membership.tenant, chatbot=chatbot)
+    live = next((t for t in tests if t.status in ABTest.LIVE), None)
+    versions = model_versions(tenant=membership.tenant, chatbot=chatbot)
+    return render(
+        request,
+        "dashboard/ab_test.html",
+        {
+            "chatbot": chatbot,
+            "live": ab_test_payload(live) if live else None,
+            "history": [ab_test_payload(t) for t in tests if t is not live],
+            "candidates": [v for v in versions if v.status in ("candidate", "previous")],
+            "serving": serving_for(chatbot).space.key,
+            "can_write": membership.can_write,
+        },
+    )
+
+
+def _ab_number(request, field: str, default: int) -> int:
+    value = request.POST.get(field, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise DomainError(f"{field.replace('_', ' ').capitalize()} must be a whole number.", field=field) from None
+
+
+def _ab_act(request, membership, chatbot_id: int, action):
+    if require_write(request, membership):
+        try:
+            messages.success(request, action())
+        except DomainError as exc:
+            messages.error(request, exc.message)
+    return redirect("dashboard-ab-test", chatbot_id=chatbot_id)
+
+
+@login_required
+@require_POST
+def ab_test_start_view(request, chatbot_id: int):
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+
+    def start():
+        if not request.POST.get("variant_version_id", "").strip():
+            raise DomainError("Choose the version to test.", field="variant_version_id")
+        test = ab_test_start(
+            tenant=membership.tenant,
+            chatbot=chatbot,
+            variant_version_id=_ab_number(request, "variant_version_id", 0),
+            traffic_percent=_ab_number(request, "traffic_percent", 10),
+            min_searches=_ab_number(request, "min_searches", 1000),
+            max_days=_ab_number(request, "max_days", 14),
+            force=request.POST.get("force") == "on",
+            requested_by=str(request.user),
+        )
+        return f"A/B test of version {test.variant.number} started: its vectors are embedded first, then it serves."
+
+    return _ab_act(request, membership, chatbot.pk, start)
+
+
+@login_required
+@require_POST
+def ab_test_promote_view(request, chatbot_id: int):
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+
+    def promote():
+        test = ab_test_promote(tenant=membership.tenant, chatbot=chatbot, requested_by=str(request.user))
+        return f"Version {test.variant.number} now serves every search."
+
+    return _ab_act(request, membership, chatbot.pk, promote)
+
+
+@login_required
+@require_POST
+def ab_test_stop_view(request, chatbot_id: int):
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+
+    def stop():
+        ab_test_stop(tenant=membership.tenant, chatbot=chatbot, requested_by=str(request.user))
+        return "A/B test stopped: the control keeps serving."
+
+    return _ab_act(request, membership, chatbot.pk, stop)
+
+
+@login_required
+@require_POST
+def gap_answered_view(request, chatbot_id: int):
+    """The knowledge-gaps shortcut: a gap's questions and the FAQ answer written for it become
+    training pairs (back to the analytics page)."""
+    from django.urls import reverse
+
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    back = redirect(reverse("dashboard-search-analytics", args=[chatbot.pk]) + "?days=" +
+                    str(whole_number(request.POST.get("days"), low=1, high=365) or 14))  # fmt: skip
+    if require_write(request, membership):
+        try:
+            chunk_id = whole_number(request.POST.get("chunk_id"), low=1, high=2**63 - 1)
+            if chunk_id is None:
+                raise DomainError("Choose the answer that answered it.", field="chunk_id")
+            added = training_pairs_from_gap(chatbot=chatbot, queries=request.POST.getlist("queries"), chunk_id=chunk_id)
+            messages.success(request, f"{added} training pairs added: the next training run learns that this answer "
+                                      "answers these questions.")  # fmt: skip
+        except DomainError as exc:
+            messages.error(request, exc.message)
+    return back

@@ -132,8 +132,8 @@ def chatbot_space_activate(*, chatbot: Chatbot, space: EmbeddingSpace) -> Chatbo
         ChatbotSpace.objects.filter(chatbot=chatbot, role=ChatbotSpace.Role.ACTIVE).update(
             role=ChatbotSpace.Role.RETIRED
         )
-        target.role = ChatbotSpace.Role.ACTIVE
-        target.save(update_fields=["role"])
+        target.role, target.traffic_percent = ChatbotSpace.Role.ACTIVE, 0
+        target.save(update_fields=["role", "traffic_percent"])
         chatbot_content_changed(chatbot_id=chatbot.pk)
     return target
 
@@ -155,12 +155,45 @@ def chunk_embeddings_backfill(*, chatbot: Chatbot, space: EmbeddingSpace, progre
     )
 
 
+def chatbot_space_test_begin(*, chatbot: Chatbot, space: EmbeddingSpace, traffic_percent: int) -> ChatbotSpace:
+    """``space`` serves ``traffic_percent`` of the chatbot's searches beside the active space
+    (the variant of an A/B test), from the next search on: same checks as
+    ``chatbot_space_activate`` (every chunk has its vector), one transaction, content version
+    bumped (caches and the fast path hear of it)."""
+    with transaction.atomic():
+        links = {link.space_id: link for link in ChatbotSpace.objects.select_for_update().filter(chatbot=chatbot)}
+        target = links.get(space.pk)
+        if target is None:
+            raise NotFound("This chatbot holds no vectors in that embedding space.")
+        if target.role == ChatbotSpace.Role.ACTIVE:
+            raise Conflict("That space already serves every search of this chatbot.")
+        if any(link.role == ChatbotSpace.Role.TESTING and link.pk != target.pk for link in links.values()):
+            raise Conflict("Another space is already being tested for this chatbot.")
+        missing = vectors.chunks_missing_count(space=space.store, chatbot_id=chatbot.pk)
+        if missing:
+            raise Conflict(f"{missing} chunks have no vector in this embedding space yet; re-embed them first.")
+        target.role, target.traffic_percent = ChatbotSpace.Role.TESTING, traffic_percent
+        target.save(update_fields=["role", "traffic_percent"])
+        chatbot_content_changed(chatbot_id=chatbot.pk)
+    return target
+
+
+def chatbot_space_test_end(*, chatbot: Chatbot) -> None:
+    """No space is tested any more: the variant stops serving (its vectors are kept, retired)."""
+    with transaction.atomic():
+        changed = ChatbotSpace.objects.filter(chatbot=chatbot, role=ChatbotSpace.Role.TESTING).update(
+            role=ChatbotSpace.Role.RETIRED, traffic_percent=0
+        )
+        if changed:
+            chatbot_content_changed(chatbot_id=chatbot.pk)
+
+
 def ingestion_spaces(*, chatbot: Chatbot) -> list[EmbeddingSpace]:
     """Spaces new content is embedded into: the active one's store first, then those of any
-    being built (an adapter space's documents live in its store, once)."""
+    being built or tested (an adapter space's documents live in its store, once)."""
     chatbot_space_ensure_active(chatbot=chatbot)
     links = ChatbotSpace.objects.filter(
-        chatbot=chatbot, role__in=[ChatbotSpace.Role.ACTIVE, ChatbotSpace.Role.BUILDING]
+        chatbot=chatbot, role__in=[ChatbotSpace.Role.ACTIVE, ChatbotSpace.Role.BUILDING, ChatbotSpace.Role.TESTING]
     )
     links = sorted(links.select_related("space__vectors_from"), key=lambda link: link.role != ChatbotSpace.Role.ACTIVE)
     stores = {}

@@ -30,7 +30,14 @@ from search.services.run import (
     search_cached,
     search_run,
 )
-from search.services.serving import Serving, blend_keyword_factor, serving_for, serving_forget
+from search.services.serving import (
+    Serving,
+    assignment_bucket,
+    assignment_key,
+    blend_keyword_factor,
+    serving_for,
+    serving_forget,
+)
 
 __all__ = [
     "MAX_CONVERSATION_TURNS",
@@ -58,6 +65,8 @@ __all__ = [
     "search_logged",
     "search_run",
     "serving_for",
+    "assignment_bucket",
+    "assignment_key",
     "serving_forget",
     "top_cosine",
 ]

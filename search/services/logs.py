@@ -27,7 +27,7 @@ def search_count(*, mode: str, cache_hit: bool, strategy: str, took_ms: float, e
 def search_log_row(
     *, tenant_id: int, chatbot_id: int, space_key: str, plan: QueryPlan, query_id, mode: str, filters: SearchFilters,
     parameters: dict, conversation, results: list[Hit] | None, took_ms: float, cache_hit: bool, strategy: str,
-    embedding, api_key_id: int | None, user_id: int | None, source: str,
+    embedding, api_key_id: int | None, user_id: int | None, source: str, variant: str | None = None,
 ) -> dict:  # fmt: skip
     """A SearchLog row as queued (``results`` None: filled in from the cached answer when written)."""
     row = {
@@ -46,6 +46,7 @@ def search_log_row(
         "took_ms": took_ms,
         "cache_hit": cache_hit,
         "embedding_space": space_key,
+        "variant": variant or "",
         "strategy": strategy,
         "query_embedding": None if embedding is None else np.round(np.asarray(embedding, dtype=float), 6).tolist(),
         "created_at": timezone.now().isoformat(),

@@ -34,7 +34,7 @@ from search.services.planning import (
     query_vector,
 )
 from search.services.ranking import _semantic_search, _term_statistics, auto_semantic_weight, fuse, top_cosine
-from search.services.serving import Serving, serving_for
+from search.services.serving import Serving, assignment_key, serving_for
 from tenants import inputs
 from tenants.errors import DomainError, NotFound
 from tenants.models import ApiKey, Chatbot, Tenant
@@ -51,6 +51,7 @@ class SearchResult:
     cache_hit: bool = False
     strategy: str = ""
     semantic_weight: float | None = None
+    variant: str | None = None  # while an A/B test runs: "control" or "variant"
 
 
 def _validate(query: str, mode: str, conversation) -> str:
@@ -86,16 +87,21 @@ def search_run(
     use_cache: bool = True,
     serving: Serving | None = None,
     cache_checked: bool = False,
+    end_user: str | None = None,
+    conversation_id: str | None = None,
 ) -> SearchResult:
     """Runs one search and logs it. ``semantic_weight`` (hybrid only): 0 = keyword only,
     1 = vectors only, ``None`` = chosen per query (see ``auto_semantic_weight``). ``serving``:
-    what ``serving_for`` said (the caller asked already); ``cache_checked``: the caller found no
-    cached answer a moment ago (the fast path), so it is not read again."""
+    what ``serving_for`` said (the caller asked already, with the same assignment);
+    ``cache_checked``: the caller found no cached answer a moment ago (the fast path), so it is
+    not read again. ``end_user`` / ``conversation_id``: who is asking, for a sticky A/B variant."""
     if chatbot.tenant_id != tenant.pk:
         raise NotFound("Chatbot not found.", field="chatbot_id")
     query = _validate(query, mode, conversation)
     began = time.perf_counter()
-    serving = serving or serving_for(chatbot)
+    serving = serving or serving_for(
+        chatbot, assignment=assignment_key(query=query, user_id=end_user, conversation_id=conversation_id)
+    )
     space = serving.space
     plan = query_plan_build(query=query, conversation=conversation)
     request = CachedSearch(
@@ -113,6 +119,7 @@ def search_run(
         api_key_id=api_key.pk if api_key is not None else None,
         user_id=user.pk if user is not None and user.is_authenticated else None,
         source=source,
+        variant=serving.variant,
     )
     if use_cache and not cache_checked:
         cached, _ = search_cached(request, began=began, log=log)
@@ -185,6 +192,7 @@ def search_run(
         cache_hit=False,
         strategy=strategy,
         semantic_weight=weight if mode == "hybrid" else None,
+        variant=serving.variant,
     )
 
 
@@ -206,6 +214,7 @@ class CachedSearch:
     api_key_id: int | None
     user_id: int | None
     source: str
+    variant: str | None = None
 
     @functools.cached_property
     def key(self) -> str:
@@ -235,6 +244,7 @@ class CachedSearch:
             "api_key_id": self.api_key_id,
             "user_id": self.user_id,
             "source": self.source,
+            "variant": self.variant,
         }
 
 
@@ -297,6 +307,7 @@ def search_cached(request: CachedSearch, *, began: float, log: bool = True, rate
         cache_hit=True,
         strategy=cached["strategy"],
         semantic_weight=cached["weight"] if request.mode == "hybrid" else None,
+        variant=request.variant,
     )
     if queued:
         search_count(mode=request.mode, cache_hit=True, strategy=result.strategy, took_ms=took_ms, empty=not results)

@@ -3,12 +3,28 @@
 - ``data``: training pairs from every source, uploads, the held-out split;
 - ``jobs``: the training job's state machine (start, run, cancel, sweep) and its evaluation;
 - ``trainer``: sentence-transformers fine-tuning, hard-negative mining, ranking metrics;
-- ``versions``: model versions, the gate, deploy, rollback, retention.
+- ``versions``: model versions, the gate, deploy, rollback, retention;
+- ``abtests``: A/B tests of a version against the active one, their statistics and guardrails;
+- ``continuous``: continuous learning (a beat task starts jobs on new signal, the gate decides).
 """
 
+from training.services.abtests import (
+    ab_test_prepare_run,
+    ab_test_promote,
+    ab_test_report,
+    ab_test_start,
+    ab_test_stop,
+    ab_tests_check,
+)
+from training.services.continuous import (
+    continuous_learning_get,
+    continuous_learning_run,
+    continuous_learning_update,
+)
 from training.services.data import (
     training_data_summary,
     training_pairs_collect,
+    training_pairs_from_gap,
     training_pairs_upload,
 )
 from training.services.jobs import (
@@ -28,6 +44,15 @@ from training.services.versions import (
 )
 
 __all__ = [
+    "ab_test_prepare_run",
+    "ab_test_promote",
+    "ab_test_report",
+    "ab_test_start",
+    "ab_test_stop",
+    "ab_tests_check",
+    "continuous_learning_get",
+    "continuous_learning_run",
+    "continuous_learning_update",
     "gate_verdict",
     "model_rollback",
     "model_version_deploy",
@@ -41,5 +66,6 @@ __all__ = [
     "training_job_tenant_id",
     "training_jobs_sweep",
     "training_pairs_collect",
+    "training_pairs_from_gap",
     "training_pairs_upload",
 ]

@@ -28,7 +28,7 @@ from knowledge.chunking import embedding_text
 from knowledge.models import Chunk, Document
 from search.models import SearchFeedback
 from tenants import inputs
-from tenants.errors import DomainError
+from tenants.errors import DomainError, NotFound
 from tenants.models import Chatbot
 from training.models import TrainingPair
 from training.services.questions import llm_enabled, llm_questions
@@ -253,6 +253,20 @@ def _rows(data: bytes, filename: str):
             yield number, None, f"not a JSON object ({exc})"
 
 
+def training_pairs_from_gap(*, chatbot: Chatbot, queries: list[str], chunk_id: int) -> int:
+    """The knowledge-gaps shortcut "this answered it": each of a gap's queries (its phrasings)
+    and the chunk written to answer it become feedback pairs. Returns how many were new."""
+    from knowledge.models import Chunk
+
+    if not Chunk.objects.filter(chatbot=chatbot, pk=chunk_id).exists():
+        raise NotFound("That answer is not one of this chatbot's chunks.", field="chunk_id")
+    texts = [q.strip()[:MAX_QUERY_CHARS] for q in queries if isinstance(q, str) and q.strip()][:50]
+    if not texts:
+        raise DomainError("Name at least one question the answer answers.", field="queries")
+    with transaction.atomic():
+        return _store(chatbot, [Candidate(query=q, source=Source.FEEDBACK, chunk_id=chunk_id) for q in texts])
+
+
 def training_pairs_upload(*, chatbot: Chatbot, data: bytes, filename: str) -> UploadReport:
     """Uploaded pairs: each row ``query`` plus ``chunk_id`` (one of this chatbot's ready chunks) or
     ``positive`` text, optional ``negative`` text; every row is accepted or rejected with a reason."""
@@ -316,6 +330,7 @@ class PairSet:
     negatives: list[str | None]
     sources: list[str]
     chunk_ids: list[int | None]
+    created: list = field(default_factory=list)  # each pair's created_at (old vs new held-out questions)
 
 
 def pair_texts(*, chatbot: Chatbot, split: str, sources: list[str] | None = None, limit: int | None = None) -> PairSet:
@@ -338,6 +353,7 @@ def pair_texts(*, chatbot: Chatbot, split: str, sources: list[str] | None = None
         out.negatives.append(negative)
         out.sources.append(pair.source)
         out.chunk_ids.append(pair.chunk_id)
+        out.created.append(pair.created_at)
     return out
 
 

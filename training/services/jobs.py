@@ -22,8 +22,8 @@ from search.services import serving_for
 from tenants.errors import Conflict, DomainError, NotFound
 from tenants.models import Chatbot, Tenant
 from tenants.scoping import cross_tenant_context, tenant_context
-from training.models import TrainingJob, TrainingPair
-from training.services import runs, trainer
+from training.models import ContinuousLearning, TrainingJob, TrainingPair
+from training.services import continuous, runs, trainer
 from training.services.data import ensure_enough_pairs, training_pairs_collect
 from training.services.versions import model_version_deploy, model_version_discard
 
@@ -247,7 +247,14 @@ def _run(job: TrainingJob) -> str:
         raise trainer.Cancelled()
     _finish(job, Status.SUCCEEDED, stage=Stage.DONE, progress=100, metrics=outcome.metrics, loss=outcome.losses,
             eta_seconds=0)  # fmt: skip
-    if config["auto_deploy"] and outcome.version.gate.get("passed"):
+    if job.requested_by == continuous.REQUESTER:
+        try:
+            continuous.continuous_learning_after(job, outcome.version)
+        except DomainError as exc:  # e.g. someone started a test meanwhile: the version waits as a candidate
+            ContinuousLearning.objects.filter(chatbot=chatbot).update(
+                last_outcome=f"Version {outcome.version.number} is a candidate: {exc.message}"
+            )
+    elif config["auto_deploy"] and outcome.version.gate.get("passed"):
         model_version_deploy(tenant=chatbot.tenant, version=outcome.version)
     return Status.SUCCEEDED
 

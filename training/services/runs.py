@@ -147,6 +147,7 @@ def fine_tune_run(job: TrainingJob, config: dict, control: Control) -> Outcome:
             candidate=(trainer.encode(model, held.texts), trainer.encode(model, corpus_texts)),
             active=(_as_array(active_provider.embed(held.texts)), active_corpus),
             seed=config["seed"],
+            previous=_previous_version(chatbot),
         )
         metrics["active_space"] = active_space.key
         metrics["training"] = _training_figures(
@@ -213,7 +214,8 @@ def adapter_run(job: TrainingJob, config: dict, control: Control) -> Outcome:
         base_queries if active_space.pk == store.pk else _as_array(provider_for_space(active_space).embed(held.texts))
     )
     metrics = evaluate(held, corpus_ids, candidate=(learned.apply(base_queries), corpus),
-                       active=(active_queries, corpus), seed=config["seed"])  # fmt: skip
+                       active=(active_queries, corpus), seed=config["seed"],
+                       previous=_previous_version(chatbot))  # fmt: skip
     metrics["active_space"] = active_space.key
     metrics["adapter"] = {"rank": learned.rank, "dimensions": learned.dimensions, "vectors_of": store.key}
     metrics["training"] = _training_figures(
@@ -276,17 +278,22 @@ class HeldOut:
     texts: list[str]
     relevant: list[set]
     sources: np.ndarray
+    created: np.ndarray  # when each question was first held out (epoch seconds)
 
 
 def _heldout_queries(heldout: PairSet) -> HeldOut:
     queries: dict[str, dict] = {}
-    for query, chunk_id, source in zip(heldout.anchors, heldout.chunk_ids, heldout.sources):
+    for query, chunk_id, source, created in zip(
+        heldout.anchors, heldout.chunk_ids, heldout.sources, heldout.created, strict=True
+    ):
         if chunk_id is None:
             continue
         entry = queries.setdefault(
-            " ".join(query.casefold().split()), {"query": query, "relevant": set(), "source": source}
+            " ".join(query.casefold().split()),
+            {"query": query, "relevant": set(), "source": source, "created": created.timestamp()},
         )
         entry["relevant"].add(chunk_id)
+        entry["created"] = min(entry["created"], created.timestamp())
     if len(queries) < settings.TRAINING_MIN_HELDOUT:
         raise DomainError(
             f"Only {len(queries)} held-out questions point at a chunk; at least {settings.TRAINING_MIN_HELDOUT} "
@@ -296,26 +303,43 @@ def _heldout_queries(heldout: PairSet) -> HeldOut:
         texts=[q["query"] for q in queries.values()],
         relevant=[q["relevant"] for q in queries.values()],
         sources=np.asarray([q["source"] for q in queries.values()]),
+        created=np.asarray([q["created"] for q in queries.values()], dtype=float),
     )
 
 
-def evaluate(held: HeldOut, corpus_ids: list[int], *, candidate: tuple, active: tuple, seed: int) -> dict:
+def evaluate(
+    held: HeldOut, corpus_ids: list[int], *, candidate: tuple, active: tuple, seed: int, previous=None
+) -> dict:
     """Candidate and active version on the held-out queries over the whole corpus (each a pair of
     query vectors and corpus vectors), overall and per source; the gate's inputs (paired bootstrap
-    of nDCG@10)."""
+    of nDCG@10). With ``previous`` (the chatbot's latest earlier version), ``comparable`` splits
+    the held-out questions into those that judged that version too and those new since, so runs
+    compare on the same questions (a held-out question stays held out)."""
     cand = trainer.rank(candidate[0], candidate[1], corpus_ids, held.relevant)
     act = trainer.rank(active[0], active[1], corpus_ids, held.relevant)
     per_source = {}
     for source in sorted(set(held.sources.tolist())):
         mask = held.sources == source
         per_source[source] = {"candidate": cand.summary(mask), "active": act.summary(mask)}
-    return {
+    metrics = {
         "candidate": cand.summary(),
         "active": act.summary(),
         "per_source": per_source,
         "bootstrap": trainer.paired_bootstrap(cand.ndcg, act.ndcg, seed=seed),
         "corpus_chunks": len(corpus_ids),
     }
+    if previous is not None:
+        old = held.created <= previous.created_at.timestamp()
+        metrics["comparable"] = {
+            "previous_version": previous.number,
+            "previous_questions": {"candidate": cand.summary(old), "active": act.summary(old)},
+            "new_questions": {"candidate": cand.summary(~old), "active": act.summary(~old)},
+        }
+    return metrics
+
+
+def _previous_version(chatbot: Chatbot) -> ModelVersion | None:
+    return ModelVersion.objects.filter(chatbot=chatbot).order_by("-number").first()
 
 
 def _corpus(chatbot: Chatbot) -> tuple[list[int], list[str]]:

@@ -33,7 +33,7 @@ from knowledge.services import (
 from tenants.audit import audit_record
 from tenants.errors import Conflict, DomainError, NotFound
 from tenants.models import Chatbot, Tenant
-from training.models import ModelVersion, TrainingJob
+from training.models import ABTest, ModelVersion, TrainingJob
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def model_version_deploy(*, tenant: Tenant, version: ModelVersion, force: bool =
         version = ModelVersion.objects.select_for_update().get(pk=version.pk)
         if version.status in (VStatus.FAILED, VStatus.RETIRED):
             raise Conflict(f"Version {version.number} is {version.status} and cannot be deployed.")
-        if version.status in (VStatus.ACTIVE, VStatus.DEPLOYING):
+        if version.status in (VStatus.ACTIVE, VStatus.DEPLOYING, VStatus.TESTING):
             raise Conflict(f"Version {version.number} is already {version.status}.")
         if not version.gate.get("passed") and not force:
             raise Conflict(
@@ -141,10 +141,9 @@ def model_version_deploy(*, tenant: Tenant, version: ModelVersion, force: bool =
             )
         if ModelVersion.objects.filter(chatbot_id=version.chatbot_id, status=VStatus.DEPLOYING).exists():
             raise Conflict("Another version of this chatbot is being deployed; wait for it to finish.")
-        chatbot = version.chatbot
-        chatbot_space_add(chatbot=chatbot, model_key=version.space.model_key, version=version.space.version,
-                          tenant_owned=True)  # fmt: skip
-        ChatbotSpace.objects.filter(chatbot=chatbot, space=version.space).update(role=ChatbotSpace.Role.BUILDING)
+        if ABTest.objects.filter(chatbot_id=version.chatbot_id, status__in=ABTest.LIVE).exists():
+            raise Conflict("An A/B test is running for this chatbot; promote or stop it before deploying.")
+        model_version_hold(version.chatbot, version)
         version.status, version.deploy_progress, version.error = VStatus.DEPLOYING, 0, ""
         version.save(update_fields=["status", "deploy_progress", "error"])
         if force and not version.gate.get("passed"):
@@ -175,31 +174,52 @@ def model_version_deploy_run(*, version_id: int) -> str:
     )
     if version is None:
         return "skipped"
+
+    def progress(percent: int) -> None:
+        ModelVersion.objects.filter(pk=version.pk).update(deploy_progress=percent)
+
+    failed = model_version_embed(version, progress=progress, then=lambda: _switch(version.chatbot, version))
+    return "failed" if failed else "active"
+
+
+def model_version_embed(version: ModelVersion, *, progress, then) -> str | None:
+    """Give the version's space a vector for every ready chunk (``progress(percent)`` as it goes;
+    nothing to do for an adapter over vectors that exist), then, in one transaction with what
+    arrived meanwhile, ``then()`` (switch, or begin an A/B test). None when done, else why it
+    failed: a refusal (``DomainError``) leaves the version a candidate; anything else (a corrupt
+    artifact) fails it, and the active version keeps serving either way."""
     chatbot = version.chatbot
     total = max(chatbot.chunks.count(), 1)
     done = [ChunkEmbedding.objects.filter(chatbot=chatbot, space=version.space.store).count()]
 
-    def progress(count: int) -> None:
+    def counted(count: int) -> None:
         done[0] += count
-        ModelVersion.objects.filter(pk=version.pk).update(deploy_progress=min(99, int(100 * done[0] / total)))
+        progress(min(99, int(100 * done[0] / total)))
 
     try:
         provider_for_space(version.space)  # an adapter loads here (weights on first use): or the version fails
-        chunk_embeddings_backfill(chatbot=chatbot, space=version.space, progress=progress)
+        chunk_embeddings_backfill(chatbot=chatbot, space=version.space, progress=counted)
         with transaction.atomic():
             chunk_embeddings_backfill(chatbot=chatbot, space=version.space)  # what arrived meanwhile
-            _switch(chatbot, version)
+            then()
     except DomainError as exc:
         ModelVersion.objects.filter(pk=version.pk).update(status=VStatus.CANDIDATE, error=exc.message)
-        return "failed"
-    except Exception as exc:  # a corrupt artifact: the version fails, the active one keeps serving
-        logger.exception("deploy of version %s failed", version.pk)
-        ModelVersion.objects.filter(pk=version.pk).update(
-            status=VStatus.FAILED, error=f"Deploy failed: {type(exc).__name__}: {exc}"[:2000]
-        )
+        return exc.message
+    except Exception as exc:
+        logger.exception("embedding the space of version %s failed", version.pk)
+        error = f"Deploy failed: {type(exc).__name__}: {exc}"[:2000]
+        ModelVersion.objects.filter(pk=version.pk).update(status=VStatus.FAILED, error=error)
         ChatbotSpace.objects.filter(chatbot=chatbot, space=version.space).update(role=ChatbotSpace.Role.RETIRED)
-        return "failed"
-    return "active"
+        return error
+    return None
+
+
+def model_version_hold(chatbot: Chatbot, version: ModelVersion) -> None:
+    """The chatbot holds the version's space as ``building``: new documents are embedded into it
+    too while the rest is re-embedded (``model_version_embed``)."""
+    chatbot_space_add(chatbot=chatbot, model_key=version.space.model_key, version=version.space.version,
+                      tenant_owned=True)  # fmt: skip
+    ChatbotSpace.objects.filter(chatbot=chatbot, space=version.space).update(role=ChatbotSpace.Role.BUILDING)
 
 
 def _switch(chatbot: Chatbot, version: ModelVersion | None, *, space=None) -> None:
@@ -225,6 +245,8 @@ def model_rollback(*, tenant: Tenant, chatbot: Chatbot, user=None) -> dict:
         previous = ModelVersion.objects.filter(chatbot=chatbot, status=VStatus.PREVIOUS).first()
         if active is None:
             raise Conflict("This chatbot serves its base model; there is nothing to roll back.")
+        if ABTest.objects.filter(chatbot=chatbot, status__in=ABTest.LIVE).exists():
+            raise Conflict("An A/B test is running against the active version; stop it before rolling back.")
         if previous is not None:
             target_space = previous.space
         else:

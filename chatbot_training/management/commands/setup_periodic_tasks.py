@@ -9,6 +9,8 @@ SCHEDULE = {
     "Re-embed chunks stored without context": ("knowledge.chunk_embeddings_refresh", 3600, 3000),
     "Sweep stuck training jobs": ("training.training_jobs_sweep", 60, 55),
     "Remove retired model versions": ("training.model_versions_retire", 3600, 3000),
+    "End A/B tests at max days, trip guardrails": ("training.ab_tests_check", 300, 240),
+    "Continuous learning: start jobs on new training signal": ("training.continuous_learning", 900, 800),
 }
 
 

@@ -220,11 +220,63 @@ class TrainingPairsUploadApi(TenantApi):
         return Response(body, status=202)
 
 
+def model_history(*, tenant, chatbot) -> list[dict]:
+    """The chatbot's timeline, oldest first: each version's offline numbers (nDCG@10 of it and of
+    the version it was judged against, on the same held-out questions) and its live results (the
+    A/B tests it was the variant of)."""
+    from training.apis.abtests import ab_test_payload
+    from training.selectors import ab_tests
+
+    tests: dict[int, list] = {}
+    for test in ab_tests(tenant=tenant, chatbot=chatbot, limit=200):
+        report = ab_test_payload(test)["report"]
+        arms = report.get("arms", {})
+        tests.setdefault(test.variant_id, []).append(
+            {
+                "test_id": test.pk,
+                "status": test.status,
+                "traffic_percent": test.traffic_percent,
+                "started_at": test.started_at,
+                "ended_at": test.ended_at,
+                "searches": report.get("searches", 0),
+                "helpful_rate": {arm: arms.get(arm, {}).get("helpful_rate") for arm in ("control", "variant")},
+                "difference": report.get("difference"),
+                "p_value": report.get("p_value"),
+                "verdict": report.get("verdict", test.reason),
+            }
+        )
+    timeline = []
+    for version in sorted(model_versions(tenant=tenant, chatbot=chatbot), key=lambda v: v.number):
+        metrics = version.metrics or {}
+        timeline.append(
+            {
+                "version_id": version.pk,
+                "number": version.number,
+                "kind": "adapter" if version.space.vectors_from_id else "fine_tuned",
+                "status": version.status,
+                "created_at": version.created_at,
+                "deployed_at": version.deployed_at,
+                "ndcg_10": metrics.get("candidate", {}).get("ndcg_10"),
+                "judged_against": metrics.get("active_space"),
+                "against_ndcg_10": metrics.get("active", {}).get("ndcg_10"),
+                "heldout_questions": metrics.get("candidate", {}).get("queries"),
+                "comparable": metrics.get("comparable"),
+                "gate": {"passed": bool(version.gate.get("passed")), "reason": version.gate.get("reason", "")},
+                "ab_tests": tests.get(version.pk, []),
+            }
+        )
+    return timeline
+
+
 class ModelVersionListResponseSerializer(serializers.Serializer):
     chatbot_id = serializers.IntegerField()
     serving = serializers.CharField()
     versions = ModelVersionSerializer(many=True)
     data_summary = serializers.JSONField()
+    history = serializers.JSONField(
+        help_text="Oldest first: per version its offline nDCG@10 (and the version it was judged against, with "
+        "comparable: the same questions as the previous version vs the new ones) and its A/B tests' live results."
+    )
 
 
 class ModelVersionListApi(TenantApi):
@@ -240,6 +292,7 @@ class ModelVersionListApi(TenantApi):
             "serving": serving_for(chatbot).space.key,
             "versions": [version_payload(v) for v in model_versions(tenant=self.tenant, chatbot=chatbot)],
             "data_summary": training_data_summary(chatbot=chatbot),
+            "history": model_history(tenant=self.tenant, chatbot=chatbot),
         }
         return Response(body)
 
