@@ -314,8 +314,8 @@ def test_assignment_is_sticky_and_balanced_over_ten_thousand_keys():
 def test_the_z_test_and_the_sample_size_match_textbook_values():
     from training.services.abtests import _two_proportions, feedback_needed
 
-    # 60/100 vs 75/100: pooled z = 2.268, two-sided p = 0.0233
-    assert _two_proportions(60, 100, 75, 100) == pytest.approx(0.0233, abs=2e-4)
+    # 60/100 vs 75/100: pooled p 0.675, z = 0.15 / 0.06624 = 2.2646, two-sided p = 0.02354
+    assert _two_proportions(60, 100, 75, 100) == pytest.approx(0.02354, abs=1e-4)
     assert _two_proportions(50, 100, 50, 100) == pytest.approx(1.0)
     assert _two_proportions(0, 0, 5, 10) is None
     # 50% vs 55% at alpha 0.05 and power 0.8: 1,565 per arm (the usual normal-approximation formula)

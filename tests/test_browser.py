@@ -154,3 +154,101 @@ def test_start_training_from_the_dashboard_watch_it_finish_and_deploy(browser_pa
         assert page.locator("#versions tr[data-status=active]").count() == 1
         assert page.inner_text("#serving").endswith(f"@c{bundle.chatbot.pk}.v1")
         page.screenshot(path=str(settings.VAR_DIR / "e2e-training-deployed.png"), full_page=True)
+
+
+def test_continuous_learning_closes_the_loop_visible_in_the_dashboard(browser_page, live_server, bundle, worker_env,
+                                                                      tmp_path):  # fmt: skip
+    """Continuous learning with a real worker and a real browser: opt in on the Training tab, the
+    beat's check waits (shown with its reason), feedback arrives through the API, the next check
+    starts a job on the worker, the gate decides and the outcome shows on the tab: deployed, or
+    refused with nothing changed. The beat's task is sent to the worker as beat sends it."""
+    import json
+
+    from django.conf import settings
+    from rest_framework.test import APIClient
+
+    from tests.conftest import as_tenant, ingest, make_upload
+    from tests.test_training import MIN_HELDOUT, faq_rows
+    from tests.test_worker_kill import wait_for
+    from training.models import ContinuousLearning, ModelVersion, TrainingPair
+    from training.services import training_pairs_collect
+    from training.tasks import continuous_learning_task
+
+    ingest(bundle, make_upload("faq.jsonl", "\n".join(json.dumps(r) for r in faq_rows())), content_type="faq")
+    with as_tenant(bundle):
+        training_pairs_collect(chatbot=bundle.chatbot, llm=False)
+        have = TrainingPair.objects.count()
+    page = browser_page
+    with celery_worker(worker_env, TRAINING_ARTIFACTS_DIR=tmp_path / "versions", EMBEDDING_TORCH_THREADS=1,
+                       TRAINING_MIN_HELDOUT=MIN_HELDOUT):  # fmt: skip
+        page.goto(f"{live_server.url}/login/")
+        page.fill("#id_username", bundle.username)
+        page.fill("#id_password", bundle.password)
+        page.click("button[type=submit]")
+        page.wait_for_url(f"{live_server.url}/")
+        page.goto(f"{live_server.url}/chatbots/{bundle.chatbot.pk}/training/")
+        form = page.locator("#continuous form")
+        form.locator("input[name=enabled]").check()
+        form.locator("select[name=job_type]").select_option("adapter")
+        form.locator("input[name=min_new_pairs]").fill(str(have + 5))
+        form.locator("input[name=min_days_between]").fill("0")
+        form.locator("#continuous-save").click()
+        page.wait_for_selector("text=Continuous learning is on.")
+
+        def checked_since(moment):
+            def done():
+                with as_tenant(bundle):
+                    found = ContinuousLearning.objects.get(chatbot=bundle.chatbot)
+                return found if found.last_checked_at and found.last_checked_at > moment else None
+
+            return done
+
+        from django.utils import timezone
+
+        moment = timezone.now()
+        continuous_learning_task.delay()  # what beat sends every 15 minutes
+        wait_for(checked_since(moment), 60, "the worker did not run the continuous-learning check")
+        page.reload()
+        assert f"{have} new training pairs since the last version; {have + 5} start a run" in page.inner_text(
+            "#continuous-outcome"
+        )
+
+        api = APIClient()  # feedback arrives: the chatbot's users found these answered
+        api.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
+        for product in ("router", "camera", "lamp", "speaker", "watch", "kettle"):
+            answer = api.post("/api/search", {"chatbot_id": bundle.chatbot.pk,
+                                              "query": f"my {product} does nothing when I switch it on"},
+                              format="json").json()  # fmt: skip
+            vote = {"helpful": True, "chunk_id": answer["results"][0]["chunk_id"]}
+            assert api.post(f"/api/search/{answer['query_id']}/feedback", vote, format="json").status_code == 201
+
+        moment = timezone.now()
+        continuous_learning_task.delay()
+
+        def decided():
+            with as_tenant(bundle):
+                found = ContinuousLearning.objects.select_related("last_job").get(chatbot=bundle.chatbot)
+                version = ModelVersion.objects.first()
+            if version is None or found.last_job is None or found.last_outcome.startswith(("Started", "Waiting")):
+                return None
+            return found, version
+
+        found, version = wait_for(decided, 300, "continuous learning did not start a job that the gate decided")
+        page.reload()
+        outcome = page.inner_text("#continuous-outcome")
+        assert outcome == found.last_outcome
+        if version.gate.get("passed"):  # deployed: wait for the switch, shown on the tab
+            assert "passed the gate" in outcome and "deploying it" in outcome
+            for _ in range(120):
+                page.reload()
+                if page.locator("#versions tr[data-status=active]").count():
+                    break
+                page.wait_for_timeout(1000)
+            assert page.inner_text("#serving").endswith(f"@c{bundle.chatbot.pk}.v1")
+        else:  # refused: recorded with its numbers, nothing changed
+            assert outcome.startswith("Version 1 refused by the gate (nDCG@10 gain") and "nothing changed" in outcome
+            assert page.locator("#versions tr[data-status=candidate]").count() == 1
+            assert page.inner_text("#serving") == "local:all-MiniLM-L6-v2@1"
+        assert page.locator("#history tr[data-version='1']").count() == 1
+        assert page.locator("#chart-history circle").count() >= 2  # the version and what it was judged against
+        page.screenshot(path=str(settings.VAR_DIR / "e2e-continuous-learning.png"), full_page=True)

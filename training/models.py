@@ -193,6 +193,12 @@ class ContinuousLearning(TenantOwned):
 
     chatbot = models.OneToOneField("tenants.Chatbot", on_delete=models.CASCADE, related_name="continuous_learning")
     enabled = models.BooleanField(default=False)
+    job_type = models.CharField(
+        max_length=20,
+        choices=[(TrainingJob.Type.INCREMENTAL, "Incremental fine-tune"), (TrainingJob.Type.ADAPTER, "Query adapter")],
+        default=TrainingJob.Type.INCREMENTAL,
+        help_text="A hosted model always gets an adapter (it cannot be fine-tuned).",
+    )
     min_new_pairs = models.PositiveIntegerField(default=50, help_text="New training pairs since the last version.")
     min_days_between = models.FloatField(default=7, help_text="Days between two runs at least.")
     auto_deploy = models.BooleanField(default=True, help_text="Deploy what passes the gate.")

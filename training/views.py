@@ -82,6 +82,8 @@ def continuous_learning_view(request, chatbot_id: int):
             "enabled": request.POST.get("enabled") == "on",
             "auto_deploy": request.POST.get("auto_deploy") == "on",
         }
+        if request.POST.get("job_type"):
+            changes["job_type"] = request.POST["job_type"]
         for name in ("min_new_pairs", "min_days_between", "auto_ab_percent"):
             if request.POST.get(name, "").strip():
                 changes[name] = _number(request.POST[name], name)

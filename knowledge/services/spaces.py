@@ -178,13 +178,14 @@ def chatbot_space_test_begin(*, chatbot: Chatbot, space: EmbeddingSpace, traffic
     return target
 
 
-def chatbot_space_test_end(*, chatbot: Chatbot) -> None:
-    """No space is tested any more: the variant stops serving (its vectors are kept, retired)."""
+def chatbot_space_test_end(*, chatbot: Chatbot, space: EmbeddingSpace) -> None:
+    """The variant ``space`` stops serving, or stops being built for a test that never began
+    (its vectors are kept; the space is retired unless it became the active one)."""
     with transaction.atomic():
-        changed = ChatbotSpace.objects.filter(chatbot=chatbot, role=ChatbotSpace.Role.TESTING).update(
-            role=ChatbotSpace.Role.RETIRED, traffic_percent=0
-        )
-        if changed:
+        links = ChatbotSpace.objects.filter(chatbot=chatbot, space=space).exclude(role=ChatbotSpace.Role.ACTIVE)
+        serving = links.filter(role=ChatbotSpace.Role.TESTING).exists()
+        links.update(role=ChatbotSpace.Role.RETIRED, traffic_percent=0)
+        if serving:
             chatbot_content_changed(chatbot_id=chatbot.pk)
 
 

@@ -19,6 +19,7 @@ def continuous_payload(settings: ContinuousLearning) -> dict:
     return {
         "chatbot_id": settings.chatbot_id,
         "enabled": settings.enabled,
+        "job_type": settings.job_type,
         "min_new_pairs": settings.min_new_pairs,
         "min_days_between": settings.min_days_between,
         "auto_deploy": settings.auto_deploy,
@@ -33,6 +34,9 @@ def continuous_payload(settings: ContinuousLearning) -> dict:
 
 class ContinuousLearningRequestSerializer(StrictSerializer):
     enabled = JsonBooleanField(required=False)
+    job_type = serializers.ChoiceField(
+        choices=["incremental", "adapter"], required=False, help_text="What a run trains (hosted models: adapter)."
+    )
     min_new_pairs = JsonIntegerField(min_value=1, max_value=1_000_000, required=False)
     min_days_between = JsonFloatField(min_value=0, max_value=365, required=False)
     auto_deploy = JsonBooleanField(required=False, help_text="Deploy what passes the gate.")
@@ -44,6 +48,7 @@ class ContinuousLearningRequestSerializer(StrictSerializer):
 class ContinuousLearningSerializer(serializers.Serializer):
     chatbot_id = serializers.IntegerField()
     enabled = serializers.BooleanField()
+    job_type = serializers.CharField()
     min_new_pairs = serializers.IntegerField()
     min_days_between = serializers.FloatField()
     auto_deploy = serializers.BooleanField()

@@ -143,15 +143,19 @@ def ab_test_prepare_run(*, test_id: int) -> str:
         ModelVersion.objects.filter(pk=version.pk).update(deploy_progress=percent)
 
     def begin() -> None:
+        if not ABTest.objects.select_for_update().filter(pk=test.pk, status=TStatus.EMBEDDING).exists():
+            return  # stopped while the variant was embedded: it never serves
         chatbot_space_test_begin(chatbot=test.chatbot, space=version.space, traffic_percent=test.traffic_percent)
         ModelVersion.objects.filter(pk=version.pk).update(status=VStatus.TESTING, deploy_progress=100, error="")
         ABTest.objects.filter(pk=test.pk).update(status=TStatus.RUNNING, progress=100, started_at=timezone.now())
 
     failed = model_version_embed(version, progress=progress, then=begin)
     if failed:
-        ABTest.objects.filter(pk=test.pk).update(status=TStatus.FAILED, reason=failed, ended_at=timezone.now())
+        ABTest.objects.filter(pk=test.pk, status=TStatus.EMBEDDING).update(
+            status=TStatus.FAILED, reason=failed, ended_at=timezone.now()
+        )
         return "failed"
-    return "running"
+    return ABTest.objects.get(pk=test.pk).status
 
 
 def _live(tenant: Tenant, chatbot: Chatbot) -> ABTest:
@@ -191,7 +195,7 @@ def ab_test_stop(
     with transaction.atomic():
         test = _live(tenant, chatbot)
         result = ab_test_report(test) if test.status == TStatus.RUNNING else {}
-        chatbot_space_test_end(chatbot=chatbot)
+        chatbot_space_test_end(chatbot=chatbot, space=test.variant.space)
         ModelVersion.objects.filter(pk=test.variant_id, status__in=[VStatus.TESTING, VStatus.DEPLOYING]).update(
             status=VStatus.CANDIDATE
         )

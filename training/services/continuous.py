@@ -4,7 +4,7 @@
 test of it is under way, ``min_days_between`` have passed since its last run and at least
 ``min_new_pairs`` training pairs arrived since its last version (feedback, new FAQ rows and chat
 logs, uploaded pairs, pairs made from new chunks), it starts a job: ``incremental`` from the
-weights serving now, or an ``adapter`` for a hosted model. When the job ends,
+weights serving now, or an ``adapter`` (as set; always for a hosted model). When the job ends,
 ``continuous_learning_after`` acts on the gate: a version that passed is A/B-tested at
 ``auto_ab_percent`` (when set) or deployed (``auto_deploy``); one that failed stays a candidate
 with its numbers and nothing changes. Every step is written to ``last_outcome``.
@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 REQUESTER = "continuous-learning"
 FIELDS = {  # name: (type, low, high)
     "enabled": (bool, None, None),
+    "job_type": (str, None, None),
     "min_new_pairs": (int, 1, 1_000_000),
     "min_days_between": (float, 0, 365),
     "auto_deploy": (bool, None, None),
@@ -57,7 +58,10 @@ def continuous_learning_update(*, tenant: Tenant, chatbot: Chatbot, changes, use
         )
         for name, value in changes.items():
             kind, low, high = FIELDS[name]
-            if kind is bool:
+            if kind is str:
+                if value not in (TrainingJob.Type.INCREMENTAL, TrainingJob.Type.ADAPTER):
+                    raise DomainError(f"{name} must be incremental or adapter.", field=name)
+            elif kind is bool:
                 if not isinstance(value, bool):
                     raise DomainError(f"{name} must be true or false.", field=name)
             else:
@@ -112,7 +116,7 @@ def continuous_learning_check(settings: ContinuousLearning) -> str:
             outcome = f"Waiting: {new} new training pairs since the last version; {settings.min_new_pairs} start a run."
         else:
             hosted = serving_for(chatbot).space.provider != "local"
-            job_type = TrainingJob.Type.ADAPTER if hosted else TrainingJob.Type.INCREMENTAL
+            job_type = TrainingJob.Type.ADAPTER if hosted else settings.job_type
             try:
                 job = training_job_start(tenant=chatbot.tenant, chatbot=chatbot, job_type=job_type,
                                          config={"auto_deploy": False}, requested_by=REQUESTER)  # fmt: skip

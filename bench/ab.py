@@ -1,0 +1,188 @@
+"""A/B tests must not slow search: latency with a test running vs without, in the same run.
+
+    python bench/ab.py [--queries 300] [--rounds 4]
+
+Builds (once) the database ``chatbot_training_abbench``: one chatbot of 1,000 SciFact abstracts
+(ingested through document_create and the ingestion task, Celery eager) and a query-adapter
+version of it (a small random low-rank transform over the stored vectors, saved and served as a
+trained adapter is). Then, in alternating rounds (no test, test at 50%, no test, ...), every
+SciFact test query is sent with its own ``user_id`` through the search fast path
+(``search.fastpath.search_answer``, what ``POST /api/search`` with an API key runs): once new
+(uncached: query embedding, the variant's adapter for its half, the vector SQL) and once again
+(cached). Each round's queries carry a round marker, so no round reads another's cache. Prints a
+JSON summary: p50/p95 per condition and path, and the ratio with/without (goal: at most 1.1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import SHARED, use_database  # noqa: E402
+
+DATABASE = "chatbot_training_abbench"
+DATA = SHARED / "datasets" / "scifact"
+ABSTRACTS = 1000
+
+
+def percentiles(values: list[float]) -> dict:
+    ordered = sorted(values)
+    return {
+        "p50_ms": round(ordered[len(ordered) // 2], 3),
+        "p95_ms": round(ordered[int(len(ordered) * 0.95)], 3),
+        "mean_ms": round(sum(ordered) / len(ordered), 3),
+        "searches": len(ordered),
+    }
+
+
+def ensure_bot():
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from knowledge.models import Document
+    from knowledge.services import document_create
+    from tenants.models import Chatbot
+    from tenants.scoping import tenant_context
+    from tenants.services import tenant_bootstrap
+
+    chatbot = Chatbot.objects.filter(name="ab-bench").select_related("tenant").first()
+    if chatbot is None:
+        chatbot = tenant_bootstrap(name="AB bench", chatbot_name="ab-bench").chatbot
+    lines = (DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:ABSTRACTS]
+    with tenant_context(chatbot.tenant_id):
+        if not Document.objects.filter(chatbot=chatbot, status="ready").exists():
+            Document.objects.filter(chatbot=chatbot).delete()
+            for start in range(0, len(lines), 250):
+                document_create(tenant=chatbot.tenant, chatbot=chatbot, content_type="document",
+                                upload=SimpleUploadedFile(f"scifact-{start}.jsonl",
+                                                          "\n".join(lines[start:start + 250]).encode()))  # fmt: skip
+        chatbot.refresh_from_db()
+    return chatbot
+
+
+def ensure_variant(chatbot):
+    """A query-adapter version over the base model's vectors (random, small: it moves queries)."""
+    import numpy as np
+
+    from knowledge.adapters import QueryAdapter
+    from knowledge.models import ChatbotSpace
+    from training.models import ModelVersion, TrainingJob
+    from training.services.versions import model_version_create
+
+    found = ModelVersion.objects.filter(chatbot=chatbot).first()
+    if found is not None:
+        return found
+    base = ChatbotSpace.objects.select_related("space").get(chatbot=chatbot, role="active").space
+    rng = np.random.default_rng(1)
+    adapter = QueryAdapter(rng.standard_normal((base.dimensions, 32)).astype(np.float32) * 0.05,
+                           rng.standard_normal((32, base.dimensions)).astype(np.float32) * 0.05)  # fmt: skip
+    job = TrainingJob.objects.create(tenant=chatbot.tenant, chatbot=chatbot, job_type="adapter", status="succeeded")
+    with tempfile.TemporaryDirectory() as workdir:
+        return model_version_create(
+            job=job,
+            metrics={"bootstrap": {"gain": 0.0, "low": 0.0, "high": 0.0}, "per_source": {}},
+            save=lambda folder: adapter.save(folder, vectors_of=base.key),
+            workdir=Path(workdir),
+            vectors_from=base,
+        )
+
+
+def run_round(meta: dict, chatbot, queries: list[str], marker: str) -> tuple[list, list, dict]:
+    from search import fastpath
+
+    fresh, cached, arms = [], [], {}
+    for n, query in enumerate(queries):
+        body = json.dumps({"chatbot_id": chatbot.pk, "query": f"{query} {marker}", "user_id": f"u{n}"}).encode()
+        for bucket in (fresh, cached):
+            began = time.perf_counter()
+            status, answer, _ = fastpath.search_answer(meta, body)
+            bucket.append((time.perf_counter() - began) * 1000)
+            assert status == 200, answer
+        arm = json.loads(answer)["variant"]
+        arms[arm] = arms.get(arm, 0) + 1
+    return fresh, cached, arms
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per condition, alternating")
+    args = parser.parse_args()
+    if not (DATA / "corpus.jsonl").exists():
+        print(json.dumps({"skipped": f"needs {DATA} (../shared is not beside this clone)"}))
+        return
+    import django
+
+    django.setup()
+    from chatbot_training.celery import app
+    from tenants.scoping import cross_tenant_context, tenant_context
+
+    with cross_tenant_context("bench"):
+        use_database(DATABASE, fresh=False)
+        app.conf.task_always_eager = True
+        began = time.perf_counter()
+        chatbot = ensure_bot()
+        setup_seconds = round(time.perf_counter() - began, 1)
+    with tenant_context(chatbot.tenant_id):
+        print(json.dumps(_run(args, chatbot, setup_seconds), indent=2))
+
+
+def _run(args, chatbot, setup_seconds: float) -> dict:
+    from knowledge.models import Chunk
+    from search.logbuffer import search_logs_flush
+    from search.services import search_run
+    from tenants.services import api_key_create
+    from training.models import ABTest
+    from training.services import ab_test_prepare_run, ab_test_start, ab_test_stop
+
+    version = ensure_variant(chatbot)
+    if ABTest.objects.filter(chatbot=chatbot, status__in=ABTest.LIVE).exists():  # an earlier run's leftovers
+        ab_test_stop(tenant=chatbot.tenant, chatbot=chatbot)
+    key = api_key_create(tenant=chatbot.tenant, name="bench ab", scopes=["search", "read"])
+    meta = {"HTTP_AUTHORIZATION": f"Bearer {key.raw_key}", "CONTENT_TYPE": "application/json"}
+    queries = [json.loads(line)["text"] for line in (DATA / "queries.jsonl").read_text().splitlines()][: args.queries]
+    search_run(tenant=chatbot.tenant, chatbot=chatbot, query="warm up", log=False, use_cache=False)
+    samples = {"without": {"uncached": [], "cached": []}, "with": {"uncached": [], "cached": []}}
+    arms_seen: dict = {}
+    for round_number in range(args.rounds * 2):
+        condition = "with" if round_number % 2 else "without"
+        if condition == "with":
+            test = ab_test_start(tenant=chatbot.tenant, chatbot=chatbot, variant_version_id=version.pk,
+                                 traffic_percent=50, force=True, requested_by="bench")  # fmt: skip
+            assert ab_test_prepare_run(test_id=test.pk) == "running"
+        chatbot.refresh_from_db()
+        run_round(meta, chatbot, queries[:20], f"warm{round_number}")  # the variant's adapter loaded, caches warm
+        fresh, cached, arms = run_round(meta, chatbot, queries, f"r{round_number}")
+        samples[condition]["uncached"] += fresh
+        samples[condition]["cached"] += cached
+        if condition == "with":
+            for arm, count in arms.items():
+                arms_seen[arm] = arms_seen.get(arm, 0) + count
+            ab_test_stop(tenant=chatbot.tenant, chatbot=chatbot, requested_by="bench")
+        search_logs_flush()
+    summary = {
+        "chatbot_chunks": Chunk.objects.filter(chatbot=chatbot).count(),
+        "setup_seconds": setup_seconds,
+        "rounds_per_condition": args.rounds,
+        "queries_per_round": len(queries),
+        "arms_with_test": arms_seen,
+    }
+    for path in ("uncached", "cached"):
+        without, with_test = percentiles(samples["without"][path]), percentiles(samples["with"][path])
+        summary[path] = {
+            "without_test": without,
+            "with_test": with_test,
+            "p50_ratio": round(with_test["p50_ms"] / without["p50_ms"], 3),
+            "p95_ratio": round(with_test["p95_ms"] / without["p95_ms"], 3),
+        }
+    worst = max(summary[p][r] for p in ("uncached", "cached") for r in ("p50_ratio", "p95_ratio"))
+    summary["goal"] = {"max_ratio": 1.1, "worst_ratio": worst, "met": worst <= 1.1}
+    return summary
+
+
+if __name__ == "__main__":
+    main()
