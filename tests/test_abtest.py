@@ -242,6 +242,7 @@ def test_stop_keeps_the_control_and_bad_requests_are_refused_with_a_message(
     assert api.post(f"{url}/stop").status_code == 200
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # the beat reads across tenants
 def test_the_beat_ends_a_test_at_max_days_and_a_guardrail_stops_a_worse_variant(
     ab_bot, settings, django_capture_on_commit_callbacks
 ):

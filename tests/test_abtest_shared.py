@@ -67,6 +67,7 @@ def unseen_questions(bundle, intents: dict) -> list[tuple[str, int]]:
     return [(q, article[intent]) for intent, qs in intents.items() for q in qs[start : start + QUERIES_PER_INTENT]]
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # the beat reads across tenants
 def test_continuous_learning_starts_an_ab_test_the_better_variant_wins_and_an_equal_pair_does_not(
     bundle, other_bundle, settings, tmp_path, django_capture_on_commit_callbacks
 ):

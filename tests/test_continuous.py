@@ -58,6 +58,7 @@ def test_settings_are_read_and_changed_through_the_api_and_the_dashboard(trained
     assert not after["enabled"] and after["min_new_pairs"] == 9 and after["job_type"] == "adapter"
 
 
+@pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])  # the beat reads across tenants
 def test_the_beat_waits_starts_a_run_on_new_feedback_and_the_gate_decides(
     trained_bot, settings, django_capture_on_commit_callbacks
 ):
