@@ -47,8 +47,10 @@ def simulate(bundle, questions: list[tuple[str, int]]) -> dict:
     seen = {"control": 0, "variant": 0}
     for (question, article), users in zip(questions, zip(control, variant, strict=True), strict=True):
         for user in users:
-            answer = api.post("/api/search", {"chatbot_id": bundle.chatbot.pk, "query": question, "user_id": user,
-                                              "max_results": 3}, format="json").json()  # fmt: skip
+            response = api.post("/api/search", {"chatbot_id": bundle.chatbot.pk, "query": question, "user_id": user,
+                                                "max_results": 3}, format="json")  # fmt: skip
+            assert response.status_code == 200, response.json()
+            answer = response.json()
             seen[answer["variant"]] += 1
             top = answer["results"][0]["chunk_id"]
             vote = {"helpful": top == article, "chunk_id": top}
@@ -78,6 +80,7 @@ def test_continuous_learning_starts_an_ab_test_the_better_variant_wins_and_an_eq
     from training.tasks import continuous_learning_task
 
     settings.TRAINING_ARTIFACTS_DIR = tmp_path / "versions"
+    settings.API_RATE_LIMITS = {**settings.API_RATE_LIMITS, "standard": 1_000_000}  # thousands of simulated users
     intents = banking77()
     faq_bot(bundle, intents)
     api = api_for(bundle)
@@ -122,10 +125,10 @@ def test_continuous_learning_starts_an_ab_test_the_better_variant_wins_and_an_eq
             workdir=tmp_path,
             vectors_from=base,
         )
-    body = {"variant_version_id": same.pk, "traffic_percent": 50, "force": True}
+    body = {"variant_version_id": same.pk, "traffic_percent": 50, "min_searches": 100, "force": True}
     with django_capture_on_commit_callbacks(execute=True):
         started = other.post(f"/api/models/{other_bundle.chatbot.pk}/ab-test", body, format="json")
     assert started.status_code == 202, started.json()
     equal = simulate(other_bundle, unseen_questions(other_bundle, intents)[:300])["report"]
     assert equal["difference"] == 0 and not equal["significant"] and equal["winner"] is None, equal
-    assert "no significant difference yet" in equal["verdict"]
+    assert "no significant difference yet" in equal["verdict"] and equal["searches_still_needed"] > 0, equal

@@ -118,18 +118,24 @@ def continuous_learning_check(settings: ContinuousLearning) -> str:
             hosted = serving_for(chatbot).space.provider != "local"
             job_type = TrainingJob.Type.ADAPTER if hosted else settings.job_type
             try:
-                job = training_job_start(tenant=chatbot.tenant, chatbot=chatbot, job_type=job_type,
-                                         config={"auto_deploy": False}, requested_by=REQUESTER)  # fmt: skip
+                with transaction.atomic():  # saved before the job is sent: its outcome is written after this
+                    job = training_job_start(tenant=chatbot.tenant, chatbot=chatbot, job_type=job_type,
+                                             config={"auto_deploy": False}, requested_by=REQUESTER)  # fmt: skip
+                    settings.last_run_at, settings.last_job = now, job
+                    outcome = f"Started {job_type} job {job.pk} on {new} new training pairs."
+                    _save(settings, outcome)
+                return outcome
             except DomainError as exc:
                 outcome = f"Not started: {exc.message}"
-            else:
-                settings.last_run_at, settings.last_job = now, job
-                outcome = f"Started {job_type} job {job.pk} on {new} new training pairs."
-    if outcome != settings.last_outcome or settings.last_job_id:
-        logger.info("continuous learning, chatbot %s: %s", chatbot.pk, outcome)
+    _save(settings, outcome)
+    return outcome
+
+
+def _save(settings: ContinuousLearning, outcome: str) -> None:
+    if outcome != settings.last_outcome:
+        logger.info("continuous learning, chatbot %s: %s", settings.chatbot_id, outcome)
     settings.last_outcome = outcome
     settings.save(update_fields=["last_checked_at", "last_run_at", "last_job", "last_outcome", "updated_at"])
-    return outcome
 
 
 def continuous_learning_run() -> dict:
