@@ -79,8 +79,8 @@ class Command(BaseCommand):
             "beat": celery_command("beat", "-l", "INFO", "-s", str(settings.VAR_DIR / "celerybeat-schedule")),
         }
         envs = {"web": web_environment}
-        children = {
-            name: subprocess.Popen(command, env=envs.get(name, env), cwd=settings.BASE_DIR)
+        children = {  # each in a process group of its own: stopping it stops what it started (granian's workers)
+            name: subprocess.Popen(command, env=envs.get(name, env), cwd=settings.BASE_DIR, start_new_session=True)
             for name, command in commands.items()
         }
         server = (
@@ -112,14 +112,21 @@ class Command(BaseCommand):
                     break
             time.sleep(0.5)
         for child in children.values():
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
+            _signal_group(child, signal.SIGTERM)
         deadline = time.monotonic() + 15
         for child in children.values():
             try:
                 child.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                child.kill()
+                pass
+            _signal_group(child, signal.SIGKILL)  # whatever of its group is left (a worker it forked)
         self.stdout.write("Stopped.")
         if exit_code:
             sys.exit(exit_code)
+
+
+def _signal_group(child: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(child.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass  # the group is gone already
