@@ -102,6 +102,7 @@ def test_continuous_learning_starts_an_ab_test_the_better_variant_wins_and_an_eq
     assert variant["helpful_rate"] > control["helpful_rate"], report
     assert report["significant"] and report["winner"] == "variant" and report["p_value"] < 0.05, report
     assert report["verdict"].startswith("variant +") and report["verdict"].endswith("the variant is better.")
+    print(f"better pair: control {control['helpful_rate']}, variant {variant['helpful_rate']}: {report['verdict']}")
     promoted = api.post(f"/api/models/{bundle.chatbot.pk}/ab-test/promote")
     assert promoted.status_code == 200 and promoted.json()["status"] == "promoted"
     listing = api.get(f"/api/models/{bundle.chatbot.pk}").json()
@@ -131,4 +132,5 @@ def test_continuous_learning_starts_an_ab_test_the_better_variant_wins_and_an_eq
     assert started.status_code == 202, started.json()
     equal = simulate(other_bundle, unseen_questions(other_bundle, intents)[:300])["report"]
     assert equal["difference"] == 0 and not equal["significant"] and equal["winner"] is None, equal
+    print(f"equal pair: {equal['verdict']}")
     assert "no significant difference yet" in equal["verdict"] and equal["searches_still_needed"] > 0, equal

@@ -358,7 +358,9 @@ def _verdict(report: dict, enough: bool, min_searches: int) -> str:
     if report["difference"] is None:
         return f"No feedback on both arms yet; {searches}."
     points = report["difference"] * 100
-    text = f"variant {points:+.1f} pp helpful, p = {report['p_value']:.2g}, {searches}"
+    p = report["p_value"]
+    shown = "p < 0.0001" if p < 0.0001 else f"p = {p:.2g}"
+    text = f"variant {points:+.1f} pp helpful, {shown}, {searches}"
     if report["significant"]:
         return text + f": the {report['winner']} is better."
     if not enough:
