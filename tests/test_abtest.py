@@ -169,7 +169,7 @@ def test_the_report_counts_feedback_per_arm_and_promote_switches_at_once(ab_bot,
     control_rate = given["control"][1] / given["control"][0]
     assert report["difference"] == pytest.approx(1 - control_rate, abs=1e-3)
     assert report["p_value"] < 0.05 and report["significant"] and report["winner"] == "variant"
-    assert report["verdict"].startswith(f"variant +{100 * (1 - control_rate):.1f} pp helpful, p = ")
+    assert report["verdict"].startswith(f"variant +{100 * (1 - control_rate):.1f} pp helpful, p ")
     assert "60 searches" in report["verdict"]
 
     # deploy and rollback wait for the test
