@@ -160,14 +160,15 @@ def training_pairs_view(request, chatbot_id: int):
     return redirect("dashboard-training", chatbot_id=chatbot.pk)
 
 
-def _act(request, membership, chatbot_id: int, action):
-    """A write button of the tab: ``action()`` returns the success message; a refusal is shown."""
+def _act(request, membership, chatbot_id: int, action, page: str = "dashboard-training"):
+    """A write button of a page (the Training tab, the A/B page): ``action()`` returns the
+    success message; a refusal is shown."""
     if require_write(request, membership):
         try:
             messages.success(request, action())
         except DomainError as exc:
             messages.error(request, exc.message)
-    return redirect("dashboard-training", chatbot_id=chatbot_id)
+    return redirect(page, chatbot_id=chatbot_id)
 
 
 @login_required
@@ -242,15 +243,6 @@ def _ab_number(request, field: str, default: int) -> int:
         raise DomainError(f"{field.replace('_', ' ').capitalize()} must be a whole number.", field=field) from None
 
 
-def _ab_act(request, membership, chatbot_id: int, action):
-    if require_write(request, membership):
-        try:
-            messages.success(request, action())
-        except DomainError as exc:
-            messages.error(request, exc.message)
-    return redirect("dashboard-ab-test", chatbot_id=chatbot_id)
-
-
 @login_required
 @require_POST
 def ab_test_start_view(request, chatbot_id: int):
@@ -272,7 +264,7 @@ def ab_test_start_view(request, chatbot_id: int):
         )
         return f"A/B test of version {test.variant.number} started: its vectors are embedded first, then it serves."
 
-    return _ab_act(request, membership, chatbot.pk, start)
+    return _act(request, membership, chatbot.pk, start, page="dashboard-ab-test")
 
 
 @login_required
@@ -285,7 +277,7 @@ def ab_test_promote_view(request, chatbot_id: int):
         test = ab_test_promote(tenant=membership.tenant, chatbot=chatbot, requested_by=str(request.user))
         return f"Version {test.variant.number} now serves every search."
 
-    return _ab_act(request, membership, chatbot.pk, promote)
+    return _act(request, membership, chatbot.pk, promote, page="dashboard-ab-test")
 
 
 @login_required
@@ -298,7 +290,7 @@ def ab_test_stop_view(request, chatbot_id: int):
         ab_test_stop(tenant=membership.tenant, chatbot=chatbot, requested_by=str(request.user))
         return "A/B test stopped: the control keeps serving."
 
-    return _ab_act(request, membership, chatbot.pk, stop)
+    return _act(request, membership, chatbot.pk, stop, page="dashboard-ab-test")
 
 
 @login_required

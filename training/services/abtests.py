@@ -237,27 +237,26 @@ def ab_tests_check() -> dict:
     return {"running": len(rows) - ended - tripped, "ended": ended, "guardrail": tripped}
 
 
-def _two_proportions(x1: int, n1: int, x2: int, n2: int) -> float | None:
-    """Two-sided p of a pooled two-proportion z-test (None without data on both sides)."""
+def _z(x1: int, n1: int, x2: int, n2: int) -> float | None:
+    """Pooled two-proportion z of arm 2's rate over arm 1's (None without data on both sides;
+    0 when both rates are the same extreme)."""
     if not n1 or not n2:
         return None
     pooled = (x1 + x2) / (n1 + n2)
     spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if spread == 0:
-        return 1.0
-    z = (x2 / n2 - x1 / n1) / spread
-    return 2 * (1 - NORMAL.cdf(abs(z)))
+    return 0.0 if spread == 0 else (x2 / n2 - x1 / n1) / spread
+
+
+def _two_proportions(x1: int, n1: int, x2: int, n2: int) -> float | None:
+    """Two-sided p of a pooled two-proportion z-test (None without data on both sides)."""
+    z = _z(x1, n1, x2, n2)
+    return None if z is None else 2 * (1 - NORMAL.cdf(abs(z)))
 
 
 def _one_sided_worse(x1: int, n1: int, x2: int, n2: int) -> float | None:
     """One-sided p that arm 2's rate is above arm 1's."""
-    if not n1 or not n2:
-        return None
-    pooled = (x1 + x2) / (n1 + n2)
-    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
-    if spread == 0:
-        return 1.0
-    return 1 - NORMAL.cdf((x2 / n2 - x1 / n1) / spread)
+    z = _z(x1, n1, x2, n2)
+    return None if z is None else 1 - NORMAL.cdf(z)
 
 
 def feedback_needed(p1: float, p2: float, *, alpha: float, power: float) -> int:
