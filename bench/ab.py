@@ -2,15 +2,19 @@
 
     python bench/ab.py [--queries 300] [--rounds 4]
 
-Builds (once) the database ``chatbot_training_abbench``: one chatbot of 1,000 SciFact abstracts
-(ingested through document_create and the ingestion task, Celery eager) and a query-adapter
-version of it (a small random low-rank transform over the stored vectors, saved and served as a
-trained adapter is). Then, in alternating rounds (no test, test at 50%, no test, ...), every
-SciFact test query is sent with its own ``user_id`` through the search fast path
+Builds (once) the database ``chatbot_training_abbench``: two chatbots of one tenant holding the
+same 1,000 SciFact abstracts (ingested through document_create and the ingestion task, Celery
+eager), and a query-adapter version of the first (a small random low-rank transform over the
+stored vectors, saved and served as a trained adapter is). The first chatbot runs an A/B test of
+that version at 50 %; its twin runs none. Every SciFact test query, with its own ``user_id``, is
+sent to both chatbots one after the other (the order alternating), through the search fast path
 (``search.fastpath.search_answer``, what ``POST /api/search`` with an API key runs): once new
 (uncached: query embedding, the variant's adapter for its half, the vector SQL) and once again
-(cached). Each round's queries carry a round marker, so no round reads another's cache. Prints a
-JSON summary: p50/p95 per condition and path, and the ratio with/without (goal: at most 1.1).
+(cached). Interleaving per query gives both conditions the same machine at the same moment, so a
+drift of the CPU between rounds does not read as a cost of the test. Each run, round and chatbot
+carries a marker of its own, so nothing reads an earlier run's, round's or twin's cache. Prints a JSON summary:
+p50/p95 per condition and path, per arm while the test runs, and the ratio with/without (goal: at
+most 1.1).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import json
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -40,18 +45,23 @@ def percentiles(values: list[float]) -> dict:
     }
 
 
-def ensure_bot():
+def ensure_bot(name: str = "ab-bench"):
     from django.core.files.uploadedfile import SimpleUploadedFile
 
     from knowledge.models import Document
     from knowledge.services import document_create
     from tenants.models import Chatbot
     from tenants.scoping import tenant_context
-    from tenants.services import tenant_bootstrap
+    from tenants.services import chatbot_create, tenant_bootstrap
 
-    chatbot = Chatbot.objects.filter(name="ab-bench").select_related("tenant").first()
+    chatbot = Chatbot.objects.filter(name=name).select_related("tenant").first()
     if chatbot is None:
-        chatbot = tenant_bootstrap(name="AB bench", chatbot_name="ab-bench").chatbot
+        first = Chatbot.objects.filter(name="ab-bench").select_related("tenant").first()
+        if first is None:
+            chatbot = tenant_bootstrap(name="AB bench", chatbot_name=name).chatbot
+        else:
+            with tenant_context(first.tenant_id):
+                chatbot = chatbot_create(tenant=first.tenant, name=name)
     lines = (DATA / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:ABSTRACTS]
     with tenant_context(chatbot.tenant_id):
         if not Document.objects.filter(chatbot=chatbot, status="ready").exists():
@@ -91,26 +101,33 @@ def ensure_variant(chatbot):
         )
 
 
-def run_round(meta: dict, chatbot, queries: list[str], marker: str) -> tuple[list, list, dict]:
+def run_round(meta: dict, pair: dict, queries: list[str], marker: str) -> tuple[dict, dict]:
+    """Every query to both chatbots (``pair``: condition -> chatbot), the order alternating:
+    uncached then cached. Returns the latencies per condition and path, and per arm."""
     from search import fastpath
 
-    fresh, cached, arms = [], [], {}
+    samples = {condition: {"uncached": [], "cached": []} for condition in pair}
+    arms: dict = {}
     for n, query in enumerate(queries):
-        body = json.dumps({"chatbot_id": chatbot.pk, "query": f"{query} {marker}", "user_id": f"u{n}"}).encode()
-        for bucket in (fresh, cached):
-            began = time.perf_counter()
-            status, answer, _ = fastpath.search_answer(meta, body)
-            bucket.append((time.perf_counter() - began) * 1000)
-            assert status == 200, answer
-        arm = json.loads(answer)["variant"]
-        arms[arm] = arms.get(arm, 0) + 1
-    return fresh, cached, arms
+        order = list(pair.items()) if n % 2 else list(reversed(pair.items()))
+        for condition, chatbot in order:  # a marker per chatbot too: the twins share the base model's embedding cache
+            text = f"{query} {marker}{condition == 'with':d}"
+            body = json.dumps({"chatbot_id": chatbot.pk, "query": text, "user_id": f"u{n}"}).encode()
+            for path in ("uncached", "cached"):
+                began = time.perf_counter()
+                status, answer, _ = fastpath.search_answer(meta, body)
+                samples[condition][path].append((time.perf_counter() - began) * 1000)
+                assert status == 200, answer
+            if condition == "with":
+                arm = json.loads(answer)["variant"]
+                arms.setdefault(arm, []).append(samples[condition]["uncached"][-1])
+    return samples, arms
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=4, help="rounds per condition, alternating")
+    parser.add_argument("--rounds", type=int, default=4)
     args = parser.parse_args()
     if not (DATA / "corpus.jsonl").exists():
         print(json.dumps({"skipped": f"needs {DATA} (../shared is not beside this clone)"}))
@@ -128,13 +145,13 @@ def main() -> None:
         use_database(DATABASE, fresh=False)
         app.conf.task_always_eager = True
         began = time.perf_counter()
-        chatbot = ensure_bot()
+        pair = {"with": ensure_bot("ab-bench"), "without": ensure_bot("ab-bench-twin")}
         setup_seconds = round(time.perf_counter() - began, 1)
-    with tenant_context(chatbot.tenant_id):
-        print(json.dumps(_run(args, chatbot, setup_seconds), indent=2))
+    with tenant_context(pair["with"].tenant_id):
+        print(json.dumps(_run(args, pair, setup_seconds), indent=2))
 
 
-def _run(args, chatbot, setup_seconds: float) -> dict:
+def _run(args, pair: dict, setup_seconds: float) -> dict:
     from knowledge.models import Chunk
     from search.logbuffer import search_logs_flush
     from search.services import search_run
@@ -142,38 +159,39 @@ def _run(args, chatbot, setup_seconds: float) -> dict:
     from training.models import ABTest
     from training.services import ab_test_start, ab_test_stop
 
+    chatbot = pair["with"]
     version = ensure_variant(chatbot)
-    if ABTest.objects.filter(chatbot=chatbot, status__in=ABTest.LIVE).exists():  # an earlier run's leftovers
-        ab_test_stop(tenant=chatbot.tenant, chatbot=chatbot)
+    if not ABTest.objects.filter(chatbot=chatbot, status__in=ABTest.LIVE).exists():
+        test = ab_test_start(tenant=chatbot.tenant, chatbot=chatbot, variant_version_id=version.pk,
+                             traffic_percent=50, force=True, requested_by="bench")  # fmt: skip
+        test.refresh_from_db()  # the embedding task ran at commit (Celery eager)
+        assert test.status == "running", (test.status, test.reason)
+    for bot in pair.values():
+        bot.refresh_from_db()
     key = api_key_create(tenant=chatbot.tenant, name="bench ab", scopes=["search", "read"])
     meta = {"HTTP_AUTHORIZATION": f"Bearer {key.raw_key}", "CONTENT_TYPE": "application/json"}
     queries = [json.loads(line)["text"] for line in (DATA / "queries.jsonl").read_text().splitlines()][: args.queries]
-    search_run(tenant=chatbot.tenant, chatbot=chatbot, query="warm up", log=False, use_cache=False)
-    samples = {"without": {"uncached": [], "cached": []}, "with": {"uncached": [], "cached": []}}
-    arms_seen: dict = {}
-    for round_number in range(args.rounds * 2):
-        condition = "with" if round_number % 2 else "without"
-        if condition == "with":
-            test = ab_test_start(tenant=chatbot.tenant, chatbot=chatbot, variant_version_id=version.pk,
-                                 traffic_percent=50, force=True, requested_by="bench")  # fmt: skip
-            test.refresh_from_db()  # the embedding task ran at commit (Celery eager)
-            assert test.status == "running", (test.status, test.reason)
-        chatbot.refresh_from_db()
-        run_round(meta, chatbot, queries[:20], f"warm{round_number}")  # the variant's adapter loaded, caches warm
-        fresh, cached, arms = run_round(meta, chatbot, queries, f"r{round_number}")
-        samples[condition]["uncached"] += fresh
-        samples[condition]["cached"] += cached
-        if condition == "with":
-            for arm, count in arms.items():
-                arms_seen[arm] = arms_seen.get(arm, 0) + count
-            ab_test_stop(tenant=chatbot.tenant, chatbot=chatbot, requested_by="bench")
+    for bot in pair.values():
+        search_run(tenant=bot.tenant, chatbot=bot, query="warm up", log=False, use_cache=False)
+    run = uuid.uuid4().hex[:8]
+    run_round(meta, pair, queries[:20], f"warm{run}")  # the variant's adapter loaded, caches warm
+    samples = {condition: {"uncached": [], "cached": []} for condition in pair}
+    arms_seen: dict = {}  # arm -> uncached latencies of the chatbot under test
+    for round_number in range(args.rounds):
+        got, arms = run_round(meta, pair, queries, f"{run}r{round_number}")
+        for condition, paths in got.items():
+            for path, values in paths.items():
+                samples[condition][path] += values
+        for arm, values in arms.items():
+            arms_seen.setdefault(arm, []).extend(values)
         search_logs_flush()
+    ab_test_stop(tenant=chatbot.tenant, chatbot=chatbot, requested_by="bench")
     summary = {
-        "chatbot_chunks": Chunk.objects.filter(chatbot=chatbot).count(),
+        "chatbot_chunks": {condition: Chunk.objects.filter(chatbot=bot).count() for condition, bot in pair.items()},
         "setup_seconds": setup_seconds,
-        "rounds_per_condition": args.rounds,
+        "rounds": args.rounds,
         "queries_per_round": len(queries),
-        "arms_with_test": arms_seen,
+        "arms_with_test_uncached": {arm: percentiles(values) for arm, values in sorted(arms_seen.items())},
     }
     for path in ("uncached", "cached"):
         without, with_test = percentiles(samples["without"][path]), percentiles(samples["with"][path])
