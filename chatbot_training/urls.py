@@ -15,6 +15,7 @@ api_patterns = [
     path("", include("knowledge.urls")),
     path("", include("search.urls")),
     path("", include("training.urls")),
+    path("", include("monitoring.urls")),
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
     path("redoc/", SpectacularRedocView.as_view(url_name="api-schema"), name="api-redoc"),

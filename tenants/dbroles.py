@@ -71,6 +71,9 @@ def setup_sql(
         f'ALTER DATABASE "{database}" OWNER TO {owner}',
         f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO {app}',
         f'GRANT CONNECT ON DATABASE "{database}" TO {maintenance}',
+        # the operator figures (GET /api/metrics/database): every session's state and query,
+        # statement statistics; granted with INHERIT, since the role itself inherits nothing
+        f"GRANT pg_monitor TO {maintenance} WITH INHERIT TRUE",
     ]
 
 
