@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 
 import psutil
 from django.conf import settings
+
+logger = logging.getLogger(__name__)
 
 # Our processes, by what their command line holds: the web server, the workers, beat, PostgreSQL
 # and Redis of the stack (embedded or not, when on this host).
@@ -69,9 +72,11 @@ def queue_depths() -> dict[str, int | None]:
         with app.connection_for_read() as connection:
             connection.ensure_connection(max_retries=1, timeout=settings.CELERY_BROKER_CONNECTION_TIMEOUT)
             channel = connection.default_channel
+            size = getattr(channel, "_size", None)  # the Redis transport counts a list (and its priority lists)
             for name in queue_names():
-                depths[name] = channel.queue_declare(queue=name, passive=True).message_count
-    except Exception:  # the broker is down or the queue was never declared: say so, don't fail
+                depths[name] = size(name) if size else channel.queue_declare(queue=name, passive=True).message_count
+    except Exception:  # the broker is down: say so, do not fail
+        logger.warning("queue depths unavailable", exc_info=True)
         for name in queue_names():
             depths.setdefault(name, None)
     return depths

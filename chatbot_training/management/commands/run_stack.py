@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management import call_command
@@ -41,11 +42,19 @@ class Command(BaseCommand):
             chunk_embeddings_refresh_task.delay()
             self.stdout.write(f"{len(stale)} chatbots have chunks to re-embed with their context; the worker does it.")
 
+    def _metrics_files_clear(self) -> None:
+        """Prometheus's multiprocess files belong to one run of the stack: a new run starts from zero
+        (counters of processes that are gone would otherwise be added up for ever)."""
+        folder = Path(settings.PROMETHEUS_MULTIPROC_DIR)
+        for path in folder.glob("*.db"):
+            path.unlink(missing_ok=True)
+
     def handle(self, *args, **options):
         call_command("migrate", interactive=False, verbosity=0)
         call_command("setup_periodic_tasks")
         call_command("collectstatic", interactive=False, verbosity=0)
         self._queue_embedding_refresh()
+        self._metrics_files_clear()
         self.stdout.write(self.style.SUCCESS("\nDemo tenant (a new password and API key on every start):"))
         call_command("ensure_demo")
 
