@@ -113,6 +113,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "tenants.context_processors.current_tenant",
+                "monitoring.context_processors.active_alerts",
             ],
         },
     },
@@ -379,6 +380,34 @@ SPECTACULAR_SETTINGS = {
         "chatbot_training.openapi.add_error_responses",
     ],
 }
+
+# --- Alerts (monitoring/alerts/) -------------------------------------------------------
+# Deliveries: webhook timeout, retries with exponential backoff (base x 2^(attempt-1)), then failed.
+ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=5.0)
+ALERT_NOTIFY_BACKOFF_SECONDS = env.float("ALERT_NOTIFY_BACKOFF_SECONDS", default=30.0)
+ALERT_NOTIFY_MAX_ATTEMPTS = env.int("ALERT_NOTIFY_MAX_ATTEMPTS", default=6)
+# Alert emails: the console by default (the embedded stack has no mail server); SMTP via env.
+EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env("EMAIL_HOST", default="localhost")
+EMAIL_PORT = env.int("EMAIL_PORT", default=25)
+EMAIL_HOST_USER = env("EMAIL_HOST_USER", default="")
+EMAIL_HOST_PASSWORD = env("EMAIL_HOST_PASSWORD", default="")
+EMAIL_USE_TLS = env.bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env("DEFAULT_FROM_EMAIL", default="alerts@chatbot-training.local")
+
+# --- Prometheus (/metrics, monitoring/) ------------------------------------------------
+# Every process (web workers, Celery workers, beat) writes its counters and histograms to files
+# of its own in this directory, and /metrics adds them up (prometheus_client's multiprocess mode;
+# the directory is emptied when the stack starts). Set before any metric exists: prometheus_client
+# reads it once, at import, which comes after the settings.
+PROMETHEUS_MULTIPROC_DIR = env("PROMETHEUS_MULTIPROC_DIR", default=str(VAR_DIR / "prometheus"))
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = PROMETHEUS_MULTIPROC_DIR
+Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
+# The gauges /metrics computes when scraped (queue depth, documents, vectors, recall, nDCG): at
+# most this many chatbots get series of their own (the largest by vectors), recomputed at most
+# every METRICS_GAUGES_TTL seconds per process.
+METRICS_MAX_CHATBOTS = env.int("METRICS_MAX_CHATBOTS", default=100)
+METRICS_GAUGES_TTL = env.float("METRICS_GAUGES_TTL", default=15.0)
 
 # --- Logging ----------------------------------------------------------------------------
 LOGGING = {

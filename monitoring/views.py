@@ -1,7 +1,11 @@
 from __future__ import annotations
 
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
 from django.db import connection
 from django.http import JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
 
 def healthz(request):
@@ -93,3 +97,185 @@ def not_found(request, exception=None):
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("not_found", "No such API endpoint or object."), status=404)
     return page_not_found(request, exception)
+
+
+# --- Alerts inbox and rules (/alerts/) ------------------------------------------------------
+
+
+def _alert_forms():
+    from monitoring.alerts.sources import METRICS
+    from monitoring.models import AlertRule
+
+    tenant_metrics = [m for m in METRICS.values() if "global" not in m.scopes]
+    return {
+        "metrics": tenant_metrics,
+        "conditions": AlertRule.Condition.choices,
+        "severities": AlertRule.Severity.choices,
+    }
+
+
+def _rule_changes(post, chatbots) -> dict:
+    """The rule form's fields as a rule's changes; a bad value is a DomainError naming it."""
+    from tenants.errors import DomainError
+
+    def number(name: str, cast):
+        raw = (post.get(name) or "").strip()
+        try:
+            return cast(raw)
+        except ValueError:
+            kind = "a whole number" if cast is int else "a number"
+            raise DomainError(f"{name.replace('_', ' ')} must be {kind} (got {raw!r}).", field=name) from None
+
+    chatbot_id = (post.get("chatbot_id") or "").strip()
+    chatbot = None
+    if chatbot_id:
+        chatbot = next((c for c in chatbots if str(c.pk) == chatbot_id), None)
+        if chatbot is None:
+            raise DomainError("Choose one of your chatbots.", field="chatbot_id")
+    emails = [e.strip() for e in (post.get("emails") or "").replace(";", ",").split(",") if e.strip()]
+    channels: dict = {"email": emails} if emails else {}
+    url = (post.get("webhook_url") or "").strip()
+    if url:
+        channels["webhook"] = {"url": url, "secret": (post.get("webhook_secret") or "").strip() or None}
+    metric = post.get("metric") or ""
+    scope = "tenant" if post.get("scope") == "tenant" and not chatbot else "chatbot"
+    from monitoring.alerts.sources import METRICS
+
+    if metric in METRICS and scope not in METRICS[metric].scopes:
+        scope = METRICS[metric].scopes[0]
+    return {
+        "name": (post.get("name") or "").strip() or metric,
+        "description": (post.get("description") or "").strip(),
+        "metric": metric,
+        "scope": scope,
+        "chatbot": chatbot,
+        "condition": post.get("condition") or ">",
+        "threshold": number("threshold", float),
+        "window_minutes": number("window_minutes", int),
+        "severity": post.get("severity") or "warning",
+        "cooldown_minutes": number("cooldown_minutes", int),
+        "channels": channels,
+        "enabled": post.get("enabled") == "on",
+    }
+
+
+@login_required
+def alerts_page(request):
+    """The tenant's alerts (active by default, or a state), each with its history, and its rules
+    with forms to add, edit, switch on and off and delete them (owners and admins)."""
+    from monitoring.alerts import selectors
+    from tenants.selectors import chatbot_list
+    from tenants.views import dashboard_membership
+
+    membership = dashboard_membership(request)
+    state = request.GET.get("state", "active")
+    if state not in selectors.STATES:
+        state = "active"
+    alerts = selectors.alerts_list(tenant=membership.tenant, state=state, limit=100)
+    events = {}
+    for alert in alerts:
+        events[alert.pk] = list(alert.events.all())[-20:]
+    rules = list(selectors.alert_rules(tenant=membership.tenant))
+    editing = next((r for r in rules if str(r.pk) == request.GET.get("edit")), None)
+    context = {
+        "alerts": [(a, events[a.pk]) for a in alerts],
+        "state": state,
+        "states": selectors.STATES,
+        "rules": rules,
+        "editing": editing,
+        "editing_emails": ", ".join((editing.channels or {}).get("email", [])) if editing else "",
+        "editing_webhook": ((editing.channels or {}).get("webhook") or {}).get("url", "") if editing else "",
+        "chatbots": list(chatbot_list(tenant=membership.tenant)),
+        "can_write": membership.can_write,
+        **_alert_forms(),
+    }
+    return render(request, "dashboard/alerts.html", context)
+
+
+def _alerts_write(request, action):
+    """The writes of the alerts page: act, say what happened (or what to fix), back to the page."""
+    from tenants.errors import DomainError
+    from tenants.views import dashboard_membership, require_write
+
+    membership = dashboard_membership(request)
+    if require_write(request, membership):
+        try:
+            messages.success(request, action(request, membership))
+        except DomainError as error:
+            where = f"{error.field.replace('_', ' ')}: " if error.field else ""
+            messages.error(request, f"{where}{error.message}")
+    return redirect("dashboard-alerts")
+
+
+@login_required
+@require_POST
+def alert_acknowledge_view(request, alert_id: int):
+    from monitoring.alerts.evaluate import alert_acknowledge
+    from monitoring.alerts.selectors import alert_get
+
+    def act(request, membership):
+        alert = alert_acknowledge(alert=alert_get(tenant=membership.tenant, alert_id=alert_id), user=request.user)
+        return f"Acknowledged: {alert.rule.name} ({alert.scope_key})."
+
+    return _alerts_write(request, act)
+
+
+@login_required
+@require_POST
+def alert_resolve_view(request, alert_id: int):
+    from monitoring.alerts.evaluate import alert_resolve_by
+    from monitoring.alerts.selectors import alert_get
+
+    def act(request, membership):
+        alert = alert_resolve_by(alert=alert_get(tenant=membership.tenant, alert_id=alert_id), user=request.user)
+        return f"Resolved: {alert.rule.name} ({alert.scope_key}). If the condition still holds it opens again."
+
+    return _alerts_write(request, act)
+
+
+@login_required
+@require_POST
+def alert_rule_save_view(request, rule_id: int | None = None):
+    from monitoring.alerts.rules import alert_rule_create, alert_rule_update
+    from monitoring.alerts.selectors import alert_rule_get
+    from tenants.selectors import chatbot_list
+
+    def act(request, membership):
+        changes = _rule_changes(request.POST, list(chatbot_list(tenant=membership.tenant)))
+        if rule_id is None:
+            rule = alert_rule_create(tenant=membership.tenant, **changes)
+            return f"Rule “{rule.name}” added."
+        rule = alert_rule_get(tenant=membership.tenant, rule_id=rule_id)
+        alert_rule_update(rule=rule, changes=changes)
+        return f"Rule “{rule.name}” saved."
+
+    return _alerts_write(request, act)
+
+
+@login_required
+@require_POST
+def alert_rule_toggle_view(request, rule_id: int):
+    from monitoring.alerts.rules import alert_rule_update
+    from monitoring.alerts.selectors import alert_rule_get
+
+    def act(request, membership):
+        rule = alert_rule_get(tenant=membership.tenant, rule_id=rule_id)
+        alert_rule_update(rule=rule, changes={"enabled": not rule.enabled})
+        return f"Rule “{rule.name}” {'enabled' if rule.enabled else 'disabled'}."
+
+    return _alerts_write(request, act)
+
+
+@login_required
+@require_POST
+def alert_rule_delete_view(request, rule_id: int):
+    from monitoring.alerts.rules import alert_rule_delete
+    from monitoring.alerts.selectors import alert_rule_get
+
+    def act(request, membership):
+        rule = alert_rule_get(tenant=membership.tenant, rule_id=rule_id)
+        alert_rule_delete(rule=rule)
+        return f"Rule “{rule.name}” deleted with its alerts."
+
+    return _alerts_write(request, act)
+

@@ -1,0 +1,273 @@
+"""The metrics a rule may watch: name -> description, unit, scopes allowed, and the function that
+measures it for one target over a window (a float, or None when there is nothing to measure).
+
+Figures come from ``monitoring.figures`` (the metrics pages' own functions) when they are there;
+the small functions here measure what those do not (a window with an end, the previous window).
+A value of None never breaches a rule: an alert whose figure has no data resolves.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db.models import Count, Q
+
+logger = logging.getLogger(__name__)
+
+TENANT = "tenant"
+CHATBOT = "chatbot"
+GLOBAL = "global"
+
+# Search rates need this many searches in the window before they mean anything.
+MIN_SEARCHES = 10
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime
+    until: datetime
+
+    @property
+    def previous(self) -> Window:
+        return Window(self.since - (self.until - self.since), self.since)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    description: str
+    unit: str
+    scopes: tuple[str, ...]
+    measure: Callable  # (rule, target, window) -> float | None; target: a Chatbot, a Tenant or None
+
+
+def _figure(module: str, name: str) -> Callable | None:
+    """A figure function of ``monitoring.figures.<module>`` if it exists yet."""
+    try:
+        return getattr(importlib.import_module(f"monitoring.figures.{module}"), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _owner(rule, target) -> dict:
+    """ORM filter for the rule's tenant and, for a chatbot target, that chatbot."""
+    from tenants.models import Chatbot
+
+    if isinstance(target, Chatbot):
+        return {"tenant_id": target.tenant_id, "chatbot_id": target.pk}
+    return {"tenant_id": rule.tenant_id}
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def _searches(rule, target, window: Window):
+    from search.models import SearchLog
+
+    return SearchLog.objects.filter(**_owner(rule, target), created_at__gte=window.since, created_at__lt=window.until)
+
+
+def search_p95_ms(rule, target, window: Window) -> float | None:
+    import numpy
+
+    took = list(_searches(rule, target, window).values_list("took_ms", flat=True))
+    if len(took) < MIN_SEARCHES:
+        return None
+    return float(numpy.percentile(took, 95))
+
+
+def _zero_rate(rule, target, window: Window) -> float | None:
+    counts = _searches(rule, target, window).aggregate(n=Count("pk"), zero=Count("pk", filter=Q(result_count=0)))
+    if counts["n"] < MIN_SEARCHES:
+        return None
+    return counts["zero"] / counts["n"]
+
+
+def search_zero_result_rate(rule, target, window: Window) -> float | None:
+    return _zero_rate(rule, target, window)
+
+
+def search_zero_result_rise(rule, target, window: Window) -> float | None:
+    now, before = _zero_rate(rule, target, window), _zero_rate(rule, target, window.previous)
+    if now is None or before is None:
+        return None
+    return now - before
+
+
+# --- training and content -------------------------------------------------------------------
+
+
+def training_failure_rate(rule, target, window: Window) -> float | None:
+    from training.models import TrainingJob
+
+    counts = TrainingJob.objects.filter(
+        **_owner(rule, target), finished_at__gte=window.since, finished_at__lt=window.until
+    ).aggregate(
+        done=Count("pk", filter=Q(status__in=["succeeded", "failed"])), failed=Count("pk", filter=Q(status="failed"))
+    )
+    return counts["failed"] / counts["done"] if counts["done"] else None
+
+
+def _documents(rule, target, window: Window):
+    from knowledge.models import Document
+
+    return Document.objects.filter(**_owner(rule, target), created_at__gte=window.since, created_at__lt=window.until)
+
+
+def upload_failure_rate(rule, target, window: Window) -> float | None:
+    counts = _documents(rule, target, window).aggregate(
+        done=Count("pk", filter=Q(status__in=["ready", "failed"])), failed=Count("pk", filter=Q(status="failed"))
+    )
+    return counts["failed"] / counts["done"] if counts["done"] else None
+
+
+def documents_with_warnings(rule, target, window: Window) -> float | None:
+    documents = _documents(rule, target, window).filter(quality__has_key="warnings").exclude(quality__warnings=[])
+    return float(documents.count())
+
+
+# --- model quality --------------------------------------------------------------------------
+
+
+def retrieval_ndcg_drop(rule, target, window: Window) -> float | None:
+    """How far the nightly evaluation's nDCG@10 fell below the deployed version's own."""
+    try:
+        from training.selectors import evaluation_latest
+    except ImportError:
+        return None
+    latest = evaluation_latest(tenant=target.tenant, chatbot=target)
+    if not latest or latest.get("ndcg") is None or latest.get("deployed_ndcg") is None:
+        return None
+    return float(latest["deployed_ndcg"]) - float(latest["ndcg"])
+
+
+def index_recall(rule, target, window: Window) -> float | None:
+    """The vector index's measured recall (search.models.SearchTuning) for the chatbot."""
+    try:
+        from search.models import SearchTuning
+    except ImportError:
+        return None
+    tuning = SearchTuning.objects.filter(tenant_id=target.tenant_id, chatbot_id=target.pk).first()
+    value = getattr(tuning, "measured_recall", None)
+    return None if value is None else float(value)
+
+
+# --- system and database (global rules, staff only) -----------------------------------------
+
+
+def disk_used_percent(rule, target, window: Window) -> float | None:
+    figure = _figure("system", "disk_usage")
+    if figure is not None:
+        return float(figure()["used_percent"])
+    import psutil
+
+    return float(psutil.disk_usage(str(settings.MEDIA_ROOT)).percent)
+
+
+def memory_used_percent(rule, target, window: Window) -> float | None:
+    figure = _figure("system", "memory_usage")
+    if figure is not None:
+        return float(figure()["used_percent"])
+    import psutil
+
+    return float(psutil.virtual_memory().percent)
+
+
+def _queue_depths() -> dict[str, int]:
+    figure = _figure("system", "queue_depths")
+    if figure is not None:
+        return figure()
+    from tenants import redis_client
+
+    client = redis_client.client()
+    if client is None:
+        return {}
+    queues = {settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_TRAINING_QUEUE}
+    try:
+        return {queue: int(client.llen(queue)) for queue in queues}
+    except redis_client.RedisError as error:
+        redis_client.failed(error, what="alert queue depths")
+        return {}
+
+
+def queue_backlog(rule, target, window: Window) -> float | None:
+    depths = [n for n in _queue_depths().values() if n is not None]
+    return float(sum(depths)) if depths else None
+
+
+def _scalar(sql: str) -> float | None:
+    from tenants.scoping import scope_connection
+
+    with scope_connection().cursor() as cursor:
+        cursor.execute(sql)
+        row = cursor.fetchone()
+    return None if row is None or row[0] is None else float(row[0])
+
+
+def db_connections(rule, target, window: Window) -> float | None:
+    """Connections in use as a percentage of max_connections."""
+    figure = _figure("database", "connections_by_state")
+    used = float(sum(figure().values())) if figure is not None else _scalar("SELECT count(*) FROM pg_stat_activity")
+    most = _scalar("SELECT setting::float FROM pg_settings WHERE name = 'max_connections'")
+    return None if not most or used is None else 100.0 * used / most
+
+
+def db_cache_hit_ratio(rule, target, window: Window) -> float | None:
+    figure = _figure("database", "cache_hit_ratio")
+    if figure is not None:
+        value = figure()
+        return None if value is None else float(value)
+    return _scalar(
+        "SELECT sum(blks_hit)::float / nullif(sum(blks_hit) + sum(blks_read), 0) FROM pg_stat_database "
+        "WHERE datname = current_database()"
+    )
+
+
+def db_dead_tuple_ratio(rule, target, window: Window) -> float | None:
+    figure = _figure("database", "dead_tuple_ratio")
+    if figure is not None:
+        value = figure()
+        return None if value is None else float(value)
+    return _scalar(  # tables of at least 1000 rows: a few dead rows in a tiny table mean nothing
+        "SELECT max(n_dead_tup::float / (n_live_tup + n_dead_tup)) FROM pg_stat_user_tables "
+        "WHERE n_live_tup + n_dead_tup >= 1000"
+    )
+
+
+METRICS: dict[str, Metric] = {
+    m.name: m
+    for m in [
+        Metric("training_failure_rate", "Share of training jobs finished in the window that failed", "ratio",
+               (TENANT, CHATBOT), training_failure_rate),
+        Metric("search_p95_ms", "95th percentile search latency in the window (at least 10 searches)", "ms",
+               (TENANT, CHATBOT), search_p95_ms),
+        Metric("search_zero_result_rate", "Share of searches in the window with no result", "ratio",
+               (TENANT, CHATBOT), search_zero_result_rate),
+        Metric("search_zero_result_rise", "Zero-result rate in the window minus the previous window's", "ratio",
+               (TENANT, CHATBOT), search_zero_result_rise),
+        Metric("upload_failure_rate", "Share of uploads in the window that failed", "ratio",
+               (TENANT, CHATBOT), upload_failure_rate),
+        Metric("documents_with_warnings", "Documents uploaded in the window with quality warnings", "documents",
+               (TENANT, CHATBOT), documents_with_warnings),
+        Metric("retrieval_ndcg_drop", "Deployed version's nDCG@10 minus the latest nightly evaluation's", "nDCG",
+               (CHATBOT,), retrieval_ndcg_drop),
+        Metric("index_recall", "Measured recall of the chatbot's vector index", "ratio", (CHATBOT,), index_recall),
+        Metric("disk_used_percent", "Disk used on the data directory", "%", (GLOBAL,), disk_used_percent),
+        Metric("memory_used_percent", "Memory used on the host", "%", (GLOBAL,), memory_used_percent),
+        Metric("queue_backlog", "Celery messages waiting in the queues", "messages", (GLOBAL,), queue_backlog),
+        Metric("db_connections", "Database connections as a percentage of max_connections", "%",
+               (GLOBAL,), db_connections),
+        Metric("db_cache_hit_ratio", "Database buffer cache hit ratio", "ratio", (GLOBAL,), db_cache_hit_ratio),
+        Metric("db_dead_tuple_ratio", "Largest dead-row share of a table (1000+ rows)", "ratio",
+               (GLOBAL,), db_dead_tuple_ratio),
+    ]
+}  # fmt: skip
+
+
+def window_for(rule, now: datetime) -> Window:
+    return Window(now - timedelta(minutes=rule.window_minutes), now)
