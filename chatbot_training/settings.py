@@ -185,6 +185,15 @@ SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=1500)
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=200)
 SEARCH_HNSW_EF_SEARCH_OWN_INDEX = env.int("SEARCH_HNSW_EF_SEARCH_OWN_INDEX", default=100)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=40000)
+# The optimizer (search/services/optimize.py): queries it samples to tune a chatbot, the ef_search
+# ladder it measures, how much faster exact search must be to serve always, and the dead-tuple
+# share (of live rows) past which it vacuums the vector tables or rebuilds a chatbot's index.
+OPTIMIZE_SAMPLE_QUERIES = env.int("OPTIMIZE_SAMPLE_QUERIES", default=200)
+OPTIMIZE_EF_LADDER = env.list("OPTIMIZE_EF_LADDER", cast=int, default=[10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800])
+OPTIMIZE_EXACT_FASTER_BY = env.float("OPTIMIZE_EXACT_FASTER_BY", default=1.0)  # exact p95 <= HNSW p95 x this
+OPTIMIZE_VACUUM_DEAD_SHARE = env.float("OPTIMIZE_VACUUM_DEAD_SHARE", default=0.1)
+OPTIMIZE_REINDEX_DEAD_SHARE = env.float("OPTIMIZE_REINDEX_DEAD_SHARE", default=0.2)
+OPTIMIZE_REINDEX_BLOAT = env.float("OPTIMIZE_REINDEX_BLOAT", default=2.0)  # index size / expected size
 # Search logs go through a Redis list and are written in batches (search/logbuffer.py).
 SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)
 SEARCH_LOG_FLUSH_SECONDS = env.float("SEARCH_LOG_FLUSH_SECONDS", default=1.0)

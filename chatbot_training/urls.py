@@ -56,6 +56,7 @@ urlpatterns = [
         name="dashboard-search-log-export",
     ),
     path("chatbots/<int:chatbot_id>/faq", search_views.faq_answer_add, name="dashboard-faq-add"),
+    path("chatbots/<int:chatbot_id>/optimize/", search_views.optimize_view, name="dashboard-optimize"),
     path("chatbots/<int:chatbot_id>/training/", training_views.training_view, name="dashboard-training"),
     path(
         "chatbots/<int:chatbot_id>/training/start", training_views.training_start_view, name="dashboard-training-start"

@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from search.models import SearchFeedback, SearchLog
+from search.models import OptimizationRun, SearchFeedback, SearchLog, SearchTuning
 
 
 class SearchFeedbackInline(admin.TabularInline):
@@ -47,3 +47,27 @@ class SearchFeedbackAdmin(admin.ModelAdmin):
 
     def has_add_permission(self, request):
         return False
+
+
+@admin.register(OptimizationRun)
+class OptimizationRunAdmin(admin.ModelAdmin):
+    list_display = ["created_at", "chatbot", "tenant", "status", "percent", "stage", "requested_by", "finished_at"]
+    list_filter = ["status", "tenant"]
+    date_hierarchy = "created_at"
+    list_select_related = ["chatbot", "tenant"]
+    readonly_fields = [f.name for f in OptimizationRun._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(SearchTuning)
+class SearchTuningAdmin(admin.ModelAdmin):
+    list_display = ["chatbot", "tenant", "ef_search", "exact_max", "recall_target", "measured_recall", "measured_at"]
+    list_filter = ["tenant"]
+    list_select_related = ["chatbot", "tenant"]
+    raw_id_fields = ["chatbot", "source_run"]
+    readonly_fields = ["measured_recall", "measured_at", "source_run"]

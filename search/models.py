@@ -82,3 +82,61 @@ class SearchBlend(TenantOwned):
     def keyword_factor(self) -> float:
         factor = (self.keyword_votes + self.PRIOR) / (self.vector_votes + self.PRIOR)
         return min(max(factor, self.LOW), self.HIGH)
+
+
+class OptimizationRun(TenantOwned):
+    """One run of a chatbot's search optimisation (``search.services.optimize``): its actions in
+    order (tune, reindex, vacuum, analyze), what each measured before and after, as a job state
+    machine (queued -> running -> succeeded | failed, claimed with a conditional UPDATE)."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    ACTIVE = (Status.QUEUED, Status.RUNNING)
+
+    chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="optimization_runs")
+    actions = models.JSONField(default=list, help_text="The actions in the order they run.")
+    recall_target = models.FloatField(default=0.98)
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    percent = models.PositiveSmallIntegerField(default=0, help_text="Percent done, 0-100.")
+    stage = models.CharField(max_length=200, blank=True, help_text="What it is doing now, in words.")
+    error = models.TextField(blank=True)
+    results = models.JSONField(default=dict, blank=True, help_text="Per action: what it measured and decided.")
+    attempts = models.PositiveIntegerField(default=0)
+    requested_by = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["chatbot"],
+                condition=models.Q(status__in=["queued", "running"]),
+                name="optimizationrun_one_live",
+            ),
+        ]
+        indexes = [models.Index(fields=["chatbot", "created_at"])]
+
+    def __str__(self) -> str:
+        return f"optimization {self.pk} of chatbot {self.chatbot_id} ({self.status})"
+
+
+class SearchTuning(TenantOwned):
+    """A chatbot's measured search settings (the index autopilot, ``tune``): the HNSW walk width
+    that meets its recall target and the candidate count up to which it is searched exactly.
+    Read with the chatbot's serving space (``search.services.serving``)."""
+
+    chatbot = models.OneToOneField("tenants.Chatbot", on_delete=models.CASCADE, related_name="search_tuning")
+    ef_search = models.PositiveIntegerField(help_text="hnsw.ef_search of this chatbot's HNSW searches.")
+    exact_max = models.PositiveIntegerField(help_text="Candidate sets up to this size are searched exactly.")
+    recall_target = models.FloatField()
+    measured_recall = models.FloatField(null=True, blank=True, help_text="recall@10 at ef_search when measured.")
+    measured_at = models.DateTimeField(default=timezone.now)
+    source_run = models.ForeignKey(OptimizationRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+
+    def __str__(self) -> str:
+        return f"chatbot {self.chatbot_id}: ef_search {self.ef_search}, exact up to {self.exact_max}"

@@ -227,3 +227,64 @@ def _uuid(value):
         return uuid.UUID(str(value))
     except ValueError:
         raise DomainError("That search is not known.", field="query_id") from None
+
+
+@login_required
+def optimize_view(request, chatbot_id: int):
+    """The chatbot's search optimization page: its tuning, a start form for writers, the live
+    run's progress (polled from the API), the history and a before/after chart per run."""
+    from search.apis.optimize import optimization_run_payload, tuning_payload
+    from search.selectors import optimization_runs, search_tuning_get
+    from search.services.optimize import ACTIONS, optimization_start
+
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    if request.method == "POST":
+        if require_write(request, membership):
+            try:
+                try:
+                    target = float(request.POST.get("recall_target") or 0.98)
+                except ValueError:
+                    raise DomainError("Recall target must be a number such as 0.98.", field="recall_target") from None
+                run = optimization_start(
+                    tenant=membership.tenant,
+                    chatbot=chatbot,
+                    actions=[a for a in request.POST.getlist("actions") if a] or None,
+                    recall_target=target,
+                    requested_by=str(request.user),
+                )
+                messages.success(request, f"Optimization run {run.pk} is queued; its progress shows below.")
+            except DomainError as exc:
+                messages.error(request, exc.message)
+        return redirect("dashboard-optimize", chatbot_id=chatbot.pk)
+    runs = [optimization_run_payload(run) for run in optimization_runs(tenant=membership.tenant, chatbot_id=chatbot.pk)]
+    live = next((run for run in runs if run["status"] in ("queued", "running")), None)
+    last = next((run for run in runs if run["status"] == "succeeded"), None)
+    analysis = (last or {}).get("results", {}).get("analyze")
+    chart = [
+        {
+            "run": run["run_id"],
+            "before": run["results"]["tune"]["before"],
+            "after": run["results"]["tune"]["after"],
+        }
+        for run in reversed(runs)
+        if "before" in run["results"].get("tune", {})
+    ]
+    return render(
+        request,
+        "dashboard/optimize.html",
+        {
+            "chatbot": chatbot,
+            "tuning": tuning_payload(search_tuning_get(tenant=membership.tenant, chatbot_id=chatbot.pk)),
+            "runs": runs,
+            "live": live,
+            "analysis": analysis if isinstance(analysis, dict) and "skipped" not in analysis else None,
+            "chart": chart,
+            "actions": ACTIONS,
+            "can_write": membership.can_write,
+            "defaults": {
+                "ef_search": settings.SEARCH_HNSW_EF_SEARCH,
+                "ef_search_own_index": settings.SEARCH_HNSW_EF_SEARCH_OWN_INDEX,
+            },
+        },
+    )

@@ -94,10 +94,19 @@ def auto_semantic_weight(semantic: list[Hit], keyword: list[Hit], keyword_factor
 
 
 def _semantic_search(
-    *, space: EmbeddingSpace, chatbot: Chatbot, vector, limit: int, filters: SearchFilters
+    *,
+    space: EmbeddingSpace,
+    chatbot: Chatbot,
+    vector,
+    limit: int,
+    filters: SearchFilters,
+    ef_search: int | None = None,
+    exact_max: int | None = None,
 ) -> tuple[list[Hit], str]:
     """Exact search when the filtered candidate set is small, HNSW iterative scan otherwise (with
-    an exact re-run if the index walk gave up before finding enough rows)."""
+    an exact re-run if the index walk gave up before finding enough rows). ``ef_search`` and
+    ``exact_max``: the chatbot's measured tuning (``Serving``); None: the settings' defaults."""
+    exact_max = settings.SEARCH_EXACT_MAX if exact_max is None else exact_max
     key = cache.plan_key(
         chatbot_id=chatbot.pk,
         content_version=chatbot.content_version,
@@ -106,23 +115,25 @@ def _semantic_search(
     )
     count = cache.get_json(key, "plan")
     if count is None:
-        count = candidate_count(space=space, chatbot_id=chatbot.pk, filters=filters, cap=settings.SEARCH_EXACT_MAX + 1)
+        count = candidate_count(space=space, chatbot_id=chatbot.pk, filters=filters, cap=exact_max + 1)
         cache.set_json(key, count, settings.SEARCH_RESULTS_CACHE_TTL)
     if count == 0:
         return [], "empty"
-    if count <= settings.SEARCH_EXACT_MAX:
+    if count <= exact_max:
         return semantic_hits(
             space=space, chatbot_id=chatbot.pk, vector=vector, limit=limit, filters=filters, exact=True
         ), "exact"
-    own_index = chatbot_index_exists(space_id=space.pk, chatbot_id=chatbot.pk)
+    if ef_search is None:
+        own_index = chatbot_index_exists(space_id=space.pk, chatbot_id=chatbot.pk)
+        # the chatbot's own index holds only its vectors: a narrower walk finds the same neighbours
+        ef_search = settings.SEARCH_HNSW_EF_SEARCH_OWN_INDEX if own_index else settings.SEARCH_HNSW_EF_SEARCH
     hits = semantic_hits(
         space=space,
         chatbot_id=chatbot.pk,
         vector=vector,
         limit=limit,
         filters=filters,
-        # the chatbot's own index holds only its vectors: a narrower walk finds the same neighbours
-        ef_search=settings.SEARCH_HNSW_EF_SEARCH_OWN_INDEX if own_index else settings.SEARCH_HNSW_EF_SEARCH,
+        ef_search=ef_search,
         max_scan_tuples=settings.SEARCH_HNSW_MAX_SCAN_TUPLES,
     )
     if len(hits) < limit:

@@ -134,7 +134,13 @@ def search_run(
     if mode in ("semantic", "hybrid"):
         vector = query_vector(space, plan)
         semantic, strategy = _semantic_search(
-            space=space.store, chatbot=chatbot, vector=vector, limit=fetch, filters=filters
+            space=space.store,
+            chatbot=chatbot,
+            vector=vector,
+            limit=fetch,
+            filters=filters,
+            ef_search=serving.ef_search,  # the chatbot's tuning (search/services/optimize.py), if any
+            exact_max=serving.exact_max,
         )
     if mode in ("keyword", "hybrid"):
         stats, frequencies = _term_statistics(chatbot, query_lexemes(plan.effective_query))

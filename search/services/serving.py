@@ -3,9 +3,10 @@ DRF views, the fast path, the dashboard playground, benchmarks).
 
 ``serving_for`` returns the chatbot's serving space (its active ``ChatbotSpace``: the built-in
 model or a fine-tuned version with its own weights) and its learned hybrid keyword factor,
-remembered per process for the chatbot's content version. Everything that changes either one
-bumps the content version (``chatbot_space_activate``, a blend vote that moves the factor), so
-the very next search reads them again.
+and its measured search tuning (``SearchTuning``: HNSW ef_search and the exact-search size, set
+by the optimizer), remembered per process for the chatbot's content version. Everything that
+changes any of them bumps the content version (``chatbot_space_activate``, a blend vote that
+moves the factor, a tuning the optimizer stores), so the very next search reads them again.
 
 While an A/B test runs (a ``testing`` space, ``chatbot_space_test_begin``) it decides the
 variant too: a search's assignment key (``assignment_key``: the caller's ``user_id``, else its
@@ -24,7 +25,7 @@ from dataclasses import dataclass, replace
 
 from knowledge.models import ChatbotSpace, EmbeddingSpace
 from knowledge.services import chatbot_space_ensure_active
-from search.models import SearchBlend
+from search.models import SearchBlend, SearchTuning
 from tenants.models import Chatbot
 
 MAX_REMEMBERED = 10_000
@@ -39,6 +40,9 @@ class Serving:
     space: EmbeddingSpace
     keyword_factor: float = 1.0
     variant: str | None = None  # while an A/B test runs: "control" or "variant"
+    # the chatbot's measured tuning (SearchTuning, the optimizer's "tune"); None: the settings' defaults
+    ef_search: int | None = None
+    exact_max: int | None = None
 
 
 @dataclass(frozen=True)
@@ -103,9 +107,11 @@ def _load(chatbot: Chatbot, *, create: bool) -> tuple[Serving, _Test | None] | N
         active = chatbot_space_ensure_active(chatbot=chatbot)
     blend = SearchBlend.objects.filter(chatbot_id=chatbot.pk).only("keyword_votes", "vector_votes").first()
     factor = blend.keyword_factor if blend is not None else 1.0
+    tuning = SearchTuning.objects.filter(chatbot_id=chatbot.pk).values_list("ef_search", "exact_max").first()
+    tuned = {"ef_search": tuning[0], "exact_max": tuning[1]} if tuning else {}
     if testing is None or not testing.traffic_percent:
-        return Serving(space=active.space, keyword_factor=factor), None
-    control = Serving(space=active.space, keyword_factor=factor, variant=CONTROL)
+        return Serving(space=active.space, keyword_factor=factor, **tuned), None
+    control = Serving(space=active.space, keyword_factor=factor, variant=CONTROL, **tuned)
     return control, _Test(space=testing.space, traffic_percent=testing.traffic_percent, salt=testing.pk)
 
 

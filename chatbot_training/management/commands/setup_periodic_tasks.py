@@ -12,6 +12,7 @@ SCHEDULE = {
     "End A/B tests at max days, trip guardrails": ("training.ab_tests_check", 300, 240),
     "Continuous learning: start jobs on new training signal": ("training.continuous_learning", 900, 800),
     "Evaluate alert rules, open and resolve alerts": ("monitoring.alerts_evaluate", 60, 55),
+    "Optimise every chatbot's search (tune, reindex, vacuum, analyze)": ("search.optimize_nightly", 86400, 3600),
 }
 
 

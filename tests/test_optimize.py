@@ -1,0 +1,303 @@
+"""The search optimizer (search/services/optimize.py): the index autopilot on a hard and an easy
+chatbot, reindex and vacuum upkeep, its API and its dashboard page.
+
+Celery runs eagerly in tests: starting a run enqueues on commit, and the task function runs
+in-process (``optimization_run`` is also called directly where a test needs the run's outcome).
+Vectors are inserted straight into the chunk and vector tables (no model), as in test_search.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from django.db import connection
+from rest_framework.test import APIClient
+
+from tests.conftest import across_tenants, as_tenant
+
+DB = pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
+
+
+def _insert_vectors(chatbot, vectors: np.ndarray, *, document_title: str = "vectors") -> int:
+    """A ready document with one chunk and one vector per row of ``vectors``, as the chatbot's
+    tenant; returns the document id."""
+    from knowledge.models import Document
+    from knowledge.services import chatbot_space_ensure_active
+    from knowledge.vectors import ensure_space_index
+
+    with as_tenant(chatbot.tenant_id):
+        space = chatbot_space_ensure_active(chatbot=chatbot).space
+        ensure_space_index(space)
+        document = Document.objects.create(
+            tenant_id=chatbot.tenant_id,
+            chatbot=chatbot,
+            title=document_title,
+            status="ready",
+            content_hash=f"{document_title}-{chatbot.pk}-{len(vectors)}",
+            original_filename="vectors.txt",
+        )
+        literals = ["[" + ",".join(f"{x:.6f}" for x in v) + "]" for v in vectors]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                WITH c AS (
+                    INSERT INTO knowledge_chunk (tenant_id, chatbot_id, document_id, position, text, token_count,
+                        kind, metadata, heading_path, content_hash, created_at)
+                    SELECT %(tenant)s, %(chatbot)s, %(document)s, g, 'vector chunk ' || g, 3, 'text', '{}'::jsonb,
+                        '[]'::jsonb, md5(%(document)s || '-' || g), now()
+                    FROM generate_series(1, %(count)s) g
+                    RETURNING id, position
+                )
+                INSERT INTO knowledge_chunkembedding (tenant_id, chatbot_id, chunk_id, space_id, embedding, created_at)
+                SELECT %(tenant)s, %(chatbot)s, c.id, %(space)s, (%(vectors)s::text[])[c.position]::vector, now()
+                FROM c
+                """,
+                {
+                    "tenant": chatbot.tenant_id,
+                    "chatbot": chatbot.pk,
+                    "document": document.pk,
+                    "count": len(vectors),
+                    "space": space.pk,
+                    "vectors": literals,
+                },
+            )
+        return document.pk
+
+
+def near_duplicates(seed: int, count: int, *, clusters: int, spread: float) -> np.ndarray:
+    """Unit vectors in tight clusters: many near-duplicates, hard for a narrow HNSW walk."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, 384))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    vectors = centres[rng.integers(0, clusters, count)] + spread * rng.standard_normal((count, 384)) / np.sqrt(384)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _analyze_tables() -> None:
+    from tenants import dbroles
+
+    with dbroles.owner_connect() as owner:  # statistics for the planner, as autovacuum would gather them
+        owner.execute("ANALYZE knowledge_chunkembedding")
+        owner.execute("ANALYZE knowledge_chunk")
+
+
+def _big_chatbot(bundle, vectors: np.ndarray) -> None:
+    """The bundle's chatbot with ``vectors`` and an HNSW index of its own (as ingestion asks)."""
+    from knowledge.services import vector_indexes_optimize
+    from knowledge.vectors import chatbot_indexes
+
+    _insert_vectors(bundle.chatbot, vectors)
+    assert vector_indexes_optimize(chatbot_id=bundle.chatbot.pk)["created"]
+    assert all(chatbot_indexes().values())
+    _analyze_tables()
+
+
+def _serving(bundle):
+    from search.services.serving import serving_for
+    from tenants.models import Chatbot
+
+    with as_tenant(bundle):
+        return serving_for(Chatbot.objects.get(pk=bundle.chatbot.pk))  # its current content version
+
+
+@pytest.fixture
+def quick(settings):
+    settings.OPTIMIZE_SAMPLE_QUERIES = 40
+    settings.OPTIMIZE_EF_LADDER = [10, 20, 40, 100, 200, 400, 800]
+    settings.OPTIMIZE_EXACT_FASTER_BY = 0.0  # never "exact always": these tests are about the HNSW walk
+    return settings
+
+
+def _start(bundle, **kwargs):
+    from search.models import OptimizationRun
+    from search.services.optimize import optimization_start
+
+    with as_tenant(bundle):  # outside a transaction: the on-commit enqueue runs the task eagerly, in-process
+        run = optimization_start(tenant=bundle.tenant, chatbot=bundle.chatbot, requested_by="test", **kwargs)
+        return OptimizationRun.objects.get(pk=run.pk)
+
+
+@DB
+def test_autopilot_raises_recall_on_a_hard_chatbot_and_searches_use_the_new_ef_search(bundle, quick):
+    """Near-random 384-d vectors: the default walk (ef_search 100 on the chatbot's own index)
+    misses neighbours; the run finds the smallest ef_search that meets 0.99 and serving uses it."""
+    from search.models import SearchTuning
+
+    _big_chatbot(bundle, near_duplicates(1, 4000, clusters=4000, spread=4.0))
+    before = _serving(bundle)
+    assert before.ef_search is None and before.exact_max is None  # the settings' defaults
+
+    run = _start(bundle, actions=["tune"], recall_target=0.99)
+
+    assert run.status == "succeeded", run.error
+    tune = run.results["tune"]
+    assert tune["own_index"] is True and tune["queries"] == {"count": 40, "logged": 0, "own_vectors": 40}
+    assert tune["before"]["ef_search"] == 100 and tune["before"]["strategy"] == "hnsw"
+    assert tune["before"]["recall"] < 0.99, tune["ladder"]
+    chosen = tune["chosen"]["ef_search"]
+    assert chosen > 100 and tune["after"]["recall"] >= 0.99 and tune["after"]["ef_search"] == chosen
+    smaller = [row for row in tune["ladder"] if row["ef_search"] < chosen]
+    assert smaller and all(row["recall"] < 0.99 for row in smaller)  # the smallest that meets the target
+    with as_tenant(bundle):
+        tuning = SearchTuning.objects.get(chatbot=bundle.chatbot)
+    assert (tuning.ef_search, tuning.exact_max, tuning.source_run_id) == (chosen, 1500, run.pk)
+    assert tuning.measured_recall == tune["after"]["recall"]
+    after = _serving(bundle)  # the content version moved: every process reads the tuning again
+    assert (after.ef_search, after.exact_max) == (chosen, 1500)
+
+
+@DB
+def test_autopilot_lowers_ef_search_on_an_easy_chatbot_without_losing_recall(bundle, quick):
+    """Well separated topics: a narrow walk already finds every neighbour."""
+    from search.selectors import NO_FILTERS
+    from search.services import _semantic_search
+
+    _big_chatbot(bundle, near_duplicates(2, 2000, clusters=30, spread=0.3))
+    run = _start(bundle, actions=["tune"])  # recall target 0.98
+    assert run.status == "succeeded", run.error
+    tune = run.results["tune"]
+    assert tune["chosen"]["ef_search"] < tune["before"]["ef_search"] == 100
+    assert tune["after"]["recall"] >= 0.98 and tune["chosen"]["note"] == ""
+    serving = _serving(bundle)
+    assert serving.ef_search == tune["chosen"]["ef_search"]
+    with as_tenant(bundle):  # a search with the serving tuning walks HNSW and finds its 10 hits
+        hits, strategy = _semantic_search(space=serving.space, chatbot=bundle.chatbot, vector=[1.0] + [0.0] * 383,
+                                          limit=10, filters=NO_FILTERS, ef_search=serving.ef_search,
+                                          exact_max=serving.exact_max)  # fmt: skip
+    assert strategy == "hnsw" and len(hits) == 10
+
+
+@DB
+def test_vacuum_records_dead_tuples_before_and_after(bundle, quick):
+    from knowledge.models import Document
+
+    settings = quick
+    settings.OPTIMIZE_VACUUM_DEAD_SHARE = 0.05
+    keep = _insert_vectors(bundle.chatbot, near_duplicates(3, 200, clusters=5, spread=0.5), document_title="keep")
+    _insert_vectors(bundle.chatbot, near_duplicates(4, 400, clusters=5, spread=0.5), document_title="drop")
+    with as_tenant(bundle):
+        Document.objects.filter(chatbot=bundle.chatbot).exclude(pk=keep).delete()  # 400 chunks and vectors
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_stat_force_next_flush()")  # the deletes reach the statistics now
+
+    run = _start(bundle, actions=["vacuum"])
+
+    assert run.status == "succeeded", run.error
+    vacuum = run.results["vacuum"]
+    assert vacuum["vacuumed"] == ["knowledge_chunkembedding", "knowledge_chunk"]
+    for table in vacuum["vacuumed"]:
+        assert vacuum["before"][table]["dead_tuples"] >= 400, vacuum
+        assert vacuum["after"][table]["dead_tuples"] < vacuum["before"][table]["dead_tuples"]
+        assert vacuum["after"][table]["last_vacuum"] is not None
+    again = _start(bundle, actions=["vacuum"])  # nothing dead now: nothing to do
+    assert again.results["vacuum"]["vacuumed"] == []
+
+
+@DB
+def test_reindex_skips_a_small_chatbot_and_the_run_records_every_action(bundle, quick):
+    """A chatbot below the own-index size is searched exactly: reindex has nothing to rebuild;
+    analyze calls the vector analysis (or says it is not there yet)."""
+    _insert_vectors(bundle.chatbot, near_duplicates(5, 50, clusters=5, spread=0.5))
+    run = _start(bundle)  # every action
+    assert run.status == "succeeded", run.error
+    assert run.actions == ["tune", "reindex", "vacuum", "analyze"] and run.percent == 100
+    assert run.results["reindex"]["rebuilt"] is False
+    assert run.results["reindex"]["skipped"].startswith("searched exactly")
+    assert run.results["tune"]["after"]["strategy"] == "exact" and run.results["tune"]["after"]["recall"] == 1.0
+    assert set(run.results) == {"tune", "reindex", "vacuum", "analyze"}
+
+
+@DB
+def test_reindex_rebuilds_an_index_below_the_recall_target(bundle, quick):
+    from knowledge.vectors import chatbot_index_name
+    from search.selectors import index_bytes
+
+    quick.OPTIMIZE_EF_LADDER = [10]  # tuning cannot reach the target: the rebuild is asked for
+    _big_chatbot(bundle, near_duplicates(6, 2000, clusters=2000, spread=4.0))
+    run = _start(bundle, actions=["tune", "reindex"], recall_target=1.0)
+    assert run.status == "succeeded", run.error
+    assert "no ef_search up to 10" in run.results["tune"]["chosen"]["note"]
+    reindex = run.results["reindex"]
+    assert reindex["rebuilt"] is True and "below the target" in reindex["reason"]
+    with as_tenant(bundle):
+        name = chatbot_index_name(space_id=_serving(bundle).space.pk, chatbot_id=bundle.chatbot.pk)
+        assert reindex["index"] == name and reindex["bytes_after"] == index_bytes(name) > 0
+
+
+# --- API -----------------------------------------------------------------------------------------
+
+
+def test_api_starts_a_run_and_refuses_bad_input_a_second_run_and_other_tenants(api, bundle, other_bundle):
+    """In a test transaction the on-commit enqueue does not fire: the run stays queued (live)."""
+    from tenants.services import api_key_create
+
+    started = api.post(f"/api/optimize/{bundle.chatbot.pk}", {"actions": ["vacuum", "tune"], "recall_target": 0.95},
+                       format="json")  # fmt: skip
+    assert started.status_code == 202, started.content
+    run = started.json()
+    assert run["status"] == "queued" and run["actions"] == ["tune", "vacuum"] and run["recall_target"] == 0.95
+    assert run["percent"] == 0 and run["results"] == {} and run["status_url"] == f"/api/optimize/runs/{run['run_id']}"
+
+    again = api.post(f"/api/optimize/{bundle.chatbot.pk}", {}, format="json")
+    assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
+    for body, field in [({"actions": ["defrag"]}, "actions"), ({"recall_target": 0.5}, "recall_target"),
+                        ({"recall_target": 1.01}, "recall_target"), ({"recall_target": "high"}, "recall_target"),
+                        ({"actions": []}, "actions"), ({"speed": 1}, None)]:  # fmt: skip
+        bad = api.post(f"/api/optimize/{bundle.chatbot.pk}", body, format="json")
+        assert bad.status_code == 400, (body, bad.content)
+        assert field is None or bad.json()["error"]["field"].startswith(field), bad.json()
+
+    overview = api.get(f"/api/optimize/{bundle.chatbot.pk}").json()
+    assert [r["run_id"] for r in overview["runs"]] == [run["run_id"]]
+    assert overview["tuning"]["tuned"] is False and overview["tuning"]["exact_max"] == 1500
+    assert api.get(run["status_url"]).json()["run_id"] == run["run_id"]
+
+    other = APIClient()
+    other.credentials(HTTP_AUTHORIZATION=f"Bearer {other_bundle.api_key}")
+    assert other.get(run["status_url"]).status_code == 404
+    assert other.get(f"/api/optimize/{bundle.chatbot.pk}").status_code == 404
+    assert other.post(f"/api/optimize/{bundle.chatbot.pk}", {}, format="json").status_code == 404
+
+    with as_tenant(bundle):
+        reader = api_key_create(tenant=bundle.tenant, name="reader", scopes=("read",))
+    read_only = APIClient()
+    read_only.credentials(HTTP_AUTHORIZATION=f"Bearer {reader.raw_key}")
+    assert read_only.get(f"/api/optimize/{bundle.chatbot.pk}").status_code == 200
+    refused = read_only.post(f"/api/optimize/{bundle.chatbot.pk}", {}, format="json")
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "forbidden"
+
+
+# --- Dashboard -----------------------------------------------------------------------------------
+
+
+@DB
+def test_dashboard_page_renders_for_a_viewer_and_its_form_starts_a_run_for_an_owner(client, bundle):
+    from django.contrib.auth import get_user_model
+
+    from search.models import OptimizationRun
+    from tenants.services import member_add
+
+    viewer = get_user_model().objects.create_user("opt-viewer", password="pw-viewer-1")
+    with as_tenant(bundle):
+        member_add(tenant=bundle.tenant, user=viewer, role="viewer")
+    client.force_login(viewer)
+    page = client.get(f"/chatbots/{bundle.chatbot.pk}/optimize/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Not tuned yet" in html and 'id="chart-opt-recall"' in html and 'id="opt-start"' not in html
+    refused = client.post(f"/chatbots/{bundle.chatbot.pk}/optimize/", {"actions": ["vacuum"]}, follow=True)
+    assert "Your role is &#x27;viewer&#x27;" in refused.content.decode()
+    with across_tenants():
+        assert not OptimizationRun.objects.exists()
+    chatbot_page = client.get(f"/chatbots/{bundle.chatbot.pk}/").content.decode()
+    assert f"/chatbots/{bundle.chatbot.pk}/optimize/" in chatbot_page
+
+    assert client.login(username=bundle.username, password=bundle.password)
+    done = client.post(f"/chatbots/{bundle.chatbot.pk}/optimize/", {"actions": ["vacuum"], "recall_target": "0.97"},
+                       follow=True)  # fmt: skip
+    assert done.status_code == 200 and "is queued" in done.content.decode()
+    with across_tenants():
+        run = OptimizationRun.objects.get()
+    assert (run.actions, run.recall_target, run.requested_by) == (["vacuum"], 0.97, bundle.username)
+    assert run.status == "succeeded"  # eager Celery ran it after the request's commit
+    assert f'data-run="{run.pk}"' in done.content.decode()
