@@ -363,6 +363,7 @@ def test_acknowledge_and_resolve_through_the_api_and_the_state_filter(bundle, ot
     assert session_client(owner(other_bundle)).post(f"/api/alerts/{alert_id}/acknowledge").status_code == 404
     assert session_client(member(bundle, "v2", "viewer")).post(f"/api/alerts/{alert_id}/resolve").status_code == 403
 
+    assert session_client(owner(other_bundle)).get(f"/api/alerts/{alert_id}").status_code == 404
     acknowledged = client.post(f"/api/alerts/{alert_id}/acknowledge").json()
     assert acknowledged["state"] == "acknowledged" and acknowledged["acknowledged_by"] == bundle.username
     assert client.post(f"/api/alerts/{alert_id}/acknowledge").status_code == 409
@@ -433,6 +434,52 @@ def test_global_rules_evaluate_system_figures_and_only_staff_see_their_alerts(bu
     staff = session_client(member(bundle, "alert-staff2", "admin", is_staff=True))
     assert staff.get(f"/api/alerts/{alert.pk}").json()["events"][0]["kind"] == "opened"
     assert staff.post(f"/api/alerts/{alert.pk}/acknowledge").json()["state"] == "acknowledged"
+
+
+@TX
+def test_index_recall_below_target_opens_the_default_alert(bundle):
+    search_models = pytest.importorskip("search.models")
+    if not hasattr(search_models, "SearchTuning"):
+        pytest.skip("the optimizer's SearchTuning is not in this tree")
+    from monitoring.alerts.evaluate import alerts_evaluate
+    from monitoring.models import Alert
+
+    with as_tenant(bundle):
+        search_models.SearchTuning.objects.create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, ef_search=40, exact_max=1500,
+            recall_target=0.98, measured_recall=0.91,
+        )  # fmt: skip
+    alerts_evaluate()
+    with as_tenant(bundle):
+        alert = Alert.objects.get(rule__metric="index_recall", rule__is_default=True)
+        assert alert.state == "firing" and alert.value == pytest.approx(0.91)
+        search_models.SearchTuning.objects.filter(chatbot=bundle.chatbot).update(measured_recall=0.99)
+    alerts_evaluate()
+    with as_tenant(bundle):
+        alert.refresh_from_db()
+        assert alert.state == "resolved"
+
+
+@TX
+def test_a_nightly_ndcg_drop_opens_the_default_alert(bundle):
+    from training import selectors
+
+    if not hasattr(selectors, "evaluation_latest"):
+        pytest.skip("the nightly evaluation (training.selectors.evaluation_latest) is not in this tree")
+    from monitoring.alerts.evaluate import alerts_evaluate
+    from monitoring.models import Alert
+    from training.models import Evaluation
+
+    with as_tenant(bundle):
+        Evaluation.objects.create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, space_key="local:test", queries=20,
+            ndcg_10=0.60, baseline_ndcg_10=0.70,
+        )  # fmt: skip
+    alerts_evaluate()
+    with as_tenant(bundle):
+        alert = Alert.objects.get(rule__metric="retrieval_ndcg_drop", rule__is_default=True)
+        assert alert.state == "firing" and alert.value == pytest.approx(0.10)
+        assert alert.rule.severity == "critical"
 
 
 # --- dashboard -------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Count, Q
+from django.db.models import Aggregate, Count, FloatField, Q
 
 logger = logging.getLogger(__name__)
 
@@ -72,13 +72,16 @@ def _searches(rule, target, window: Window):
     return SearchLog.objects.filter(**_owner(rule, target), created_at__gte=window.since, created_at__lt=window.until)
 
 
-def search_p95_ms(rule, target, window: Window) -> float | None:
-    import numpy
+class _P95(Aggregate):
+    """The 95th percentile (linear interpolation, as numpy's default), computed by PostgreSQL."""
 
-    took = list(_searches(rule, target, window).values_list("took_ms", flat=True))
-    if len(took) < MIN_SEARCHES:
-        return None
-    return float(numpy.percentile(took, 95))
+    template = "percentile_cont(0.95) WITHIN GROUP (ORDER BY %(expressions)s)"
+    output_field = FloatField()
+
+
+def search_p95_ms(rule, target, window: Window) -> float | None:
+    figures = _searches(rule, target, window).aggregate(n=Count("pk"), p95=_P95("took_ms"))
+    return None if figures["n"] < MIN_SEARCHES else float(figures["p95"])
 
 
 def _zero_rate(rule, target, window: Window) -> float | None:
@@ -146,15 +149,26 @@ def retrieval_ndcg_drop(rule, target, window: Window) -> float | None:
     return float(latest["deployed_ndcg"]) - float(latest["ndcg"])
 
 
-def index_recall(rule, target, window: Window) -> float | None:
-    """The vector index's measured recall (search.models.SearchTuning) for the chatbot."""
+def _tuning(target):
     try:
         from search.models import SearchTuning
-    except ImportError:
+    except ImportError:  # the optimizer's tuning is not there: nothing to measure
         return None
-    tuning = SearchTuning.objects.filter(tenant_id=target.tenant_id, chatbot_id=target.pk).first()
-    value = getattr(tuning, "measured_recall", None)
+    return SearchTuning.objects.filter(tenant_id=target.tenant_id, chatbot_id=target.pk).first()
+
+
+def index_recall(rule, target, window: Window) -> float | None:
+    """The vector index's measured recall@10 (the optimizer's ``SearchTuning``) for the chatbot."""
+    value = getattr(_tuning(target), "measured_recall", None)
     return None if value is None else float(value)
+
+
+def index_recall_shortfall(rule, target, window: Window) -> float | None:
+    """How far the measured recall is below the chatbot's own recall target (negative: above)."""
+    tuning = _tuning(target)
+    if tuning is None or tuning.measured_recall is None or tuning.recall_target is None:
+        return None
+    return float(tuning.recall_target) - float(tuning.measured_recall)
 
 
 # --- system and database (global rules, staff only) -----------------------------------------
@@ -256,7 +270,9 @@ METRICS: dict[str, Metric] = {
                (TENANT, CHATBOT), documents_with_warnings),
         Metric("retrieval_ndcg_drop", "Deployed version's nDCG@10 minus the latest nightly evaluation's", "nDCG",
                (CHATBOT,), retrieval_ndcg_drop),
-        Metric("index_recall", "Measured recall of the chatbot's vector index", "ratio", (CHATBOT,), index_recall),
+        Metric("index_recall", "Measured recall@10 of the chatbot's vector index", "ratio", (CHATBOT,), index_recall),
+        Metric("index_recall_shortfall", "The chatbot's recall target minus its measured recall", "ratio",
+               (CHATBOT,), index_recall_shortfall),
         Metric("disk_used_percent", "Disk used on the data directory", "%", (GLOBAL,), disk_used_percent),
         Metric("memory_used_percent", "Memory used on the host", "%", (GLOBAL,), memory_used_percent),
         Metric("queue_backlog", "Celery messages waiting in the queues", "messages", (GLOBAL,), queue_backlog),
