@@ -149,13 +149,23 @@ def test_autopilot_raises_recall_on_a_hard_chatbot_and_searches_use_the_new_ef_s
 @DB
 def test_autopilot_lowers_ef_search_on_an_easy_chatbot_without_losing_recall(bundle, quick):
     """Well separated topics: a narrow walk already finds every neighbour."""
+    from search.models import SearchLog
     from search.selectors import NO_FILTERS
     from search.services import _semantic_search
 
-    _big_chatbot(bundle, near_duplicates(2, 2000, clusters=30, spread=0.3))
+    vectors = near_duplicates(2, 2000, clusters=30, spread=0.3)
+    _big_chatbot(bundle, vectors)
+    space = _serving(bundle).space
+    with as_tenant(bundle):  # knowledge-gap searches keep their query vector: tuning reuses it
+        SearchLog.objects.bulk_create(
+            SearchLog(tenant=bundle.tenant, chatbot=bundle.chatbot, query=f"gap {i}", mode="semantic", took_ms=1.0,
+                      embedding_space=space.key, query_embedding=list(vectors[i] + 0.01))
+            for i in range(12)
+        )  # fmt: skip
     run = _start(bundle, actions=["tune"])  # recall target 0.98
     assert run.status == "succeeded", run.error
     tune = run.results["tune"]
+    assert tune["queries"] == {"count": 40, "logged": 12, "own_vectors": 28}
     assert tune["chosen"]["ef_search"] < tune["before"]["ef_search"] == 100
     assert tune["after"]["recall"] >= 0.98 and tune["chosen"]["note"] == ""
     serving = _serving(bundle)
@@ -205,6 +215,7 @@ def test_reindex_skips_a_small_chatbot_and_the_run_records_every_action(bundle, 
     assert run.results["reindex"]["skipped"].startswith("searched exactly")
     assert run.results["tune"]["after"]["strategy"] == "exact" and run.results["tune"]["after"]["recall"] == 1.0
     assert set(run.results) == {"tune", "reindex", "vacuum", "analyze"}
+    assert isinstance(run.results["analyze"], dict) and run.results["analyze"]  # the analysis report, or why not
 
 
 @DB
@@ -213,7 +224,7 @@ def test_reindex_rebuilds_an_index_below_the_recall_target(bundle, quick):
     from search.selectors import index_bytes
 
     quick.OPTIMIZE_EF_LADDER = [10]  # tuning cannot reach the target: the rebuild is asked for
-    _big_chatbot(bundle, near_duplicates(6, 2000, clusters=2000, spread=4.0))
+    _big_chatbot(bundle, near_duplicates(6, 1600, clusters=1600, spread=4.0))
     run = _start(bundle, actions=["tune", "reindex"], recall_target=1.0)
     assert run.status == "succeeded", run.error
     assert "no ef_search up to 10" in run.results["tune"]["chosen"]["note"]

@@ -175,15 +175,15 @@ def _queries(chatbot: Chatbot, serving, count: int) -> tuple[list[np.ndarray], d
         SearchLog.objects.filter(chatbot_id=chatbot.pk)
         .exclude(mode="keyword")
         .order_by("-created_at")
-        .values_list("effective_query", "query", "query_embedding")[: count * 3]
+        .values_list("effective_query", "query", "query_embedding", "embedding_space")[: count * 3]
     )
     seen, texts, stored = set(), [], []
-    for effective, query, embedding in logs:
+    for effective, query, embedding, space_key in logs:
         text = " ".join((effective or query).split()).casefold()
         if not text or text in seen:
             continue
         seen.add(text)
-        if embedding is not None and len(embedding) == serving.space.dimensions:
+        if embedding is not None and space_key == serving.space.key and len(embedding) == serving.space.dimensions:
             stored.append(np.asarray(embedding, dtype=np.float32))
         else:
             texts.append(text)
@@ -410,12 +410,10 @@ def _analyze(run: OptimizationRun, results: dict, progress: Callable) -> dict:
         return {"skipped": "analysis not available"}
     serving = serving_for(run.chatbot)
 
-    def callback(done=0.0, *args, **kwargs) -> None:
-        fraction = float(done) / 100 if float(done) > 1 else float(done)
-        stage = next((a for a in args if isinstance(a, str)), kwargs.get("stage", "analysing vectors"))
-        progress(fraction, str(stage))
+    def callback(percent: float, stage: str = "analysing vectors") -> None:  # its progress(percent, stage)
+        progress(float(percent) / 100, str(stage))
 
-    return vector_analysis(chatbot=run.chatbot, space=serving.space.store, progress=callback)
+    return vector_analysis(chatbot=run.chatbot, space=serving.space, progress=callback)
 
 
 ACTION_RUNNERS: dict[str, Callable[[OptimizationRun, dict, Callable], dict]] = {
