@@ -56,7 +56,20 @@ class StateCollector:
         ndcg = GaugeMetricFamily(
             "chatbot_evaluation_ndcg", "nDCG@10 on held-out questions.", labels=["chatbot", "version", "status"]
         )
+        jobs = GaugeMetricFamily(
+            "chatbot_training_jobs_recent", "Training jobs created in the last 24 hours, by status.", labels=["status"]
+        )
         with cross_tenant_context("metrics scrape"):
+            from datetime import timedelta
+
+            from django.utils import timezone
+
+            from training.models import TrainingJob
+
+            recent = TrainingJob.objects.filter(created_at__gte=timezone.now() - timedelta(hours=24))
+            by_status = dict(recent.values_list("status").annotate(n=Count("pk")).order_by())
+            for status in TrainingJob.Status.values:
+                jobs.add_metric([status], by_status.get(status, 0))
             counts = dict(Document.objects.values_list("status").annotate(n=Count("pk")).order_by())
             for status in Document.Status.values:
                 documents.add_metric([status], counts.get(status, 0))
@@ -88,7 +101,18 @@ class StateCollector:
                 value = (version.metrics or {}).get("candidate", {}).get("ndcg_10")
                 if value is not None:
                     ndcg.add_metric([str(version.chatbot_id), str(version.number), version.status], value)
-        return [queues, documents, vectors, recall, ndcg]
+            from training.models import Evaluation
+
+            latest = (
+                Evaluation.objects.filter(chatbot_id__in=largest, ndcg_10__isnull=False)
+                .order_by("chatbot_id", "-measured_at")
+                .distinct("chatbot_id")
+                .select_related("version")
+            )
+            for row in latest:  # the nightly figure of whatever serves (version "0": the base model)
+                number = str(row.version.number) if row.version is not None else "0"
+                ndcg.add_metric([str(row.chatbot_id), number, "nightly"], row.ndcg_10)
+        return [queues, documents, vectors, recall, ndcg, jobs]
 
 
 STATE = StateCollector()

@@ -210,3 +210,25 @@ class ContinuousLearning(TenantOwned):
     last_job = models.ForeignKey(TrainingJob, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     last_outcome = models.TextField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class Evaluation(TenantOwned):
+    """A nightly measurement of the version serving a chatbot, on its held-out questions over its
+    whole corpus: retrieval quality as a time series, watched like latency
+    (``training.services.evaluation``)."""
+
+    chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="evaluations")
+    version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    space_key = models.CharField(max_length=200, help_text="The embedding space that was serving.")
+    queries = models.PositiveIntegerField(default=0)
+    ndcg_10 = models.FloatField(null=True, blank=True)
+    mrr_10 = models.FloatField(null=True, blank=True)
+    recall_10 = models.FloatField(null=True, blank=True)
+    baseline_ndcg_10 = models.FloatField(
+        null=True, blank=True, help_text="What the serving version measured when it was deployed (or first measured)."
+    )
+    note = models.TextField(blank=True, help_text="Why there is no figure (too few held-out questions, ...).")
+    measured_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        indexes = [models.Index(fields=["chatbot", "measured_at"])]

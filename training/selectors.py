@@ -124,3 +124,42 @@ ARM_ZERO = {
     "feedback": 0,
     "helpful": 0,
 }
+
+
+def evaluation_series(*, tenant: Tenant, chatbot: Chatbot, limit: int = 120) -> list[dict]:
+    """The chatbot's nightly evaluations, oldest first (the last ``limit``)."""
+    from training.models import Evaluation
+
+    rows = (
+        Evaluation.objects.for_tenant(tenant)
+        .filter(chatbot=chatbot)
+        .order_by("-measured_at")
+        .values(
+            "measured_at",
+            "space_key",
+            "version_id",
+            "queries",
+            "ndcg_10",
+            "mrr_10",
+            "recall_10",
+            "baseline_ndcg_10",
+            "note",
+        )[:limit]  # fmt: skip
+    )
+    return list(reversed(rows))
+
+
+def evaluation_latest(*, tenant: Tenant, chatbot: Chatbot) -> dict | None:
+    """The last nightly figure and what the serving version measured before (its baseline)."""
+    from training.models import Evaluation
+
+    last = (
+        Evaluation.objects.for_tenant(tenant)
+        .filter(chatbot=chatbot, ndcg_10__isnull=False)
+        .order_by("-measured_at")
+        .first()
+    )
+    if last is None:
+        return None
+    return {"ndcg": last.ndcg_10, "deployed_ndcg": last.baseline_ndcg_10, "measured_at": last.measured_at,
+            "space": last.space_key, "queries": last.queries}  # fmt: skip

@@ -73,3 +73,10 @@ def continuous_learning_task() -> dict:
     from training.services import continuous_learning_run
 
     return continuous_learning_run()
+
+
+@shared_task(name="training.evaluations_nightly", expires=80000, soft_time_limit=7200, time_limit=7500)
+def evaluations_nightly_task() -> dict:
+    from training.services import evaluations_nightly
+
+    return evaluations_nightly()

@@ -139,6 +139,7 @@ def chatbot_analytics(*, tenant, chatbot, days: int) -> dict:
     """Everything about one chatbot in one answer (the API and the dashboard's analytics page)."""
     from training.apis import ab_test_payload, model_history
     from training.models import ABTest
+    from training.selectors import evaluation_latest, evaluation_series
 
     search_logs_flush()
     since = timezone.now() - timedelta(days=days)
@@ -161,6 +162,8 @@ def chatbot_analytics(*, tenant, chatbot, days: int) -> dict:
             "versions": len(history),
             "active_version": active,
             "history": history,
+            "evaluation": evaluation_latest(tenant=tenant, chatbot=chatbot),
+            "evaluations": evaluation_series(tenant=tenant, chatbot=chatbot),
         },
         "ab_test": None if live is None else ab_test_payload(live),
     }

@@ -5,7 +5,8 @@
 - ``trainer``: sentence-transformers fine-tuning, hard-negative mining, ranking metrics;
 - ``versions``: model versions, the gate, deploy, rollback, retention;
 - ``abtests``: A/B tests of a version against the active one, their statistics and guardrails;
-- ``continuous``: continuous learning (a beat task starts jobs on new signal, the gate decides).
+- ``continuous``: continuous learning (a beat task starts jobs on new signal, the gate decides);
+- ``evaluation``: the nightly retrieval evaluation of the serving version (a time series).
 """
 
 from training.services.abtests import (
@@ -27,6 +28,7 @@ from training.services.data import (
     training_pairs_from_gap,
     training_pairs_upload,
 )
+from training.services.evaluation import evaluation_run, evaluations_nightly
 from training.services.jobs import (
     training_config_parse,
     training_job_cancel,
@@ -44,6 +46,8 @@ from training.services.versions import (
 )
 
 __all__ = [
+    "evaluation_run",
+    "evaluations_nightly",
     "ab_test_prepare_run",
     "ab_test_promote",
     "ab_test_report",

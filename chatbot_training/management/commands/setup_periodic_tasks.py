@@ -11,6 +11,7 @@ SCHEDULE = {
     "Remove retired model versions": ("training.model_versions_retire", 3600, 3000),
     "End A/B tests at max days, trip guardrails": ("training.ab_tests_check", 300, 240),
     "Continuous learning: start jobs on new training signal": ("training.continuous_learning", 900, 800),
+    "Nightly retrieval evaluation of every chatbot": ("training.evaluations_nightly", 86400, 80000),
     "Evaluate alert rules, open and resolve alerts": ("monitoring.alerts_evaluate", 60, 55),
     "Optimise every chatbot's search (tune, reindex, vacuum, analyze)": ("search.optimize_nightly", 86400, 3600),
 }
