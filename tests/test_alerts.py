@@ -16,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from django.contrib.auth import get_user_model
 from django.core import mail
+from django.db import ProgrammingError, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -197,7 +198,8 @@ def test_viewers_and_read_keys_read_rules_but_cannot_write_them(bundle):
     assert reader.post("/api/alerts/rules", body, format="json").status_code == 403
     writer = APIClient()
     writer.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
-    assert writer.post("/api/alerts/rules", body, format="json").status_code == 201
+    made = writer.post("/api/alerts/rules", body, format="json")
+    assert made.status_code == 201 and (made.json()["scope"], made.json()["chatbot_id"]) == ("chatbot", None)
 
 
 def test_another_tenants_rules_and_alerts_are_404(bundle, other_bundle):
@@ -266,6 +268,9 @@ def test_global_rules_are_staff_only(bundle):
     assert all(r["tenant_id"] is not None for r in owner_client.get("/api/alerts/rules").json()["rules"])
     with as_tenant(bundle):  # a tenant's session sees no global row, and cannot write one
         assert not AlertRule.objects.filter(tenant__isnull=True).exists()
+        with pytest.raises(ProgrammingError, match="row-level security"), transaction.atomic():
+            AlertRule.objects.create(tenant=None, scope="global", metric="disk_used_percent", threshold=1, name="x")
+        assert AlertRule.objects.filter(pk=global_id).update(threshold=1) == 0
 
     staff = session_client(member(bundle, "alert-staff", "admin", is_staff=True))
     response = staff.post("/api/alerts/rules", body, format="json")
@@ -434,6 +439,21 @@ def test_global_rules_evaluate_system_figures_and_only_staff_see_their_alerts(bu
     staff = session_client(member(bundle, "alert-staff2", "admin", is_staff=True))
     assert staff.get(f"/api/alerts/{alert.pk}").json()["events"][0]["kind"] == "opened"
     assert staff.post(f"/api/alerts/{alert.pk}/acknowledge").json()["state"] == "acknowledged"
+
+
+@TX
+def test_a_failed_upload_opens_the_default_upload_alert_per_chatbot(bundle):
+    from monitoring.alerts.evaluate import alerts_evaluate
+    from monitoring.models import Alert
+    from tests.conftest import ingest, make_upload
+
+    document = ingest(bundle, make_upload("broken.pdf", b"%PDF-1.4\n this is no PDF at all"))
+    assert document.status == "failed"
+    alerts_evaluate()
+    with as_tenant(bundle):
+        alert = Alert.objects.get(rule__metric="upload_failure_rate", rule__is_default=True)
+        assert (alert.value, alert.chatbot_id, alert.state) == (1.0, bundle.chatbot.pk, "firing")
+        assert "upload_failure_rate is 1" in alert.message
 
 
 @TX

@@ -138,7 +138,10 @@ def _apply(rule: AlertRule, changes: dict) -> None:
 
 def alert_rule_create(*, tenant, **fields) -> AlertRule:
     """A rule of ``tenant`` (None: a global rule; the caller has checked the user is staff)."""
-    fields.setdefault("scope", CHATBOT if fields.get("chatbot") else (TENANT if tenant else GLOBAL))
+    if "scope" not in fields:  # a chatbot named, or each chatbot where the metric allows it
+        metric = METRICS.get(fields.get("metric", ""))
+        per_chatbot = fields.get("chatbot") is not None or metric is None or CHATBOT in metric.scopes
+        fields["scope"] = GLOBAL if tenant is None else (CHATBOT if per_chatbot else TENANT)
     fields.setdefault("name", fields.get("metric", ""))
     is_default = fields.pop("is_default", False)
     rule = AlertRule(tenant=tenant, threshold=0.0, is_default=is_default)
