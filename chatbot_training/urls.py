@@ -26,7 +26,7 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", monitoring_views.healthz, name="healthz"),
     path("readyz", monitoring_views.readyz, name="readyz"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", monitoring_views.metrics_export, name="prometheus-django-metrics"),
     path("login/", tenant_views.ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", knowledge_views.home, name="dashboard-home"),

@@ -279,3 +279,13 @@ def alert_rule_delete_view(request, rule_id: int):
 
     return _alerts_write(request, act)
 
+
+def metrics_export(request):
+    """/metrics for Prometheus: every process's counters and histograms (web and Celery workers,
+    multiprocess files) and the state gauges (see ``monitoring.metrics``)."""
+    from django.http import HttpResponse
+
+    from monitoring.metrics import exposition
+
+    body, content_type = exposition()
+    return HttpResponse(body, content_type=content_type)
