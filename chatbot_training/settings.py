@@ -395,6 +395,8 @@ SPECTACULAR_SETTINGS = {
 ALERT_WEBHOOK_TIMEOUT = env.float("ALERT_WEBHOOK_TIMEOUT", default=5.0)
 ALERT_NOTIFY_BACKOFF_SECONDS = env.float("ALERT_NOTIFY_BACKOFF_SECONDS", default=30.0)
 ALERT_NOTIFY_MAX_ATTEMPTS = env.int("ALERT_NOTIFY_MAX_ATTEMPTS", default=6)
+# Webhooks to private, loopback or link-local addresses are refused unless this is on.
+ALERT_WEBHOOK_ALLOW_PRIVATE = env.bool("ALERT_WEBHOOK_ALLOW_PRIVATE", default=False)
 # Alert emails: the console by default (the embedded stack has no mail server); SMTP via env.
 EMAIL_BACKEND = env("EMAIL_BACKEND", default="django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = env("EMAIL_HOST", default="localhost")

@@ -391,6 +391,7 @@ def test_a_webhook_is_signed_and_a_failing_one_is_retried_with_backoff(bundle, s
     from monitoring.models import Notification
 
     settings.ALERT_NOTIFY_BACKOFF_SECONDS = 30
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = True  # the receiver is on 127.0.0.1
     secret = "s3cret-s3cret-s3cret"
     with webhook_server(codes=[500, 503]) as (server, url):
         rule = p95_rule(bundle, channels={"webhook": {"url": url, "secret": secret}})
@@ -419,6 +420,24 @@ def test_a_webhook_is_signed_and_a_failing_one_is_retried_with_backoff(bundle, s
     assert payload["event"] == "opened" and payload["rule"]["id"] == rule.pk
     assert payload["alert"]["value"] == 900.0
     assert {c["headers"]["X-Chatbot-Delivery"] for c in server.calls} == {str(notification.pk)}
+
+
+@TX
+def test_a_webhook_to_a_private_address_is_refused_at_once(bundle, settings):
+    from monitoring.alerts.evaluate import alerts_evaluate
+    from monitoring.models import Notification
+
+    settings.ALERT_WEBHOOK_ALLOW_PRIVATE = False
+    with webhook_server() as (server, url):
+        rule = p95_rule(bundle, channels={"webhook": {"url": url, "secret": "s3cret-s3cret-s3cret"}})
+        slow_searches(bundle, 20)
+        alerts_evaluate()
+        with as_tenant(bundle):
+            notification = Notification.objects.get(event__alert__rule=rule)
+            failed = notification.event.alert.events.get(kind="notify_failed")
+    assert (notification.status, notification.attempts) == ("failed", 1)
+    assert "private address" in notification.last_error and failed.detail["given_up"] is True
+    assert server.calls == []
 
 
 @TX
@@ -571,7 +590,7 @@ def test_end_to_end_a_real_worker_delivers_a_signed_webhook_after_a_500_then_res
     with webhook_server(codes=[500]) as (server, url):
         rule = p95_rule(bundle, channels={"webhook": {"url": url, "secret": secret}})
         slow_searches(bundle, 20, took_ms=1200.0)
-        with celery_worker(worker_env, ALERT_NOTIFY_BACKOFF_SECONDS=0.5):
+        with celery_worker(worker_env, ALERT_NOTIFY_BACKOFF_SECONDS=0.5, ALERT_WEBHOOK_ALLOW_PRIVATE=1):
             alerts_evaluate_task.delay()  # what beat sends every minute
 
             def delivered():

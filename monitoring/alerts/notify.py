@@ -15,12 +15,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timedelta
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.mail import send_mail
@@ -67,10 +70,42 @@ def payload(event: AlertEvent, sent_at: int) -> dict:
     }
 
 
+class Undeliverable(Exception):
+    """A delivery that no retry can make work: the notification fails at once."""
+
+
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # a 3xx is an answer (not 2xx: retried), never a hop to somewhere else
+
+
+_opener = urllib.request.build_opener(_NoRedirects)
+
+
+def _check_address(url: str) -> None:
+    """Webhooks go to public addresses only (unless ``ALERT_WEBHOOK_ALLOW_PRIVATE``): a tenant's
+    rule must not make the worker POST into the private network it runs in."""
+    if settings.ALERT_WEBHOOK_ALLOW_PRIVATE:
+        return
+    parts = urlsplit(url)
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except socket.gaierror as error:
+        raise RuntimeError(f"the webhook's host did not resolve: {error}") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0])
+        if not address.is_global:
+            raise Undeliverable(
+                f"the webhook's host resolves to {address}, a private address; webhooks go to public "
+                "addresses (ALERT_WEBHOOK_ALLOW_PRIVATE=1 allows private ones)"
+            )
+
+
 def _send_webhook(notification: Notification, event: AlertEvent) -> None:
     hook = event.alert.rule.channels.get("webhook") or {}
     if not hook.get("url"):
-        raise RuntimeError("the rule no longer has a webhook")
+        raise Undeliverable("the rule no longer has a webhook")
+    _check_address(hook["url"])
     sent_at = int(time.time())
     body = json.dumps(payload(event, sent_at), separators=(",", ":")).encode()
     request = urllib.request.Request(
@@ -86,7 +121,7 @@ def _send_webhook(notification: Notification, event: AlertEvent) -> None:
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT) as response:
+        with _opener.open(request, timeout=settings.ALERT_WEBHOOK_TIMEOUT) as response:
             status = response.status
     except urllib.error.HTTPError as error:
         status = error.code
@@ -124,7 +159,7 @@ def notification_deliver(*, notification_id: int, now: datetime | None = None) -
         SENDERS[notification.channel](notification, event)
     except Exception as error:  # any failure of the far end is retried; the reason is kept
         reason = f"{error.__class__.__name__}: {error}"[:1000]
-        last = notification.attempts >= settings.ALERT_NOTIFY_MAX_ATTEMPTS
+        last = isinstance(error, Undeliverable) or notification.attempts >= settings.ALERT_NOTIFY_MAX_ATTEMPTS
         delay = backoff_seconds(notification.attempts)
         Notification.objects.filter(pk=notification.pk).update(
             last_error=reason,
