@@ -289,3 +289,38 @@ def metrics_export(request):
 
     body, content_type = exposition()
     return HttpResponse(body, content_type=content_type)
+
+
+# --- Monitoring area (/monitoring/) ---------------------------------------------------------
+DAY_CHOICES = (1, 7, 30, 90)
+
+
+@login_required
+def monitoring_page(request):
+    """The tenant's activity for every member; its share of the server for owners and admins;
+    the whole server for staff. Drawn by the page from the metrics API."""
+    from tenants.selectors import chatbot_list
+    from tenants.views import dashboard_membership
+
+    membership = dashboard_membership(request)
+    return render(
+        request,
+        "dashboard/monitoring.html",
+        {
+            "chatbots": chatbot_list(tenant=membership.tenant).order_by("name"),
+            "operator": membership.can_write or request.user.is_staff,
+            "staff": request.user.is_staff,
+            "day_choices": DAY_CHOICES,
+        },
+    )
+
+
+@login_required
+def chatbot_monitoring_page(request, chatbot_id: int):
+    """One chatbot's analytics: content, search, feedback, quality over time, training, A/B."""
+    from tenants.selectors import chatbot_get
+    from tenants.views import dashboard_membership
+
+    membership = dashboard_membership(request)
+    chatbot = chatbot_get(tenant=membership.tenant, chatbot_id=chatbot_id)
+    return render(request, "dashboard/chatbot_monitoring.html", {"chatbot": chatbot, "day_choices": DAY_CHOICES})
