@@ -441,6 +441,23 @@ def test_a_webhook_to_a_private_address_is_refused_at_once(bundle, settings):
 
 
 @TX
+def test_every_system_metric_measures_on_the_maintenance_connection(bundle):
+    from monitoring.alerts.sources import GLOBAL, METRICS, window_for
+    from monitoring.models import AlertRule
+
+    rule = AlertRule(metric="disk_used_percent", scope="global", threshold=0, window_minutes=5)
+    window = window_for(rule, timezone.now())
+    with across_tenants():
+        values = {m.name: m.measure(rule, None, window) for m in METRICS.values() if GLOBAL in m.scopes}
+    assert set(values) == {"disk_used_percent", "memory_used_percent", "queue_backlog", "db_connections",
+                           "db_cache_hit_ratio", "db_dead_tuple_ratio"}  # fmt: skip
+    for name in ("disk_used_percent", "memory_used_percent", "db_connections"):
+        assert 0 < values[name] <= 100, (name, values[name])
+    assert 0 < values["db_cache_hit_ratio"] <= 1 and values["queue_backlog"] >= 0
+    assert values["db_dead_tuple_ratio"] is None or 0 <= values["db_dead_tuple_ratio"] <= 1
+
+
+@TX
 def test_global_rules_evaluate_system_figures_and_only_staff_see_their_alerts(bundle):
     from monitoring.alerts.evaluate import alerts_evaluate
     from monitoring.alerts.rules import alert_rule_create
@@ -458,6 +475,13 @@ def test_global_rules_evaluate_system_figures_and_only_staff_see_their_alerts(bu
     staff = session_client(member(bundle, "alert-staff2", "admin", is_staff=True))
     assert staff.get(f"/api/alerts/{alert.pk}").json()["events"][0]["kind"] == "opened"
     assert staff.post(f"/api/alerts/{alert.pk}/acknowledge").json()["state"] == "acknowledged"
+
+    admin = get_user_model().objects.create_user("alert-admin", password="pw-123-abc", is_staff=True, is_superuser=True)
+    browser = session_client(admin)
+    page = browser.get(f"/admin/monitoring/alert/{alert.pk}/change/")
+    assert page.status_code == 200 and "Acknowledged" in page.content.decode()  # its events inline
+    assert browser.get("/admin/monitoring/alertrule/").status_code == 200
+    assert browser.get("/admin/monitoring/notification/").status_code == 200
 
 
 @TX

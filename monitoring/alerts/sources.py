@@ -227,7 +227,8 @@ def db_connections(rule, target, window: Window) -> float | None:
     """Connections in use as a percentage of max_connections."""
     figure = _figure("database", "connections_by_state")
     used = float(sum(figure().values())) if figure is not None else _scalar("SELECT count(*) FROM pg_stat_activity")
-    most = _scalar("SELECT setting::float FROM pg_settings WHERE name = 'max_connections'")
+    most_figure = _figure("database", "max_connections")
+    most = most_figure() if most_figure is not None else _scalar("SELECT current_setting('max_connections')::float")
     return None if not most or used is None else 100.0 * used / most
 
 
