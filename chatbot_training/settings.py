@@ -194,6 +194,7 @@ OPTIMIZE_EXACT_FASTER_BY = env.float("OPTIMIZE_EXACT_FASTER_BY", default=1.0)  #
 OPTIMIZE_VACUUM_DEAD_SHARE = env.float("OPTIMIZE_VACUUM_DEAD_SHARE", default=0.1)
 OPTIMIZE_REINDEX_DEAD_SHARE = env.float("OPTIMIZE_REINDEX_DEAD_SHARE", default=0.2)
 OPTIMIZE_REINDEX_BLOAT = env.float("OPTIMIZE_REINDEX_BLOAT", default=2.0)  # index size / expected size
+OPTIMIZE_STALE_AFTER_SECONDS = env.int("OPTIMIZE_STALE_AFTER_SECONDS", default=1800)  # a silent run is failed
 # Search logs go through a Redis list and are written in batches (search/logbuffer.py).
 SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)
 SEARCH_LOG_FLUSH_SECONDS = env.float("SEARCH_LOG_FLUSH_SECONDS", default=1.0)
@@ -205,6 +206,8 @@ ACCESS_CONTEXT_MAX_AGE = env.float("ACCESS_CONTEXT_MAX_AGE", default=5.0)
 ACCESS_LISTENER_TIMEOUT = env.float("ACCESS_LISTENER_TIMEOUT", default=3.0)
 # A search whose best cosine similarity is below this is a knowledge gap ("low score").
 SEARCH_LOW_SCORE = env.float("SEARCH_LOW_SCORE", default=0.35)
+# Vector analysis (search/services/analysis/): at most this many chunks are analysed (past it a sample).
+VECTOR_ANALYSIS_MAX_CHUNKS = env.int("VECTOR_ANALYSIS_MAX_CHUNKS", default=20_000)
 
 
 def _kombu_url(url: str) -> str:
@@ -419,6 +422,9 @@ Path(PROMETHEUS_MULTIPROC_DIR).mkdir(parents=True, exist_ok=True)
 # every METRICS_GAUGES_TTL seconds per process.
 METRICS_MAX_CHATBOTS = env.int("METRICS_MAX_CHATBOTS", default=100)
 METRICS_GAUGES_TTL = env.float("METRICS_GAUGES_TTL", default=15.0)
+# When set, /metrics answers only requests with "Authorization: Bearer <METRICS_TOKEN>" (it names
+# chatbot ids and counts); unset, restrict it at the network (the embedded stack listens on 127.0.0.1).
+METRICS_TOKEN = env("METRICS_TOKEN", default="")
 
 # --- Logging ----------------------------------------------------------------------------
 LOGGING = {

@@ -283,10 +283,18 @@ def alert_rule_delete_view(request, rule_id: int):
 def metrics_export(request):
     """/metrics for Prometheus: every process's counters and histograms (web and Celery workers,
     multiprocess files) and the state gauges (see ``monitoring.metrics``)."""
+    import hmac
+
+    from django.conf import settings
     from django.http import HttpResponse
 
     from monitoring.metrics import exposition
 
+    token = settings.METRICS_TOKEN
+    if token:  # scrapers send it as a bearer token (Prometheus: authorization.credentials)
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return HttpResponse("A bearer token is needed for /metrics.\n", status=401, content_type="text/plain")
     body, content_type = exposition()
     return HttpResponse(body, content_type=content_type)
 

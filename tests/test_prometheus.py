@@ -75,3 +75,12 @@ def test_state_gauges_match_the_database(bundle, other_bundle, settings):
     assert not re.search(r'(query|document_id|request_id)="', text)
     # the web process's own counters are there too (django-prometheus, search)
     assert "django_http_requests_total_by_method" in text or "django_http_requests" in text
+
+
+@TRANSACTIONAL
+def test_metrics_can_require_a_bearer_token(settings):
+    settings.METRICS_TOKEN = "s3cret-scrape-token"
+    assert Client().get("/metrics").status_code == 401
+    assert Client().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    answer = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer s3cret-scrape-token")
+    assert answer.status_code == 200 and b"chatbot_documents" in answer.content
