@@ -322,6 +322,23 @@ def test_slow_searches_open_one_alert_updated_then_resolved_with_email(bundle, s
     assert len(mail.outbox) == 2 and "resolved" in mail.outbox[1].subject
 
 
+def test_zero_result_rate_and_its_rise_over_the_previous_window(bundle):
+    from monitoring.alerts.sources import METRICS, window_for
+
+    slow_searches(bundle, 10, took_ms=50, minutes_ago=90, results=3)  # the previous hour: none empty
+    slow_searches(bundle, 6, took_ms=50, minutes_ago=30, results=0)  # this hour: 6 of 10 empty
+    slow_searches(bundle, 4, took_ms=50, minutes_ago=30, results=2)
+    rule = p95_rule(bundle, metric="search_zero_result_rate", threshold=0.3, window_minutes=60)
+    window = window_for(rule, timezone.now())
+    with as_tenant(bundle):
+        assert METRICS["search_zero_result_rate"].measure(rule, bundle.chatbot, window) == pytest.approx(0.6)
+        assert METRICS["search_zero_result_rise"].measure(rule, bundle.chatbot, window) == pytest.approx(0.6)
+        assert METRICS["search_zero_result_rate"].measure(rule, bundle.tenant, window.previous) == 0.0
+        rule.window_minutes = 10  # too few searches in the last 10 minutes: no figure
+        recent = window_for(rule, timezone.now())
+        assert METRICS["search_zero_result_rate"].measure(rule, bundle.chatbot, recent) is None
+
+
 @TX
 def test_cooldown_reopens_quietly_and_a_training_failure_opens_its_own_alert(bundle, settings):
     from monitoring.alerts.evaluate import alerts_evaluate
