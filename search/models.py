@@ -109,6 +109,7 @@ class OptimizationRun(TenantOwned):
     requested_by = models.CharField(max_length=200, blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, help_text="Last progress written while running.")
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

@@ -248,6 +248,8 @@ def test_api_starts_a_run_and_refuses_bad_input_a_second_run_and_other_tenants(a
     run = started.json()
     assert run["status"] == "queued" and run["actions"] == ["tune", "vacuum"] and run["recall_target"] == 0.95
     assert run["percent"] == 0 and run["results"] == {} and run["status_url"] == f"/api/optimize/runs/{run['run_id']}"
+    assert run["tuning"] == {"tuned": False, "ef_search": None, "exact_max": 1500, "recall_target": None,
+                             "measured_recall": None, "measured_at": None, "source_run_id": None}  # fmt: skip
 
     again = api.post(f"/api/optimize/{bundle.chatbot.pk}", {}, format="json")
     assert again.status_code == 409 and again.json()["error"]["code"] == "conflict"
@@ -312,3 +314,54 @@ def test_dashboard_page_renders_for_a_viewer_and_its_form_starts_a_run_for_an_ow
     assert (run.actions, run.recall_target, run.requested_by) == (["vacuum"], 0.97, bundle.username)
     assert run.status == "succeeded"  # eager Celery ran it after the request's commit
     assert f'data-run="{run.pk}"' in done.content.decode()
+
+
+def test_a_run_whose_worker_went_silent_stops_holding_the_chatbot(bundle, settings):
+    """A run still 'running' with no progress for OPTIMIZE_STALE_AFTER_SECONDS is failed with a
+    readable reason when the next run starts; a live one still refuses a second (409)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from search.models import OptimizationRun
+    from search.services.optimize import optimization_start
+    from tenants.errors import Conflict
+
+    with as_tenant(bundle):
+        old = timezone.now() - timedelta(seconds=settings.OPTIMIZE_STALE_AFTER_SECONDS + 60)
+        stuck = OptimizationRun.objects.create(
+            tenant=bundle.tenant, chatbot=bundle.chatbot, actions=["tune"], status="running", heartbeat_at=old
+        )
+        fresh = optimization_start(tenant=bundle.tenant, chatbot=bundle.chatbot, requested_by="test")
+        stuck.refresh_from_db()
+        assert stuck.status == "failed" and "stopped answering" in stuck.error and stuck.finished_at
+        assert fresh.status == "queued"
+        with pytest.raises(Conflict):
+            optimization_start(tenant=bundle.tenant, chatbot=bundle.chatbot, requested_by="test")
+        assert OptimizationRun.objects.filter(chatbot=bundle.chatbot).count() == 2
+
+
+@DB
+def test_nightly_starts_a_run_for_every_chatbot_with_vectors_but_one_already_live(bundle, other_bundle, quick):
+    """The beat task (called directly, as beat's worker would: no scope of its own) looks across
+    tenants; each run it starts executes eagerly in its chatbot's tenant scope."""
+    from search.models import OptimizationRun
+    from search.tasks import optimize_nightly_task
+    from tenants.services import chatbot_create
+
+    with as_tenant(bundle):
+        empty = chatbot_create(tenant=bundle.tenant, name="Empty")
+    _insert_vectors(bundle.chatbot, near_duplicates(7, 30, clusters=3, spread=0.5))
+    _insert_vectors(other_bundle.chatbot, near_duplicates(8, 30, clusters=3, spread=0.5))
+    with as_tenant(other_bundle):
+        live = OptimizationRun.objects.create(
+            tenant=other_bundle.tenant, chatbot=other_bundle.chatbot, actions=["tune"]
+        )
+
+    done = optimize_nightly_task()
+
+    assert done == {"started": [bundle.chatbot.pk], "skipped": [other_bundle.chatbot.pk]}
+    with across_tenants():
+        runs = {run.chatbot_id: run for run in OptimizationRun.objects.exclude(pk=live.pk)}
+    assert list(runs) == [bundle.chatbot.pk] and empty.pk not in runs
+    assert runs[bundle.chatbot.pk].status == "succeeded" and runs[bundle.chatbot.pk].requested_by == "nightly"

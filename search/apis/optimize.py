@@ -39,7 +39,10 @@ def tuning_payload(tuning: SearchTuning | None) -> dict:
     }
 
 
-def optimization_run_payload(run: OptimizationRun, tuning: SearchTuning | None = None) -> dict:
+def optimization_run_payload(
+    run: OptimizationRun, tuning: SearchTuning | None = None, *, with_tuning: bool = False
+) -> dict:
+    """A run; ``with_tuning``: and the chatbot's tuning now (``tuning``, None for the defaults)."""
     payload = {
         "run_id": run.pk,
         "chatbot_id": run.chatbot_id,
@@ -56,7 +59,7 @@ def optimization_run_payload(run: OptimizationRun, tuning: SearchTuning | None =
         "finished_at": run.finished_at,
         "status_url": f"/api/optimize/runs/{run.pk}",
     }
-    if tuning is not None or run.status == OptimizationRun.Status.SUCCEEDED:
+    if with_tuning:
         payload["tuning"] = tuning_payload(tuning)
     return payload
 
@@ -99,7 +102,7 @@ class OptimizationRunSerializer(serializers.Serializer):
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)
     status_url = serializers.CharField()
-    tuning = SearchTuningSerializer(required=False)
+    tuning = SearchTuningSerializer(required=False, help_text="The chatbot's tuning now (single-run answers).")
 
 
 class OptimizationOverviewSerializer(serializers.Serializer):
@@ -137,7 +140,7 @@ class OptimizationApi(TenantApi):
         run = optimization_start(tenant=self.tenant, chatbot=chatbot, requested_by=who, **params.validated_data)
         run.refresh_from_db()  # eager Celery (tests) may have run it already
         tuning = search_tuning_get(tenant=self.tenant, chatbot_id=chatbot.pk)
-        return Response(optimization_run_payload(run, tuning), status=202)
+        return Response(optimization_run_payload(run, tuning, with_tuning=True), status=202)
 
 
 class OptimizationRunApi(TenantApi):
@@ -146,4 +149,5 @@ class OptimizationRunApi(TenantApi):
     @extend_schema(operation_id="optimize_run", responses={200: OptimizationRunSerializer}, tags=["optimize"])
     def get(self, request, run_id: int):
         run = optimization_run_get(tenant=self.tenant, run_id=run_id, api_key=self.api_key)
-        return Response(optimization_run_payload(run, search_tuning_get(tenant=self.tenant, chatbot_id=run.chatbot_id)))
+        tuning = search_tuning_get(tenant=self.tenant, chatbot_id=run.chatbot_id)
+        return Response(optimization_run_payload(run, tuning, with_tuning=True))

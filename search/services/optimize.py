@@ -24,11 +24,12 @@ import re
 import statistics
 import time
 from collections.abc import Callable
+from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from knowledge import vectors
@@ -67,6 +68,7 @@ def optimization_start(
     if chatbot.tenant_id != tenant.pk:
         raise NotFound("Chatbot not found.", field="chatbot_id")
     actions = optimization_actions_parse(actions)
+    optimization_runs_expire(chatbot=chatbot)
     if isinstance(recall_target, bool) or not isinstance(recall_target, int | float):
         raise DomainError("recall_target must be a number above 0.5 and at most 1.0.", field="recall_target")
     if not 0.5 < float(recall_target) <= 1.0:
@@ -103,6 +105,20 @@ def optimization_actions_parse(actions) -> list[str]:
     return [a for a in ACTIONS if a in actions]  # each once, in the order they make sense
 
 
+def optimization_runs_expire(*, chatbot: Chatbot) -> int:
+    """Fail the chatbot's runs whose worker went silent (no progress for
+    ``OPTIMIZE_STALE_AFTER_SECONDS``; a queued run never picked up for as long), so they stop
+    holding the chatbot's one live run. Called before each start (API, dashboard, nightly)."""
+    stale = timezone.now() - timedelta(seconds=settings.OPTIMIZE_STALE_AFTER_SECONDS)
+    live = OptimizationRun.objects.filter(chatbot_id=chatbot.pk, status__in=OptimizationRun.ACTIVE)
+    silent = live.filter(Q(heartbeat_at__lt=stale) | Q(heartbeat_at__isnull=True, created_at__lt=stale))
+    return silent.update(
+        status=Status.FAILED,
+        finished_at=timezone.now(),
+        error="The worker stopped answering while this run was queued or running; start a new run.",
+    )
+
+
 def optimization_enqueue(run_id: int, tenant_id: int) -> None:
     from search.tasks import optimization_run_task
 
@@ -118,12 +134,14 @@ def _claim(run_id: int) -> OptimizationRun | None:
         started_at=timezone.now(),
         percent=1,
         stage="Starting",
+        heartbeat_at=timezone.now(),
         attempts=F("attempts") + 1,
     )
     return OptimizationRun.objects.select_related("chatbot").get(pk=run_id) if claimed else None
 
 
 def _save(run: OptimizationRun, **fields) -> None:
+    fields["heartbeat_at"] = timezone.now()
     OptimizationRun.objects.filter(pk=run.pk, status=Status.RUNNING).update(**fields)
     for name, value in fields.items():
         setattr(run, name, value)
