@@ -117,6 +117,15 @@ def _start(bundle, **kwargs):
         return OptimizationRun.objects.get(pk=run.pk)
 
 
+def low_dimensional(seed: int, count: int, *, dims: int = 6) -> np.ndarray:
+    """Unit vectors spanning only a few directions of the 384 (text embeddings have a low
+    intrinsic dimension; this is the extreme): an easy graph for HNSW."""
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.standard_normal((384, dims)))
+    vectors = (rng.standard_normal((count, dims)) + 3.0 * np.eye(dims)[0]) @ basis.T
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
 @DB
 def test_autopilot_raises_recall_on_a_hard_chatbot_and_searches_use_the_new_ef_search(bundle, quick):
     """Near-random 384-d vectors: the default walk (ef_search 100 on the chatbot's own index)
@@ -148,12 +157,12 @@ def test_autopilot_raises_recall_on_a_hard_chatbot_and_searches_use_the_new_ef_s
 
 @DB
 def test_autopilot_lowers_ef_search_on_an_easy_chatbot_without_losing_recall(bundle, quick):
-    """Well separated topics: a narrow walk already finds every neighbour."""
+    """Vectors of few directions: a narrow walk already finds every neighbour."""
     from search.models import SearchLog
     from search.selectors import NO_FILTERS
     from search.services import _semantic_search
 
-    vectors = near_duplicates(2, 2000, clusters=30, spread=0.3)
+    vectors = low_dimensional(2, 2000)
     _big_chatbot(bundle, vectors)
     space = _serving(bundle).space
     with as_tenant(bundle):  # knowledge-gap searches keep their query vector: tuning reuses it
@@ -224,6 +233,7 @@ def test_reindex_rebuilds_an_index_below_the_recall_target(bundle, quick):
     from search.selectors import index_bytes
 
     quick.OPTIMIZE_EF_LADDER = [10]  # tuning cannot reach the target: the rebuild is asked for
+    quick.SEARCH_HNSW_EF_SEARCH_OWN_INDEX = 10  # (the current setting is measured too)
     _big_chatbot(bundle, near_duplicates(6, 1600, clusters=1600, spread=4.0))
     run = _start(bundle, actions=["tune", "reindex"], recall_target=1.0)
     assert run.status == "succeeded", run.error
