@@ -55,6 +55,9 @@ def measure(chatbot, queries) -> dict:
     serving_forget()
     serving = serving_for(chatbot)
     space = serving.space.store
+    for vector in queries[:10]:  # warm the caches: the first searches of a process read pages from disk
+        _semantic_search(space=space, chatbot=chatbot, vector=vector, limit=10, filters=NO_FILTERS,
+                         ef_search=serving.ef_search, exact_max=serving.exact_max)  # fmt: skip
     recalls, times, strategies = [], [], set()
     for vector in queries:
         began = time.perf_counter()
@@ -78,6 +81,7 @@ def measure(chatbot, queries) -> dict:
 def side_costs(repeats: int = 20) -> dict:
     """What runs beside searches, timed when it exists: the alert evaluator and /metrics. (Hooks:
     add an entry here when another periodic cost lands.)"""
+    from django.conf import settings
     from django.test import Client
 
     out: dict = {}
@@ -86,21 +90,32 @@ def side_costs(repeats: int = 20) -> dict:
     except ImportError:
         out["alerts_evaluate"] = "not available"
     else:
-        from tenants.scoping import cross_tenant_context
-
-        times = []
+        times, totals = [], {}
+        try:
+            for _ in range(repeats):
+                began = time.perf_counter()
+                totals = alerts_evaluate()  # it scopes itself, as its beat task
+                times.append((time.perf_counter() - began) * 1000)
+        except Exception as exc:
+            out["alerts_evaluate_ms"] = f"failed: {type(exc).__name__}: {exc}"
+        else:
+            out["alerts_evaluate_ms"] = {
+                "p50": _percentile(times, 50),
+                "p95": _percentile(times, 95),
+                "rules": totals.get("rules"),
+            }
+    client, times, status = Client(HTTP_HOST="127.0.0.1"), [], None
+    try:
         for _ in range(repeats):
             began = time.perf_counter()
-            with cross_tenant_context("bench-alerts"):
-                alerts_evaluate()
+            status = client.get(
+                "/metrics", HTTP_AUTHORIZATION=f"Bearer {getattr(settings, 'METRICS_TOKEN', '')}"
+            ).status_code
             times.append((time.perf_counter() - began) * 1000)
-        out["alerts_evaluate_ms"] = {"p50": _percentile(times, 50), "p95": _percentile(times, 95)}
-    client, times, status = Client(HTTP_HOST="127.0.0.1"), [], None
-    for _ in range(repeats):
-        began = time.perf_counter()
-        status = client.get("/metrics").status_code
-        times.append((time.perf_counter() - began) * 1000)
-    out["metrics_scrape_ms"] = {"status": status, "p50": _percentile(times, 50), "p95": _percentile(times, 95)}
+    except Exception as exc:  # a hook: report, do not lose the figures above
+        out["metrics_scrape_ms"] = f"failed: {type(exc).__name__}: {exc}"
+    else:
+        out["metrics_scrape_ms"] = {"status": status, "p50": _percentile(times, 50), "p95": _percentile(times, 95)}
     return out
 
 
