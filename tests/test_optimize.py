@@ -213,7 +213,7 @@ def test_vacuum_records_dead_tuples_before_and_after(bundle, quick):
 
 
 @DB
-def test_reindex_skips_a_small_chatbot_and_the_run_records_every_action(bundle, quick):
+def test_reindex_skips_a_small_chatbot_and_the_run_records_every_action(bundle, quick, client):
     """A chatbot below the own-index size is searched exactly: reindex has nothing to rebuild;
     analyze calls the vector analysis (or says it is not there yet)."""
     _insert_vectors(bundle.chatbot, near_duplicates(5, 50, clusters=5, spread=0.5))
@@ -225,6 +225,11 @@ def test_reindex_skips_a_small_chatbot_and_the_run_records_every_action(bundle, 
     assert run.results["tune"]["after"]["strategy"] == "exact" and run.results["tune"]["after"]["recall"] == 1.0
     assert set(run.results) == {"tune", "reindex", "vacuum", "analyze"}
     assert isinstance(run.results["analyze"], dict) and run.results["analyze"]  # the analysis report, or why not
+    assert client.login(username=bundle.username, password=bundle.password)
+    page = client.get(f"/chatbots/{bundle.chatbot.pk}/optimize/").content.decode()
+    assert f'data-run="{run.pk}"' in page and "searched exactly" in page
+    if "skipped" not in run.results["analyze"]:  # the analysis helper's report is shown on the page
+        assert 'id="vector-analysis-report"' in page
 
 
 @DB
