@@ -1,21 +1,21 @@
 """The metrics a rule may watch: name -> description, unit, scopes allowed, and the function that
 measures it for one target over a window (a float, or None when there is nothing to measure).
 
-Figures come from ``monitoring.figures`` (the metrics pages' own functions) when they are there;
+System and database figures come from ``monitoring.figures`` (the metrics pages' own functions);
 the small functions here measure what those do not (a window with an end, the previous window).
 A value of None never breaches a rule: an alert whose figure has no data resolves.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.conf import settings
 from django.db.models import Aggregate, Count, FloatField, Q
+
+from monitoring.figures import database, system
 
 logger = logging.getLogger(__name__)
 
@@ -44,14 +44,6 @@ class Metric:
     unit: str
     scopes: tuple[str, ...]
     measure: Callable  # (rule, target, window) -> float | None; target: a Chatbot, a Tenant or None
-
-
-def _figure(module: str, name: str) -> Callable | None:
-    """A figure function of ``monitoring.figures.<module>`` if it exists yet."""
-    try:
-        return getattr(importlib.import_module(f"monitoring.figures.{module}"), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def _owner(rule, target) -> dict:
@@ -175,83 +167,30 @@ def index_recall_shortfall(rule, target, window: Window) -> float | None:
 
 
 def disk_used_percent(rule, target, window: Window) -> float | None:
-    figure = _figure("system", "disk_usage")
-    if figure is not None:
-        return float(figure()["used_percent"])
-    import psutil
-
-    return float(psutil.disk_usage(str(settings.MEDIA_ROOT)).percent)
+    return float(system.disk_usage()["used_percent"])
 
 
 def memory_used_percent(rule, target, window: Window) -> float | None:
-    figure = _figure("system", "memory_usage")
-    if figure is not None:
-        return float(figure()["used_percent"])
-    import psutil
-
-    return float(psutil.virtual_memory().percent)
-
-
-def _queue_depths() -> dict[str, int]:
-    figure = _figure("system", "queue_depths")
-    if figure is not None:
-        return figure()
-    from tenants import redis_client
-
-    client = redis_client.client()
-    if client is None:
-        return {}
-    queues = {settings.CELERY_TASK_DEFAULT_QUEUE, settings.CELERY_TRAINING_QUEUE}
-    try:
-        return {queue: int(client.llen(queue)) for queue in queues}
-    except redis_client.RedisError as error:
-        redis_client.failed(error, what="alert queue depths")
-        return {}
+    return float(system.memory_usage()["used_percent"])
 
 
 def queue_backlog(rule, target, window: Window) -> float | None:
-    depths = [n for n in _queue_depths().values() if n is not None]
+    depths = [n for n in system.queue_depths().values() if n is not None]
     return float(sum(depths)) if depths else None
-
-
-def _scalar(sql: str) -> float | None:
-    from tenants.scoping import scope_connection
-
-    with scope_connection().cursor() as cursor:
-        cursor.execute(sql)
-        row = cursor.fetchone()
-    return None if row is None or row[0] is None else float(row[0])
 
 
 def db_connections(rule, target, window: Window) -> float | None:
     """Connections in use as a percentage of max_connections."""
-    figure = _figure("database", "connections_by_state")
-    used = float(sum(figure().values())) if figure is not None else _scalar("SELECT count(*) FROM pg_stat_activity")
-    most_figure = _figure("database", "max_connections")
-    most = most_figure() if most_figure is not None else _scalar("SELECT current_setting('max_connections')::float")
-    return None if not most or used is None else 100.0 * used / most
+    most = database.max_connections()
+    return 100.0 * sum(database.connections_by_state().values()) / most if most else None
 
 
 def db_cache_hit_ratio(rule, target, window: Window) -> float | None:
-    figure = _figure("database", "cache_hit_ratio")
-    if figure is not None:
-        value = figure()
-        return None if value is None else float(value)
-    return _scalar(
-        "SELECT sum(blks_hit)::float / nullif(sum(blks_hit) + sum(blks_read), 0) FROM pg_stat_database "
-        "WHERE datname = current_database()"
-    )
+    return database.cache_hit_ratio()
 
 
 def db_dead_tuple_ratio(rule, target, window: Window) -> float | None:
-    figure = _figure("database", "dead_tuple_ratio")
-    if figure is not None:
-        value = figure()
-        return None if value is None else float(value)
-    return _scalar(  # tables of at least 1000 rows: a few dead rows in a tiny table mean nothing
-        "SELECT max(n_dead_tup::float / (n_live_tup + n_dead_tup)) FROM pg_stat_user_tables "
-        "WHERE n_live_tup + n_dead_tup >= 1000"
-    )
+    return database.dead_tuple_ratio()
 
 
 METRICS: dict[str, Metric] = {
