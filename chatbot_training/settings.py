@@ -192,7 +192,7 @@ OPTIMIZE_SAMPLE_QUERIES = env.int("OPTIMIZE_SAMPLE_QUERIES", default=200)
 OPTIMIZE_EF_LADDER = env.list("OPTIMIZE_EF_LADDER", cast=int, default=[10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800])
 OPTIMIZE_EXACT_FASTER_BY = env.float("OPTIMIZE_EXACT_FASTER_BY", default=1.0)  # exact p95 <= HNSW p95 x this
 # Stored vectors stand in for queries when logs are few, moved off their chunk by noise of this length.
-OPTIMIZE_SELF_QUERY_NOISE = env.float("OPTIMIZE_SELF_QUERY_NOISE", default=0.75)
+OPTIMIZE_SELF_QUERY_NOISE = env.float("OPTIMIZE_SELF_QUERY_NOISE", default=1.0)
 OPTIMIZE_VACUUM_DEAD_SHARE = env.float("OPTIMIZE_VACUUM_DEAD_SHARE", default=0.1)
 OPTIMIZE_REINDEX_DEAD_SHARE = env.float("OPTIMIZE_REINDEX_DEAD_SHARE", default=0.2)
 OPTIMIZE_REINDEX_BLOAT = env.float("OPTIMIZE_REINDEX_BLOAT", default=2.0)  # index size / expected size
