@@ -185,7 +185,7 @@ SEARCH_EXACT_MAX = env.int("SEARCH_EXACT_MAX", default=1500)
 SEARCH_HNSW_EF_SEARCH = env.int("SEARCH_HNSW_EF_SEARCH", default=200)
 SEARCH_HNSW_EF_SEARCH_OWN_INDEX = env.int("SEARCH_HNSW_EF_SEARCH_OWN_INDEX", default=100)
 SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=40000)
-# The optimizer (search/services/optimize.py): queries it samples to tune a chatbot, the ef_search
+# The optimizer (search/services/optimize/): queries it samples to tune a chatbot, the ef_search
 # ladder it measures, how much faster exact search must be to serve always, and the dead-tuple
 # share (of live rows) past which it vacuums the vector tables or rebuilds a chatbot's index.
 OPTIMIZE_SAMPLE_QUERIES = env.int("OPTIMIZE_SAMPLE_QUERIES", default=200)

@@ -580,7 +580,7 @@ def gap_query_vectors(
     return out
 
 
-# --- The optimizer's reads (search/services/optimize.py) ---------------------------------------
+# --- The optimizer's reads (search/services/optimize/) ---------------------------------------
 
 
 def chunk_vectors_sample(*, space: EmbeddingSpace, chatbot_id: int, count: int) -> list[list[float]]:

@@ -15,7 +15,7 @@ def search_logs_flush_task() -> int:
 
 @shared_task(name="search.optimization_run", acks_late=True, reject_on_worker_lost=True, time_limit=6 * 3600)
 def optimization_run_task(*, run_id: int, tenant_id: int | None = None) -> str:
-    """One optimisation run (search/services/optimize.py), on the default queue with ingestion
+    """One optimisation run (search/services/optimize/), on the default queue with ingestion
     and index upkeep."""
     from search.services.optimize import optimization_run, optimization_run_tenant_id
     from tenants.scoping import tenant_context

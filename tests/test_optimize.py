@@ -1,4 +1,4 @@
-"""The search optimizer (search/services/optimize.py): the index autopilot on a hard and an easy
+"""The search optimizer (search/services/optimize/): the index autopilot on a hard and an easy
 chatbot, reindex and vacuum upkeep, its API and its dashboard page.
 
 Celery runs eagerly in tests: starting a run enqueues on commit, and the task function runs

@@ -139,7 +139,7 @@ def search_run(
             vector=vector,
             limit=fetch,
             filters=filters,
-            ef_search=serving.ef_search,  # the chatbot's tuning (search/services/optimize.py), if any
+            ef_search=serving.ef_search,  # the chatbot's tuning (search/services/optimize/), if any
             exact_max=serving.exact_max,
         )
     if mode in ("keyword", "hybrid"):
