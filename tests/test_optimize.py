@@ -381,3 +381,23 @@ def test_nightly_starts_a_run_for_every_chatbot_with_vectors_but_one_already_liv
         runs = {run.chatbot_id: run for run in OptimizationRun.objects.exclude(pk=live.pk)}
     assert list(runs) == [bundle.chatbot.pk] and empty.pk not in runs
     assert runs[bundle.chatbot.pk].status == "succeeded" and runs[bundle.chatbot.pk].requested_by == "nightly"
+
+
+@DB
+def test_a_failing_action_fails_the_run_with_a_readable_reason_and_stores_no_tuning(bundle, quick):
+    """pgvector refuses an ef_search above 1000: the run records failed, says which action and
+    why, and keeps the chatbot's searches on their settings (no tuning row, no version bump)."""
+    from search.models import SearchTuning
+    from tenants.models import Chatbot
+
+    quick.OPTIMIZE_EF_LADDER = [5000]
+    _insert_vectors(bundle.chatbot, near_duplicates(9, 40, clusters=3, spread=0.5))
+    with as_tenant(bundle):
+        version = Chatbot.objects.get(pk=bundle.chatbot.pk).content_version
+    run = _start(bundle, actions=["tune", "vacuum"])
+    assert run.status == "failed" and run.finished_at is not None
+    assert run.error.startswith("tune failed: ") and "hnsw.ef_search" in run.error, run.error
+    assert run.results == {} and run.percent < 100
+    with as_tenant(bundle):
+        assert not SearchTuning.objects.exists()
+        assert Chatbot.objects.get(pk=bundle.chatbot.pk).content_version == version
