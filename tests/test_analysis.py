@@ -51,14 +51,14 @@ def structured_chunks(seed: int = 3) -> dict:
             "duplicates": [duplicate_of, len(texts) - 1]}  # fmt: skip
 
 
-def insert_chunks(chatbot, texts: list[str], vectors: np.ndarray, title: str = "synthetic") -> tuple:
-    """A ready document and its chunks with these vectors in the chatbot's active space, as the
-    tenant; returns (document id, chunk ids in the given order)."""
+def insert_chunks(chatbot, texts: list[str], vectors: np.ndarray, title: str = "synthetic", space=None) -> tuple:
+    """A ready document and its chunks with these vectors in ``space`` (default: the chatbot's
+    active space), as the tenant; returns (document id, chunk ids in the given order)."""
     from knowledge.models import Document
     from knowledge.services import chatbot_space_ensure_active
 
     with as_tenant(chatbot.tenant_id):
-        space = chatbot_space_ensure_active(chatbot=chatbot).space
+        space = space or chatbot_space_ensure_active(chatbot=chatbot).space
         document = Document.objects.create(
             tenant_id=chatbot.tenant_id, chatbot=chatbot, title=title, status="ready",
             content_hash=f"{title}-{chatbot.pk}", original_filename=f"{title}.txt",
@@ -161,6 +161,42 @@ def test_the_same_seed_gives_the_same_report(structured):
     first, second = analyse(structured["bundle"], seed=4), analyse(structured["bundle"], seed=4)
     first.pop("took_seconds"), second.pop("took_seconds")
     assert first == second
+
+
+def test_a_big_chatbot_is_sampled_and_clustered_in_mini_batches(bundle, settings):
+    """Past VECTOR_ANALYSIS_MAX_CHUNKS a seeded sample is analysed; past 4,000 points k is chosen
+    on a sample and the clusters are fitted by mini-batch k-means over all of them."""
+    rng = np.random.default_rng(11)
+    basis, _ = np.linalg.qr(rng.standard_normal((DIMS, SUBSPACE)))
+    topic = rng.integers(0, 5, 4_300)
+    vectors = basis[:, topic].T + 0.12 * rng.standard_normal((len(topic), SUBSPACE)) @ basis.T
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    from knowledge.models import EmbeddingSpace
+
+    with as_tenant(bundle):  # a space of the tenant's own, with no HNSW index for thousands of rows rolled back
+        space = EmbeddingSpace.objects.create(
+            tenant=bundle.tenant, provider="local", model_name="synthetic", version="1", dimensions=DIMS
+        )
+    texts = [f"chunk {i}" for i in range(len(topic))]
+    _, ids = insert_chunks(bundle.chatbot, texts, vectors, title="big", space=space)
+    topic_of = dict(zip(ids, topic.tolist()))
+    settings.VECTOR_ANALYSIS_MAX_CHUNKS = 4_100
+
+    report = analyse(bundle, space=space, max_points=400, seed=1)
+    assert report["space"] == "local:synthetic@1"
+    assert report["chunks"] == 4_300 and report["sampled"] == 4_100
+    assert report["k"] == 5 and sum(c["size"] for c in report["clusters"]) == 4_100
+    points = report["map"]["points"]
+    assert len(points) == 400 and len({p["chunk_id"] for p in points}) == 400
+    for cluster in range(5):
+        members = [topic_of[p["chunk_id"]] for p in points if p["cluster"] == cluster]
+        assert max(members.count(t) for t in set(members)) / len(members) >= 0.95
+    from search.selectors import chunk_vectors
+
+    with as_tenant(bundle):  # the seed picks the sample: the map's points are of seed 1's
+        picked = {seed: {row[0] for row in chunk_vectors(space=space, chatbot_id=bundle.chatbot.pk,
+                                                         limit=4_100, seed=seed)} for seed in (1, 2)}  # fmt: skip
+    assert {p["chunk_id"] for p in points} <= picked[1] and picked[1] != picked[2]
 
 
 def test_a_chatbot_with_three_chunks_gets_a_note(bundle):

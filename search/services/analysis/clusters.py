@@ -11,7 +11,9 @@ from search.services.analysis.data import Chunks, r, unit
 
 MAX_K = 40
 MAX_CANDIDATES = 12  # values of k tried
-SELECTION_SAMPLE = 5_000  # k is chosen on at most this many points
+SELECTION_SAMPLE = 4_000  # k is chosen on at most this many points
+CLUSTER_COMPONENTS = 64  # past REDUCE_ABOVE chunks, k-means runs on this many principal components
+REDUCE_ABOVE = 2_000
 SILHOUETTE_SAMPLE = 2_000
 NO_STRUCTURE = 0.02  # best silhouette below it: the size rule picks k
 OUTLIER_Z = 3.5
@@ -22,44 +24,41 @@ Progress = Callable[[int, str], None]
 
 
 def k_candidates(n: int) -> list[int]:
-    """2 up to min(MAX_K, sqrt(n/2)), at most MAX_CANDIDATES values, evenly stepped."""
+    """Every k from 2 to 6, then geometrically spaced up to min(MAX_K, sqrt(n/2)): at most
+    MAX_CANDIDATES values, as fine where a few topics differ as where many do."""
     high = max(2, min(MAX_K, int(math.sqrt(n / 2)), n - 1))
-    step = max(1, math.ceil((high - 1) / MAX_CANDIDATES))
-    values = list(range(2, high + 1, step))
-    return values if values[-1] == high else [*values, high]
+    values = list(range(2, min(high, 6) + 1))
+    if high > 6:
+        values += [int(round(v)) for v in np.geomspace(6, high, MAX_CANDIDATES - 4)[1:]]
+    return sorted(set(values))
 
 
 def _kmeans(k: int, n: int, seed: int):
     from sklearn.cluster import KMeans, MiniBatchKMeans
 
     if n <= SELECTION_SAMPLE:
-        return KMeans(n_clusters=k, n_init=3, random_state=seed)
+        return KMeans(n_clusters=k, n_init=2, random_state=seed)
     return MiniBatchKMeans(n_clusters=k, n_init=3, random_state=seed, batch_size=2048)
 
 
-def topic_clusters(x: np.ndarray, seed: int, tell: Progress):
-    """(k, silhouette, how k was chosen, labels, unit centroids): k by the best silhouette over
-    ``k_candidates`` (on a sample for big chatbots), else by the size rule when no k shows any
-    structure; then k-means with that k over every point."""
-    from sklearn.metrics import silhouette_score
+def topic_clusters(x: np.ndarray, reduced: np.ndarray, seed: int, tell: Progress):
+    """(k, silhouette, how k was chosen, labels, unit centroids). k-means runs on ``reduced``
+    (the vectors, or for big chatbots their first principal components: about as good clusters
+    at a fraction of the cost); the silhouette (cosine) and the centroids are of the vectors. k is the best
+    silhouette's over ``k_candidates`` (chosen on a sample for big chatbots), else the size rule
+    when no k shows any structure; then k-means with that k over every point."""
 
     n = len(x)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, SELECTION_SAMPLE, replace=False)) if n > SELECTION_SAMPLE else np.arange(n)
-    xs = x[sample]
     candidates = k_candidates(n)
     scores: dict[int, float] = {}
     fitted = {}
     for i, k in enumerate(candidates):
-        model = _kmeans(k, len(xs), seed).fit(xs)
-        if len(set(model.labels_)) < 2:
-            continue
-        scores[k] = float(
-            silhouette_score(
-                xs, model.labels_, metric="cosine", sample_size=min(SILHOUETTE_SAMPLE, len(xs)), random_state=seed
-            )
-        )
-        fitted[k] = model
+        model = _kmeans(k, len(sample), seed).fit(reduced[sample])
+        if len(set(model.labels_)) >= 2:
+            scores[k] = _silhouette(x[sample], model.labels_, seed)
+            fitted[k] = model
         tell(10 + int(45 * (i + 1) / len(candidates)), "clustering")
     if scores and max(scores.values()) >= NO_STRUCTURE:
         k = max(scores, key=lambda c: (scores[c], -c))
@@ -67,15 +66,23 @@ def topic_clusters(x: np.ndarray, seed: int, tell: Progress):
     else:
         k = max(2, min(MAX_K, round(math.sqrt(n / 2)), n - 1))
         method = "size rule"
-    model = fitted.get(k) if n == len(xs) else None
-    if model is None:
-        model = _kmeans(k, n, seed).fit(x)
-    labels = model.labels_.astype(int)
-    if method == "size rule" or n != len(xs):
-        score = silhouette_score(x, labels, metric="cosine", sample_size=min(SILHOUETTE_SAMPLE, n), random_state=seed)
+    if n == len(sample) and k in fitted:
+        labels, score = fitted[k].labels_.astype(int), scores[k]
     else:
-        score = scores[k]
-    return k, r(score), method, labels, unit(model.cluster_centers_.astype(np.float32))
+        labels = _kmeans(k, n, seed).fit(reduced).labels_.astype(int)
+        score = _silhouette(x, labels, seed)
+    centroids = np.zeros((k, x.shape[1]), dtype=np.float32)
+    np.add.at(centroids, labels, x)
+    return k, r(score), method, labels, unit(centroids)
+
+
+def _silhouette(x: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    from sklearn.metrics import silhouette_score
+
+    if len(set(labels)) < 2:
+        return 0.0
+    size = min(SILHOUETTE_SAMPLE, len(x))
+    return float(silhouette_score(x, labels, metric="cosine", sample_size=size, random_state=seed))
 
 
 def _top_terms(texts: list[str], labels: np.ndarray, k: int) -> list[list[str]]:

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import time
 
+from django.conf import settings
+
 from search.selectors import chunk_vector_count, chunk_vectors
-from search.services.analysis.clusters import Progress, describe_clusters, find_outliers, topic_clusters
+from search.services.analysis.clusters import (
+    CLUSTER_COMPONENTS,
+    REDUCE_ABOVE,
+    Progress,
+    describe_clusters,
+    find_outliers,
+    topic_clusters,
+)
 from search.services.analysis.data import Chunks
 from search.services.analysis.geometry import (
     DUPLICATE_COSINE,
@@ -17,7 +26,7 @@ from search.services.analysis.geometry import (
 from search.services.serving import serving_for
 
 MIN_CHUNKS = 10
-MAX_ANALYSED = 20_000  # chunks read and analysed; past it a deterministic sample
+MAX_ANALYSED = 100_000  # the most VECTOR_ANALYSIS_MAX_CHUNKS may ask for
 MAX_POINTS = 20_000  # map points, whatever the caller asks
 
 
@@ -39,7 +48,8 @@ def vector_analysis(*, chatbot, space=None, progress: Progress | None = None, ma
         space = serving.space
     tell(2, "reading vectors")
     total = chunk_vector_count(space=space.store, chatbot_id=chatbot.pk)
-    rows = chunk_vectors(space=space.store, chatbot_id=chatbot.pk, limit=MAX_ANALYSED, seed=seed)
+    limit = max(MIN_CHUNKS, min(int(settings.VECTOR_ANALYSIS_MAX_CHUNKS), MAX_ANALYSED))  # past it, a sample
+    rows = chunk_vectors(space=space.store, chatbot_id=chatbot.pk, limit=limit, seed=seed)
     report = _empty_report(space.key, total, len(rows))
     if len(rows) < MIN_CHUNKS:
         report["note"] = (
@@ -53,8 +63,13 @@ def vector_analysis(*, chatbot, space=None, progress: Progress | None = None, ma
     chunks = Chunks(rows)
     x = chunks.vectors
     report["dimensions"] = int(x.shape[1])
+    tell(6, "principal components")
+    pca, report["pca"] = pca_report(x, seed)
+    # k-means on the vectors themselves; past REDUCE_ABOVE chunks, on their first principal
+    # components (the cost of k-means grows with the dimensions; the clusters barely change)
+    reduced = x if len(x) <= REDUCE_ABOVE else pca.transform(x)[:, :CLUSTER_COMPONENTS]
     tell(10, "clustering")
-    k, silhouette, method, labels, centroids = topic_clusters(x, seed, tell)
+    k, silhouette, method, labels, centroids = topic_clusters(x, reduced, seed, tell)
     similarity = x @ centroids.T  # cosine to every (unit) centroid
     tell(60, "labelling clusters")
     report.update(k=k, silhouette=silhouette, k_method=method)
@@ -63,8 +78,7 @@ def vector_analysis(*, chatbot, space=None, progress: Progress | None = None, ma
     report["outliers"], report["outliers_total"] = find_outliers(chunks, labels, similarity)
     tell(78, "finding near-duplicates")
     report["near_duplicates"] = near_duplicates(chunks)
-    tell(86, "principal components")
-    pca, report["pca"] = pca_report(x, seed)
+    tell(86, "intrinsic dimension")
     report["intrinsic_dimension"] = intrinsic_dimension(x, seed)
     tell(94, "drawing the map")
     report["map"] = projection_map(chatbot, space, chunks, labels, centroids, pca, max_points, seed)
