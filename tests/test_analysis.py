@@ -232,6 +232,8 @@ def test_the_partial_renders_the_charts_and_tables(structured):
 
     note = render_to_string("dashboard/_vector_analysis.html", {"analysis": {"note": "Only 3 chunks", "chunks": 3}})
     assert "Only 3 chunks" in note and "va-map" not in note
+    skipped = render_to_string("dashboard/_vector_analysis.html", {"analysis": {"skipped": "not available"}})
+    assert "not available" in skipped and "<script>" not in skipped
 
 
 @pytest.mark.shared
