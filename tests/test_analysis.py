@@ -105,6 +105,67 @@ def analyse(bundle, **options) -> dict:
     return report
 
 
+@pytest.mark.shared  # first in the file: an ingestion after a search in this process runs several times slower
+def test_banking77_clusters_follow_the_intents(bundle, settings):
+    """Real customer queries (BANKING77, 20 of each of the 77 intents) uploaded as an FAQ (the
+    query as question and answer, its intent a metadata column that is not embedded) and embedded
+    by the local model through the normal ingestion path: the clusters found follow the intents
+    far better than a random assignment with the same k."""
+    import csv
+    import io
+
+    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
+
+    from knowledge.models import Chunk
+    from tests.conftest import ingest, make_upload
+    from tests.test_training_shared import banking77
+
+    settings.VECTOR_CHATBOT_INDEX_MIN = 10_000  # searched exactly: no index build on the maintenance role
+    intents = banking77()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["question", "answer", "intent"])
+    for intent, queries in intents.items():
+        writer.writerows([query, query, intent] for query in queries[:BANKING_PER_INTENT])
+    document = ingest(bundle, make_upload("banking77.csv", out.getvalue()), content_type="faq")
+    assert document.status == "ready", document.error
+    with as_tenant(bundle):
+        intent_of = dict(Chunk.objects.filter(chatbot=bundle.chatbot).values_list("id", "metadata__intent"))
+    assert len(intent_of) == 77 * BANKING_PER_INTENT
+
+    report = analyse(bundle)
+    points = report["map"]["points"]
+    assert len(points) == len(intent_of)
+    truth = [intent_of[p["chunk_id"]] for p in points]
+    found = [p["cluster"] for p in points]
+    k, rng = report["k"], np.random.default_rng(0)
+    chance = rng.integers(0, k, len(found)).tolist()  # a random assignment with the same k
+    nmi, nmi_chance = normalized_mutual_info_score(truth, found), normalized_mutual_info_score(truth, chance)
+    ami, ami_chance = adjusted_mutual_info_score(truth, found), adjusted_mutual_info_score(truth, chance)
+    purity, purity_chance = _purity(truth, found), _purity(truth, chance)
+    most = k * BANKING_PER_INTENT / len(found)  # a cluster's majority is at most one intent's 20 queries
+    print(f"\nBANKING77 {len(found)} queries, 77 intents: k = {k} ({report['k_method']}, silhouette "
+          f"{report['silhouette']}); NMI {nmi:.3f} (random {nmi_chance:.3f}), AMI {ami:.3f} (random "
+          f"{ami_chance:.3f}), purity {purity:.3f} (random {purity_chance:.3f}, at most {most:.3f} with k = {k}); "
+          f"components 90/95 % {report['pca']['components_90']}/{report['pca']['components_95']}, intrinsic "
+          f"dimension {report['intrinsic_dimension']}, outliers {report['outliers_total']}, near-duplicate "
+          f"chunks {report['near_duplicates']['chunks_in_groups']}; analysis {report['took_seconds']} s")  # fmt: skip
+    # NMI of a random assignment is biased upwards by k (about 0.19 for 27 clusters of 1,540 points),
+    # so the chance-corrected AMI (0 for random) carries the "far better than random" claim
+    assert nmi >= 0.5 and nmi >= 3 * nmi_chance, (nmi, nmi_chance)
+    assert ami >= 0.45 and abs(ami_chance) < 0.05, (ami, ami_chance)
+    assert purity >= 0.7 * most and purity >= 4 * purity_chance, (purity, purity_chance, most)
+
+
+def _purity(truth: list, found: list) -> float:
+    from collections import Counter
+
+    majority = Counter()
+    for cluster, count in Counter(zip(found, truth)).items():
+        majority[cluster[0]] = max(majority[cluster[0]], count)
+    return sum(majority.values()) / len(truth)
+
+
 def test_the_analysis_finds_the_topics_outliers_duplicates_and_a_logged_gap(structured, api):
     bundle, ids, topics = structured["bundle"], structured["ids"], structured["topics"]
     query = "Can I pay for a gym membership with bitcoin?"
@@ -234,64 +295,3 @@ def test_the_partial_renders_the_charts_and_tables(structured):
     assert "Only 3 chunks" in note and "va-map" not in note
     skipped = render_to_string("dashboard/_vector_analysis.html", {"analysis": {"skipped": "not available"}})
     assert "not available" in skipped and "<script>" not in skipped
-
-
-@pytest.mark.shared
-def test_banking77_clusters_follow_the_intents(bundle, settings):
-    """Real customer queries (BANKING77, 20 of each of the 77 intents) uploaded as an FAQ (the
-    query as question and answer, its intent a metadata column that is not embedded) and embedded
-    by the local model through the normal ingestion path: the clusters found follow the intents
-    far better than a random assignment with the same k."""
-    import csv
-    import io
-
-    from sklearn.metrics import adjusted_mutual_info_score, normalized_mutual_info_score
-
-    from knowledge.models import Chunk
-    from tests.conftest import ingest, make_upload
-    from tests.test_training_shared import banking77
-
-    settings.VECTOR_CHATBOT_INDEX_MIN = 10_000  # searched exactly: no index build on the maintenance role
-    intents = banking77()
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["question", "answer", "intent"])
-    for intent, queries in intents.items():
-        writer.writerows([query, query, intent] for query in queries[:BANKING_PER_INTENT])
-    document = ingest(bundle, make_upload("banking77.csv", out.getvalue()), content_type="faq")
-    assert document.status == "ready", document.error
-    with as_tenant(bundle):
-        intent_of = dict(Chunk.objects.filter(chatbot=bundle.chatbot).values_list("id", "metadata__intent"))
-    assert len(intent_of) == 77 * BANKING_PER_INTENT
-
-    report = analyse(bundle)
-    points = report["map"]["points"]
-    assert len(points) == len(intent_of)
-    truth = [intent_of[p["chunk_id"]] for p in points]
-    found = [p["cluster"] for p in points]
-    k, rng = report["k"], np.random.default_rng(0)
-    chance = rng.integers(0, k, len(found)).tolist()  # a random assignment with the same k
-    nmi, nmi_chance = normalized_mutual_info_score(truth, found), normalized_mutual_info_score(truth, chance)
-    ami, ami_chance = adjusted_mutual_info_score(truth, found), adjusted_mutual_info_score(truth, chance)
-    purity, purity_chance = _purity(truth, found), _purity(truth, chance)
-    most = k * BANKING_PER_INTENT / len(found)  # a cluster's majority is at most one intent's 20 queries
-    print(f"\nBANKING77 {len(found)} queries, 77 intents: k = {k} ({report['k_method']}, silhouette "
-          f"{report['silhouette']}); NMI {nmi:.3f} (random {nmi_chance:.3f}), AMI {ami:.3f} (random "
-          f"{ami_chance:.3f}), purity {purity:.3f} (random {purity_chance:.3f}, at most {most:.3f} with k = {k}); "
-          f"components 90/95 % {report['pca']['components_90']}/{report['pca']['components_95']}, intrinsic "
-          f"dimension {report['intrinsic_dimension']}, outliers {report['outliers_total']}, near-duplicate "
-          f"chunks {report['near_duplicates']['chunks_in_groups']}; analysis {report['took_seconds']} s")  # fmt: skip
-    # NMI of a random assignment is biased upwards by k (about 0.19 for 27 clusters of 1,540 points),
-    # so the chance-corrected AMI (0 for random) carries the "far better than random" claim
-    assert nmi >= 0.5 and nmi >= 3 * nmi_chance, (nmi, nmi_chance)
-    assert ami >= 0.45 and abs(ami_chance) < 0.05, (ami, ami_chance)
-    assert purity >= 0.7 * most and purity >= 4 * purity_chance, (purity, purity_chance, most)
-
-
-def _purity(truth: list, found: list) -> float:
-    from collections import Counter
-
-    majority = Counter()
-    for cluster, count in Counter(zip(found, truth)).items():
-        majority[cluster[0]] = max(majority[cluster[0]], count)
-    return sum(majority.values()) / len(truth)

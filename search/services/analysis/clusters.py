@@ -44,10 +44,9 @@ def _kmeans(k: int, n: int, seed: int):
 def topic_clusters(x: np.ndarray, reduced: np.ndarray, seed: int, tell: Progress):
     """(k, silhouette, how k was chosen, labels, unit centroids). k-means runs on ``reduced``
     (the vectors, or for big chatbots their first principal components: about as good clusters
-    at a fraction of the cost); the silhouette (cosine) and the centroids are of the vectors. k is the best
-    silhouette's over ``k_candidates`` (chosen on a sample for big chatbots), else the size rule
-    when no k shows any structure; then k-means with that k over every point."""
-
+    at a fraction of the cost); the silhouette (cosine) and the centroids are of the vectors.
+    k is the best silhouette's over ``k_candidates`` (chosen on a sample for big chatbots), else
+    the size rule when no k shows any structure; then k-means with that k over every point."""
     n = len(x)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, SELECTION_SAMPLE, replace=False)) if n > SELECTION_SAMPLE else np.arange(n)
@@ -71,8 +70,7 @@ def topic_clusters(x: np.ndarray, reduced: np.ndarray, seed: int, tell: Progress
     else:
         labels = _kmeans(k, n, seed).fit(reduced).labels_.astype(int)
         score = _silhouette(x, labels, seed)
-    centroids = np.zeros((k, x.shape[1]), dtype=np.float32)
-    np.add.at(centroids, labels, x)
+    centroids = np.stack([x[labels == c].sum(axis=0) for c in range(k)]).astype(np.float32)
     return k, r(score), method, labels, unit(centroids)
 
 
