@@ -24,8 +24,10 @@ run: install  ## Migrate, create the demo tenant, serve :8000 (production server
 dev: install  ## As run, with Django's autoreloading development server in debug mode
 	$(BIN)/python manage.py run_stack --dev
 
-test: install  ## Run the test suite on the embedded PostgreSQL and Redis
-	$(BIN)/python -m pytest
+TEST_WORKERS ?= 2
+
+test: install  ## Run the test suite on the embedded PostgreSQL and Redis (TEST_WORKERS processes, a test database each)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS)
 
 bench: install  ## Benchmarks and drills (some need ../shared; run alone: the drills restart the embedded services)
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt

@@ -275,6 +275,7 @@ def test_health_and_readiness(client, monkeypatch):
     assert body["down"] == ["redis", "worker"]
 
 
+@pytest.mark.django_db(databases=["default", "maintenance"])  # the gauges read every tenant's counts
 def test_metrics_endpoint(client):
     response = client.get("/metrics")
     assert response.status_code == 200 and b"django_http_requests" in response.content
