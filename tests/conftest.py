@@ -322,3 +322,47 @@ def worker_env():
         "CHATBOT_KEEP_EMBEDDED": "1",
         "PYTHONUNBUFFERED": "1",
     }
+
+
+def insert_vectors(chatbot, vectors, *, texts=None, title: str = "vectors", space=None) -> tuple[int, list[int]]:
+    """A ready document whose chunks carry these vectors (rows) in ``space`` (default: the
+    chatbot's active space, its HNSW index ensured) without running the model, written as the
+    chatbot's tenant in one statement. Chunk ``i`` has text ``texts[i]`` (default "vector chunk
+    i") and metadata ``{"parity": i % 2}``. Returns the document id and the chunk ids in order."""
+    from django.db import connection
+
+    from knowledge.models import Document
+    from knowledge.services import chatbot_space_ensure_active
+    from knowledge.vectors import ensure_space_index
+
+    texts = texts if texts is not None else [f"vector chunk {i + 1}" for i in range(len(vectors))]
+    with as_tenant(chatbot.tenant_id):
+        if space is None:
+            space = chatbot_space_ensure_active(chatbot=chatbot).space
+            ensure_space_index(space)
+        document = Document.objects.create(
+            tenant_id=chatbot.tenant_id, chatbot=chatbot, title=title, status="ready",
+            content_hash=f"{title}-{chatbot.pk}-{len(vectors)}", original_filename=f"{title}.txt",
+        )  # fmt: skip
+        literals = ["[" + ",".join(f"{x:.6f}" for x in v) + "]" for v in vectors]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                WITH c AS (
+                    INSERT INTO knowledge_chunk (tenant_id, chatbot_id, document_id, position, text, token_count,
+                        kind, metadata, heading_path, content_hash, created_at)
+                    SELECT %(tenant)s, %(chatbot)s, %(document)s, g, (%(texts)s::text[])[g], 8, 'text',
+                        jsonb_build_object('parity', g %% 2), '[]'::jsonb, md5(%(document)s || '-' || g), now()
+                    FROM generate_series(1, %(count)s) g
+                    RETURNING id, position
+                )
+                INSERT INTO knowledge_chunkembedding (tenant_id, chatbot_id, chunk_id, space_id, embedding, created_at)
+                SELECT %(tenant)s, %(chatbot)s, c.id, %(space)s, (%(vectors)s::text[])[c.position]::vector, now()
+                FROM c
+                """,
+                {"tenant": chatbot.tenant_id, "chatbot": chatbot.pk, "document": document.pk, "count": len(texts),
+                 "space": space.pk, "vectors": literals, "texts": list(texts)},
+            )  # fmt: skip
+            cursor.execute("SELECT id FROM knowledge_chunk WHERE document_id = %s ORDER BY position", [document.pk])
+            ids = [row[0] for row in cursor.fetchall()]
+    return document.pk, ids

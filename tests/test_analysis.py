@@ -7,9 +7,8 @@ import json
 
 import numpy as np
 import pytest
-from django.db import connection
 
-from tests.conftest import as_tenant
+from tests.conftest import as_tenant, insert_vectors
 
 pytestmark = pytest.mark.django_db
 
@@ -52,39 +51,7 @@ def structured_chunks(seed: int = 3) -> dict:
 
 
 def insert_chunks(chatbot, texts: list[str], vectors: np.ndarray, title: str = "synthetic", space=None) -> tuple:
-    """A ready document and its chunks with these vectors in ``space`` (default: the chatbot's
-    active space), as the tenant; returns (document id, chunk ids in the given order)."""
-    from knowledge.models import Document
-    from knowledge.services import chatbot_space_ensure_active
-
-    with as_tenant(chatbot.tenant_id):
-        space = space or chatbot_space_ensure_active(chatbot=chatbot).space
-        document = Document.objects.create(
-            tenant_id=chatbot.tenant_id, chatbot=chatbot, title=title, status="ready",
-            content_hash=f"{title}-{chatbot.pk}", original_filename=f"{title}.txt",
-        )  # fmt: skip
-        literals = ["[" + ",".join(f"{x:.6f}" for x in v) + "]" for v in vectors]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                WITH c AS (
-                    INSERT INTO knowledge_chunk (tenant_id, chatbot_id, document_id, position, text, token_count,
-                        kind, metadata, heading_path, content_hash, created_at)
-                    SELECT %(tenant)s, %(chatbot)s, %(document)s, g, (%(texts)s::text[])[g], 8, 'text', '{}'::jsonb,
-                        '[]'::jsonb, md5(%(document)s || '-' || g), now()
-                    FROM generate_series(1, %(count)s) g
-                    RETURNING id, position
-                )
-                INSERT INTO knowledge_chunkembedding (tenant_id, chatbot_id, chunk_id, space_id, embedding, created_at)
-                SELECT %(tenant)s, %(chatbot)s, c.id, %(space)s, (%(vectors)s::text[])[c.position]::vector, now()
-                FROM c
-                """,
-                {"tenant": chatbot.tenant_id, "chatbot": chatbot.pk, "document": document.pk, "count": len(texts),
-                 "space": space.pk, "vectors": literals, "texts": texts},
-            )  # fmt: skip
-            cursor.execute("SELECT id FROM knowledge_chunk WHERE document_id = %s ORDER BY position", [document.pk])
-            ids = [row[0] for row in cursor.fetchall()]
-    return document.pk, ids
+    return insert_vectors(chatbot, vectors, texts=texts, title=title, space=space)
 
 
 @pytest.fixture

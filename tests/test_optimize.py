@@ -13,55 +13,13 @@ import pytest
 from django.db import connection
 from rest_framework.test import APIClient
 
-from tests.conftest import across_tenants, as_tenant
+from tests.conftest import across_tenants, as_tenant, insert_vectors
 
 DB = pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
 
 
 def _insert_vectors(chatbot, vectors: np.ndarray, *, document_title: str = "vectors") -> int:
-    """A ready document with one chunk and one vector per row of ``vectors``, as the chatbot's
-    tenant; returns the document id."""
-    from knowledge.models import Document
-    from knowledge.services import chatbot_space_ensure_active
-    from knowledge.vectors import ensure_space_index
-
-    with as_tenant(chatbot.tenant_id):
-        space = chatbot_space_ensure_active(chatbot=chatbot).space
-        ensure_space_index(space)
-        document = Document.objects.create(
-            tenant_id=chatbot.tenant_id,
-            chatbot=chatbot,
-            title=document_title,
-            status="ready",
-            content_hash=f"{document_title}-{chatbot.pk}-{len(vectors)}",
-            original_filename="vectors.txt",
-        )
-        literals = ["[" + ",".join(f"{x:.6f}" for x in v) + "]" for v in vectors]
-        with connection.cursor() as cursor:
-            cursor.execute(
-                """
-                WITH c AS (
-                    INSERT INTO knowledge_chunk (tenant_id, chatbot_id, document_id, position, text, token_count,
-                        kind, metadata, heading_path, content_hash, created_at)
-                    SELECT %(tenant)s, %(chatbot)s, %(document)s, g, 'vector chunk ' || g, 3, 'text', '{}'::jsonb,
-                        '[]'::jsonb, md5(%(document)s || '-' || g), now()
-                    FROM generate_series(1, %(count)s) g
-                    RETURNING id, position
-                )
-                INSERT INTO knowledge_chunkembedding (tenant_id, chatbot_id, chunk_id, space_id, embedding, created_at)
-                SELECT %(tenant)s, %(chatbot)s, c.id, %(space)s, (%(vectors)s::text[])[c.position]::vector, now()
-                FROM c
-                """,
-                {
-                    "tenant": chatbot.tenant_id,
-                    "chatbot": chatbot.pk,
-                    "document": document.pk,
-                    "count": len(vectors),
-                    "space": space.pk,
-                    "vectors": literals,
-                },
-            )
-        return document.pk
+    return insert_vectors(chatbot, vectors, title=document_title)[0]
 
 
 def near_duplicates(seed: int, count: int, *, clusters: int, spread: float) -> np.ndarray:

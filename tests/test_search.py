@@ -6,12 +6,11 @@ import uuid
 
 import numpy as np
 import pytest
-from django.db import connection
 from rest_framework.test import APIClient
 
 from search.models import SearchFeedback, SearchLog
 from tenants import dbroles, redis_client
-from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
+from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, insert_vectors, make_upload
 
 pytestmark = pytest.mark.django_db
 
@@ -345,46 +344,7 @@ def _insert_random_vectors(chatbot, count: int, seed: int) -> None:
 
 
 def _insert_vectors_as_tenant(chatbot, count: int, seed: int) -> None:
-    from knowledge.models import Document
-    from knowledge.services import chatbot_space_ensure_active
-    from knowledge.vectors import ensure_space_index
-
-    space = chatbot_space_ensure_active(chatbot=chatbot).space
-    ensure_space_index(space)
-    document = Document.objects.create(
-        tenant_id=chatbot.tenant_id,
-        chatbot=chatbot,
-        title=f"random-{count}",
-        status="ready",
-        content_hash=f"random-{chatbot.pk}-{count}",
-        original_filename="random.txt",
-    )
-    vectors = clustered_vectors(np.random.default_rng(seed), count)
-    literals = ["[" + ",".join(f"{x:.6f}" for x in v) + "]" for v in vectors]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            WITH c AS (
-                INSERT INTO knowledge_chunk (tenant_id, chatbot_id, document_id, position, text, token_count, kind,
-                    metadata, heading_path, content_hash, created_at)
-                SELECT %(tenant)s, %(chatbot)s, %(document)s, g, 'random chunk ' || g, 3, 'text',
-                    jsonb_build_object('parity', g %% 2), '[]'::jsonb, md5(%(document)s || '-' || g), now()
-                FROM generate_series(1, %(count)s) g
-                RETURNING id, position
-            )
-            INSERT INTO knowledge_chunkembedding (tenant_id, chatbot_id, chunk_id, space_id, embedding, created_at)
-            SELECT %(tenant)s, %(chatbot)s, c.id, %(space)s, (%(vectors)s::text[])[c.position]::vector, now()
-            FROM c
-            """,
-            {
-                "tenant": chatbot.tenant_id,
-                "chatbot": chatbot.pk,
-                "document": document.pk,
-                "count": count,
-                "space": space.pk,
-                "vectors": literals,
-            },
-        )
+    insert_vectors(chatbot, clustered_vectors(np.random.default_rng(seed), count), title=f"random-{count}")
 
 
 def test_filtered_vector_search_keeps_recall_in_a_shared_table(bundle, other_bundle, settings):
