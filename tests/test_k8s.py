@@ -398,3 +398,18 @@ def test_keda_replaces_the_worker_hpas(production_keda):
     hpas = of_kind(production_keda, "HorizontalPodAutoscaler").values()
     hpa_targets = {hpa["spec"]["scaleTargetRef"]["name"] for hpa in hpas}
     assert hpa_targets == {"chatbot-training-web"}  # two autoscalers never drive one Deployment
+
+
+def test_migrate_step_applies_what_the_job_needs(production):
+    """README step 2 applies `-l 'app.kubernetes.io/component in (config,migrate)'` alone before the
+    rollout: that selection holds the Job and every ConfigMap its pod reads."""
+    chosen = [
+        d
+        for d in production
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") in ("config", "migrate")
+    ]
+    assert sorted(d["kind"] for d in chosen) == ["ConfigMap", "Job"]
+    (job,) = [d for d in chosen if d["kind"] == "Job"]
+    (container,) = pod_spec(job)["containers"]
+    read = {source["configMapRef"]["name"] for source in container["envFrom"]}
+    assert read == {d["metadata"]["name"] for d in chosen if d["kind"] == "ConfigMap"}
