@@ -413,3 +413,18 @@ def test_migrate_step_applies_what_the_job_needs(production):
     (container,) = pod_spec(job)["containers"]
     read = {source["configMapRef"]["name"] for source in container["envFrom"]}
     assert read == {d["metadata"]["name"] for d in chosen if d["kind"] == "ConfigMap"}
+
+
+def test_commands_match_the_image_entry_point(base):
+    """The manifests name their commands in full; the image's entry point (`chatbot_training.container`,
+    `docker run IMAGE worker|worker-training|beat`) builds the same command lines."""
+    container_module = pytest.importorskip("chatbot_training.container")
+    env = {"CELERY_QUEUE": "celery", "CELERY_TRAINING_QUEUE": "training"}
+    for component, argument in (
+        ("worker-ingestion", "worker"),
+        ("worker-training", "worker-training"),
+        ("beat", "beat"),
+    ):
+        (container,) = pod_spec(by_component(base, component))["containers"]
+        command, _ = container_module.command_for([argument], env)
+        assert container["command"] == ["python", *command[1:]], component
