@@ -28,7 +28,7 @@ SECRET_NAME = "chatbot-training-secrets"
 # kubernetes-validate (core schemas only) cannot check them; the KEDA test checks their shape.
 CRD_GROUPS = ("keda.sh/",)
 # Environment variables the containers set that are not the app's own settings.
-PROCESS_ENV = {"HOME", "XDG_CACHE_HOME", "HF_HOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
+PROCESS_ENV = {"POD_IP", "HOME", "XDG_CACHE_HOME", "HF_HOME", "PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE"}
 
 
 def kustomize(path: Path) -> list[dict]:
@@ -165,6 +165,12 @@ def test_web_replicas_and_probes(base, production):
     env = {item["name"]: item.get("value") for item in container["env"]}
     assert env["CHATBOT_PROCESS"] == "web" and env["EMBEDDING_TORCH_THREADS"] == "1"  # processes.web_env
     assert {port["containerPort"] for port in container["ports"]} == {8000}
+    # probes and scrapes name the pod by its IP: Django must allow it besides the public hosts
+    names = [item["name"] for item in container["env"]]
+    assert names.index("POD_IP") < names.index("DJANGO_ALLOWED_HOSTS")
+    assert container["env"][names.index("POD_IP")]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert env["DJANGO_ALLOWED_HOSTS"].split(",") == ["$(DJANGO_ALLOWED_HOSTS)", "$(POD_IP)"]
+    assert container["envFrom"] and "DJANGO_ALLOWED_HOSTS" in config_data(base)
 
 
 @pytest.mark.parametrize("which", ["base", "production"])
@@ -377,6 +383,20 @@ def test_production_overlay(production):
     assert backend["name"] in of_kind(production, "Service")
     web = by_component(production, "web")
     assert pod_spec(web)["containers"][0]["resources"]["requests"]["memory"] == "2Gi"
+    names = [item["name"] for item in pod_spec(web)["containers"][0]["env"]]
+    assert names.index("POD_IP") < names.index("DJANGO_ALLOWED_HOSTS")  # the patch kept the order
+
+
+def test_a_probe_by_pod_ip_needs_the_ip_in_allowed_hosts():
+    """Why the web pods add $(POD_IP) to DJANGO_ALLOWED_HOSTS: the kubelet's probe names the pod
+    by its IP, and Django refuses hosts it does not know."""
+    from django.test import Client, override_settings
+
+    probe = {"HTTP_HOST": "10.1.2.3:8000"}
+    with override_settings(ALLOWED_HOSTS=["bots.example.com"]):
+        assert Client().get("/healthz", **probe).status_code == 400
+    with override_settings(ALLOWED_HOSTS=["bots.example.com", "10.1.2.3"]):
+        assert Client().get("/healthz", **probe).status_code == 200
 
 
 def test_keda_replaces_the_worker_hpas(production_keda):
