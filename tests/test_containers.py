@@ -117,7 +117,7 @@ def test_the_image_leaves_out_local_state():
     reason="docker-compose is not installed (apt-get install docker-compose; .ci/run does): compose config not run",
 )
 @pytest.mark.parametrize("profile", [None, "monitoring"])
-def test_docker_compose_config_accepts_the_file(profile):
+def test_docker_compose_config_accepts_the_file(profile, tmp_path):
     command = ["docker-compose", "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE)]
     if profile:
         command += ["--profile", profile]
@@ -129,16 +129,12 @@ def test_docker_compose_config_accepts_the_file(profile):
     assert "profiles" not in services["web"]  # the default stack starts without --profile
     # a secret left unset stops docker-compose with a message, instead of starting without it
     env = {k: v for k, v in os.environ.items() if k != "DJANGO_SECRET_KEY"}
-    empty = ROOT / "var" / "ctr-empty.env"
-    empty.parent.mkdir(exist_ok=True)
+    empty = tmp_path / "without-secret-key.env"
     empty.write_text("\n".join(f"{k}={v}" for k, v in env_example().items() if k != "DJANGO_SECRET_KEY"))
-    try:
-        refused = subprocess.run(
-            ["docker-compose", "-f", str(COMPOSE), "--env-file", str(empty), "config"],
-            cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
-        )  # fmt: skip
-    finally:
-        empty.unlink()
+    refused = subprocess.run(
+        ["docker-compose", "-f", str(COMPOSE), "--env-file", str(empty), "config"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, env=env,
+    )  # fmt: skip
     assert refused.returncode != 0 and "DJANGO_SECRET_KEY" in refused.stderr
 
 
@@ -260,6 +256,9 @@ def test_monitoring_profile_scrapes_web_and_provisions_grafana(tmp_path):
     path = provider["providers"][0]["options"]["path"]
     assert f"./deploy/grafana/chatbot-training.json:{path}/chatbot-training.json:ro" in services["grafana"]["volumes"]
     assert "./deploy/grafana/provisioning:/etc/grafana/provisioning:ro" in services["grafana"]["volumes"]
+    # a provisioned dashboard gets no import inputs: its panels must use the datasource variable
+    dashboard = (ROOT / "deploy" / "grafana" / "chatbot-training.json").read_text()
+    assert '"uid": "${DS_' not in dashboard and '"uid": "${datasource}"' in dashboard
     if shutil.which("promtool"):  # `.ci/run` installs it
         shutil.copy(ROOT / "deploy" / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
         (tmp_path / "token").write_text("t")
