@@ -347,3 +347,43 @@ def test_settings_load_from_the_env_example(tmp_path):
         [sys.executable, "-c", script], cwd=ROOT, env=without_key, capture_output=True, text=True, timeout=60
     )
     assert refused.returncode != 0 and "DJANGO_SECRET_KEY must be set" in refused.stderr
+
+
+def test_worker_entry_point_answers_the_compose_health_check(tmp_path):
+    """``container worker`` (on a queue of its own, so it takes no one's tasks) is a live Celery
+    node that the worker-ingestion service's health check command, as written, reaches."""
+    service = compose()["services"]["worker-ingestion"]
+    check = " ".join(service["healthcheck"]["test"][1:]).replace("$$", "$")
+    assert "--timeout 10" in check
+    check = check.replace("--timeout 10", "--timeout 3")  # the test's own patience, shorter
+    hostname = socket.gethostname()
+    env = {
+        **os.environ, "DATABASE_URL": settings.DATABASE_URL, "DATABASE_OWNER_URL": settings.DATABASE_OWNER_URL,
+        "DATABASE_MAINTENANCE_URL": settings.DATABASE_MAINTENANCE_URL, "REDIS_URL": settings.REDIS_URL,
+        "CHATBOT_KEEP_EMBEDDED": "1", "CELERY_QUEUE": f"ctr-probe-{os.getpid()}", "HOSTNAME": hostname,
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }  # fmt: skip
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "chatbot_training.container", "worker"], cwd=ROOT, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            done = subprocess.run(["sh", "-c", check], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+            if done.returncode == 0 or time.monotonic() > deadline or worker.poll() is not None:
+                break
+            time.sleep(1)
+        assert worker.poll() is None, "the worker exited"
+        assert done.returncode == 0 and f"ingestion@{hostname}" in done.stdout, done.stdout + done.stderr
+        # another node name gets no answer: the check names this worker, not any worker
+        other = check.replace("ingestion@", "nobody@").replace("--timeout 3", "--timeout 1")
+        missing = subprocess.run(["sh", "-c", other], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert missing.returncode != 0
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, 15)
+            try:
+                worker.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(worker.pid, 9)
