@@ -24,6 +24,10 @@ class StateCollector:
     def __init__(self):
         self._cached: tuple[float, list] = (0.0, [])
 
+    def forget(self) -> None:
+        """Read the state afresh at the next scrape (tests)."""
+        self._cached = (0.0, [])
+
     def collect(self):
         import time
 
