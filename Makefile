@@ -42,6 +42,9 @@ bench: install  ## Benchmarks and drills (some need ../shared; run alone: the dr
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/load.py
 
+backup: install  ## Back up database, uploads and model versions into var/backups/backup-<UTC time> (restore: manage.py restore PATH)
+	$(BIN)/python manage.py backup var/backups/backup-$$(date -u +%Y%m%dT%H%M%SZ)
+
 lint: install  ## ruff check and format check
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
