@@ -174,12 +174,12 @@ def test_compose_workers_consume_the_right_queues(tmp_path, monkeypatch):
         assert f"-d {worker}@" in " ".join(service["healthcheck"]["test"]), name
     beat, _ = command_for(services["beat"]["command"], {})
     assert "beat" in beat and "worker" not in beat
+    monkeypatch.setattr(container, "BASE_DIR", tmp_path)  # no static files collected here (yet)
     web, env = command_for(services["web"]["command"], {"WEB_WORKERS": "2"})
     assert Path(web[0]).name == "granian" and web[web.index("--host") + 1] == "0.0.0.0"
     assert web[web.index("--port") + 1] == "8000" and env["CHATBOT_PROCESS"] == "web"
     assert web[-1] == "chatbot_training.wsgi:application" and "--static-path-mount" not in web
     (tmp_path / "staticfiles").mkdir()  # the image collects static files at build time: granian serves them
-    monkeypatch.setattr(container, "BASE_DIR", tmp_path)
     web, _ = command_for(["web"], {})
     assert web[web.index("--static-path-mount") + 1] == str(tmp_path / "staticfiles")
     manage, _ = command_for(["manage", "check", "--deploy"], {})
