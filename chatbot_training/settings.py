@@ -10,7 +10,7 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
-from chatbot_training import embedded
+from chatbot_training import embedded, pooling, replicas
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = embedded.VAR_DIR
@@ -161,10 +161,12 @@ def _database(url: str) -> dict:
     # fast path); the ORM keeps client-side binding. Set 0 behind a transaction-mode pgbouncer.
     options["prepare_threshold"] = env.int("DATABASE_PREPARE_THRESHOLD", default=5) or None
     options["options"] = f"-c statement_timeout={int(DATABASE_STATEMENT_TIMEOUT_MS)}"
-    return config
+    return pooling.configure(config, env)
 
 
 DATABASES = {"default": _database(DATABASE_URL), "maintenance": _database(DATABASE_MAINTENANCE_URL)}
+# Streaming replicas for search reads (chatbot_training/replicas.py): DATABASE_REPLICA_URLS.
+DATABASES.update(replicas.databases(env, _database))
 # Queries inside tenants.scoping.cross_tenant_context go to the maintenance connection.
 DATABASE_ROUTERS = ["tenants.routers.ScopeRouter"]
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
