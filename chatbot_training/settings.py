@@ -191,7 +191,9 @@ SEARCH_HNSW_MAX_SCAN_TUPLES = env.int("SEARCH_HNSW_MAX_SCAN_TUPLES", default=400
 # ladder it measures, how much faster exact search must be to serve always, and the dead-tuple
 # share (of live rows) past which it vacuums the vector tables or rebuilds a chatbot's index.
 OPTIMIZE_SAMPLE_QUERIES = env.int("OPTIMIZE_SAMPLE_QUERIES", default=200)
-OPTIMIZE_EF_LADDER = env.list("OPTIMIZE_EF_LADDER", cast=int, default=[10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800])
+OPTIMIZE_EF_LADDER = env.list(
+    "OPTIMIZE_EF_LADDER", cast=int, default=[10, 20, 40, 64, 100, 150, 200, 300, 400, 600, 800]
+)
 OPTIMIZE_EXACT_FASTER_BY = env.float("OPTIMIZE_EXACT_FASTER_BY", default=1.0)  # exact p95 <= HNSW p95 x this
 # Stored vectors stand in for queries when logs are few, moved off their chunk by noise of this length.
 OPTIMIZE_SELF_QUERY_NOISE = env.float("OPTIMIZE_SELF_QUERY_NOISE", default=1.0)
@@ -287,6 +289,39 @@ EMBEDDING_BATCH_SIZE = env.int("EMBEDDING_BATCH_SIZE", default=256)  # chunks pe
 # and how many of them one process keeps loaded at once (least recently used dropped first).
 TRAINING_ARTIFACTS_DIR = env.path("TRAINING_ARTIFACTS_DIR", default=str(VAR_DIR / "models" / "versions"))
 EMBEDDING_MAX_LOADED_VERSIONS = env.int("EMBEDDING_MAX_LOADED_VERSIONS", default=4)
+# --- Stored files -----------------------------------------------------------------------
+# Uploads (the "default" storage) and model artifacts ("artifacts", knowledge/artifacts.py) live
+# on this host's disk (MEDIA_ROOT, TRAINING_ARTIFACTS_DIR) or, with STORAGE_S3_BUCKET, in one S3
+# bucket every host shares (django-storages; prefixes media/ and models/). Hosts then keep only a
+# local copy of the artifacts they serve, under TRAINING_ARTIFACTS_DIR.
+STORAGE_S3_BUCKET = env("STORAGE_S3_BUCKET", default="")
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "artifacts": {"BACKEND": "knowledge.artifacts.LocalArtifactStorage"},  # TRAINING_ARTIFACTS_DIR
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
+if STORAGE_S3_BUCKET:
+    _s3_endpoint = env("STORAGE_S3_ENDPOINT_URL", default="") or None  # MinIO, Ceph, moto, R2 ...
+    _s3 = {
+        "bucket_name": STORAGE_S3_BUCKET,
+        "endpoint_url": _s3_endpoint,
+        "region_name": env("STORAGE_S3_REGION", default="") or None,
+        # None: boto3's own chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, an instance or pod role)
+        "access_key": env("STORAGE_S3_ACCESS_KEY_ID", default="") or None,
+        "secret_key": env("STORAGE_S3_SECRET_ACCESS_KEY", default="") or None,
+        "addressing_style": env("STORAGE_S3_ADDRESSING_STYLE", default="path" if _s3_endpoint else "") or None,
+        "default_acl": None,  # private objects; the app reads them, never the browser
+        "querystring_auth": True,
+    }
+    STORAGES["default"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {**_s3, "location": "media", "file_overwrite": False},
+    }
+    STORAGES["artifacts"] = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {**_s3, "location": "models", "file_overwrite": True},
+    }
+
 
 # --- Training (training/) -----------------------------------------------------------------
 TRAINING_MIN_PAIRS = env.int("TRAINING_MIN_PAIRS", default=50)  # training pairs a job needs

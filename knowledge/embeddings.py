@@ -16,6 +16,7 @@ from typing import Protocol
 
 from django.conf import settings
 
+from knowledge.artifacts import ArtifactMissing, artifact_local
 from knowledge.tokens import local_model_path, wordpiece_count
 
 logger = logging.getLogger(__name__)
@@ -245,8 +246,12 @@ _versions: OrderedDict[tuple[int, str], EmbeddingProvider] = OrderedDict()
 
 
 def artifact_path(artifact: str) -> Path:
-    """Where a space's artifact (a path relative to the models directory) lives on this host."""
-    return Path(settings.TRAINING_ARTIFACTS_DIR) / artifact
+    """Where a space's artifact (a name in the artifact store, ``knowledge/artifacts.py``) lives on
+    this host: fetched from the store on first use."""
+    try:
+        return artifact_local(artifact)
+    except ArtifactMissing as exc:
+        raise ProviderError(str(exc)) from exc
 
 
 def provider_for_space(space) -> EmbeddingProvider:

@@ -14,7 +14,6 @@ rolled back at once, retired past the last two.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 
 from django.conf import settings
@@ -22,7 +21,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from knowledge.embeddings import artifact_path, provider_evict, provider_for_space
+from knowledge.artifacts import artifact_delete, artifact_publish
+from knowledge.embeddings import provider_evict, provider_for_space
 from knowledge.models import ChatbotSpace, ChunkEmbedding, EmbeddingSpace
 from knowledge.services import (
     chatbot_space_activate,
@@ -76,13 +76,10 @@ def model_version_create(
     chatbot = job.chatbot
     number = (ModelVersion.objects.filter(chatbot=chatbot).aggregate(n=Max("number"))["n"] or 0) + 1
     relative = f"tenant-{chatbot.tenant_id}/chatbot-{chatbot.pk}/v{number}-job{job.pk}"
-    target = artifact_path(relative)
     staging = workdir / "model"
     save(staging)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.move(str(staging), str(target))  # one rename on the same disk
+    size = _dir_size(staging)
+    artifact_publish(relative, staging)  # to the shared artifact store, before the row names it
     gate = gate_verdict(metrics)
     with transaction.atomic():
         space = embedding_space_create_version(
@@ -102,7 +99,7 @@ def model_version_create(
             metrics=metrics,
             gate=gate,
             data_summary=job.data_summary,
-            size_bytes=_dir_size(target),
+            size_bytes=size,
         )
 
 
@@ -113,10 +110,10 @@ def model_version_discard(version: ModelVersion) -> None:
         space = version.space
         version.delete()
         provider_evict(space)
-        path = artifact_path(space.artifact) if space.artifact else None
+        artifact = space.artifact
         space.delete()
-        if path is not None:
-            transaction.on_commit(lambda: shutil.rmtree(path, ignore_errors=True))
+        if artifact:
+            transaction.on_commit(lambda: artifact_delete(artifact))
 
 
 def model_base_name(chatbot: Chatbot) -> str:
@@ -294,8 +291,7 @@ def model_versions_retire() -> dict:
             ).update(role=ChatbotSpace.Role.RETIRED)
             removed += ChunkEmbedding.objects.filter(chatbot_id=chatbot_id, space_id=space_id).delete()[0]
             if version.space.artifact:
-                path = artifact_path(version.space.artifact)
-                transaction.on_commit(lambda path=path: shutil.rmtree(path, ignore_errors=True))
+                transaction.on_commit(lambda artifact=version.space.artifact: artifact_delete(artifact))
             provider_evict(version.space)
     return {"versions": len(rows) - kept, "kept_for_adapters": kept, "vectors_removed": removed}
 
