@@ -1,12 +1,14 @@
 """Backup and restore: the database (``pg_dump --format=custom`` as the owner role), the uploads
-(``MEDIA_ROOT``) and the model versions (``TRAINING_ARTIFACTS_DIR``), with a manifest of versions,
-row counts and a SHA-256 per file.
+(the ``default`` storage: ``MEDIA_ROOT`` or the S3 bucket's ``media/``) and the model versions
+(the ``artifacts`` storage: ``TRAINING_ARTIFACTS_DIR`` or the bucket's ``models/``), with a
+manifest of versions, row counts and a SHA-256 per file. Files are read and written through
+Django's storage API, so a backup of a bucket restores onto a disk and the other way round.
 
 Layout of a backup directory::
 
     database.dump        pg_dump custom format
-    files/media/...      copy of MEDIA_ROOT
-    files/models/...     copy of TRAINING_ARTIFACTS_DIR
+    files/media/...      copy of the uploads
+    files/models/...     copy of the model artifacts
     manifest.json
 
 Row-level security policies and grants are part of the schema the owner created, so they come
@@ -37,7 +39,53 @@ COUNTED_TABLES = {
     "model_versions": "training_modelversion",
     "training_pairs": "training_trainingpair",
 }
-FILE_TREES = {"media": "MEDIA_ROOT", "models": "TRAINING_ARTIFACTS_DIR"}
+
+
+def _store(place):
+    """A storage: given, or a folder on this disk."""
+    from django.core.files.storage import FileSystemStorage
+
+    return FileSystemStorage(location=str(place)) if isinstance(place, (str, Path)) else place
+
+
+def _store_names(store, prefix: str = ""):
+    """Every file name in ``store`` (recursively)."""
+    try:
+        directories, files = store.listdir(prefix)
+    except FileNotFoundError:
+        return
+    for name in sorted(files):
+        yield f"{prefix}/{name}" if prefix else name
+    for directory in sorted(directories):
+        yield from _store_names(store, f"{prefix}/{directory}" if prefix else directory)
+
+
+def _store_download(store, destination: Path) -> None:
+    for name in _store_names(store):
+        path = destination / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with store.open(name, "rb") as source, open(path, "wb") as sink:
+            shutil.copyfileobj(source, sink, 1 << 20)
+
+
+def _store_clear(store) -> None:
+    for name in list(_store_names(store)):
+        store.delete(name)
+    location = getattr(store, "location", None)
+    if location and os.path.isdir(location) and not getattr(store, "bucket_name", None):
+        shutil.rmtree(location)  # empty folders too
+        os.makedirs(location, exist_ok=True)
+
+
+def _store_upload(store, source: Path) -> None:
+    from django.core.files import File
+
+    for path in sorted(p for p in source.rglob("*") if p.is_file()):
+        name = path.relative_to(source).as_posix()
+        with open(path, "rb") as handle:
+            saved = store.save(name, File(handle))
+        if saved != name:  # documents name their files: a renamed copy would be an orphan
+            raise _error("restore_file_renamed", f"the storage saved {name} as {saved}")
 
 
 class BackupError(DomainError):
@@ -149,8 +197,9 @@ def _file_entries(root: Path, prefix: str) -> list[dict]:
     return entries
 
 
-def backup(target: Path, *, owner_url: str, media_root: Path, models_dir: Path) -> dict:
-    """Write a backup into directory ``target`` (must not exist or be empty); return the manifest."""
+def backup(target: Path, *, owner_url: str, media_root, models_dir) -> dict:
+    """Write a backup into directory ``target`` (must not exist or be empty); return the manifest.
+    ``media_root`` and ``models_dir``: a folder, or a Django storage."""
     target = Path(target)
     if target.exists() and any(target.iterdir()):
         raise _error("backup_target_not_empty", f"{target} exists and is not empty")
@@ -167,12 +216,10 @@ def backup(target: Path, *, owner_url: str, media_root: Path, models_dir: Path) 
         server_version = conn.execute("SHOW server_version").fetchone()[0]
         migrations = _migration_state(conn)
     files = []
-    for name, directory in (("media", media_root), ("models", models_dir)):
-        directory = Path(directory)
+    for name, place in (("media", media_root), ("models", models_dir)):
         destination = target / "files" / name
         destination.mkdir(parents=True, exist_ok=True)
-        if directory.exists():
-            shutil.copytree(directory, destination, dirs_exist_ok=True)
+        _store_download(_store(place), destination)
         files += _file_entries(destination, f"files/{name}")
     from django.conf import settings
 
@@ -216,8 +263,8 @@ def verify(source: Path) -> dict:
     return manifest
 
 
-def _non_empty(directory: Path) -> bool:
-    return Path(directory).exists() and any(Path(directory).iterdir())
+def _non_empty(place) -> bool:
+    return next(iter(_store_names(_store(place))), None) is not None
 
 
 def restore(
@@ -225,21 +272,24 @@ def restore(
     *,
     owner_url: str,
     app_url: str | None,
-    media_root: Path,
-    models_dir: Path,
+    media_root,
+    models_dir,
     force: bool = False,
     cache_prefix: str | None = None,
+    local_copies: Path | None = None,
 ) -> dict:
-    """Restore a backup made by ``backup``; return ``{"manifest", "counts", "mismatches"}``."""
+    """Restore a backup made by ``backup``; return ``{"manifest", "counts", "mismatches"}``.
+    ``media_root`` and ``models_dir``: a folder, or a Django storage; ``local_copies``: this host's
+    folder of fetched artifacts when the models live in a remote store (emptied: they may be stale)."""
     source = Path(source)
     manifest = verify(source)
     owner_role = urlsplit(owner_url).username
     if not force:
         if row_counts(owner_url)["tenants"]:
             raise _error("restore_target_has_data", "the target database has tenants; pass --force to replace them")
-        for directory in (media_root, models_dir):
-            if _non_empty(directory):
-                raise _error("restore_target_has_files", f"{directory} is not empty; pass --force to replace it")
+        for name, place in (("uploads", media_root), ("model artifacts", models_dir)):
+            if _non_empty(place):
+                raise _error("restore_target_has_files", f"the {name} storage is not empty; pass --force to replace it")
     pg_restore = pg_binary("pg_restore")
     args, env = _pg_env(owner_url)
     command = [pg_restore, "--clean", "--if-exists", "--no-owner", "--exit-on-error", *args]
@@ -264,15 +314,14 @@ def restore(
         use_list.unlink(missing_ok=True)
     if result.returncode:
         raise _error("pg_restore_failed", f"pg_restore failed: {result.stderr.strip()}")
-    for name, directory in (("media", media_root), ("models", models_dir)):
-        directory = Path(directory)
-        if directory.exists():
-            shutil.rmtree(directory)
+    for name, place in (("media", media_root), ("models", models_dir)):
+        store = _store(place)
+        _store_clear(store)
         copied = source / "files" / name
         if copied.exists():
-            shutil.copytree(copied, directory)
-        else:
-            directory.mkdir(parents=True, exist_ok=True)
+            _store_upload(store, copied)
+    if local_copies is not None and Path(local_copies).is_dir():
+        shutil.rmtree(local_copies)
     _clear_search_cache(cache_prefix)
     counts = row_counts(owner_url)
     if app_url:

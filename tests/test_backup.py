@@ -10,9 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 from django.conf import settings
+from django.core.files.base import ContentFile
 from django.core.management import CommandError, call_command
 from django.db import connection
 
+from chatbot_training import backup
+from tenants.errors import DomainError
 from tests.conftest import SAMPLE_FAQ_CSV, ingest, make_upload
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "maintenance"])
@@ -43,6 +46,33 @@ def empty_database():
     yield name
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _search_on(database: str, api, bundle, settings) -> dict:
+    """The API's answers to QUERIES with the app's connections on ``database`` (then put back)."""
+    from django.db import connections
+
+    names = {alias: connections[alias].settings_dict["NAME"] for alias in ("default", "maintenance")}
+    prefix = settings.SEARCH_CACHE_PREFIX
+    connections.close_all()
+    for alias in names:
+        connections[alias].settings_dict["NAME"] = database
+    settings.SEARCH_CACHE_PREFIX = f"search:{database}:{uuid.uuid4().hex[:6]}:"
+    try:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT current_database()")
+            assert cursor.fetchone()[0] == database
+        found = {}
+        for query in QUERIES:
+            body = api.post("/api/search", {"query": query, "chatbot_id": bundle.chatbot.id}, format="json").json()
+            assert body["cached"] is False, body
+            found[query] = [(hit["chunk_id"], hit["similarity_score"]) for hit in body["results"]]
+        return found
+    finally:
+        connections.close_all()
+        for alias, name in names.items():
+            connections[alias].settings_dict["NAME"] = name
+        settings.SEARCH_CACHE_PREFIX = prefix
 
 
 def test_backup_restore_round_trip(bundle, api, tmp_path, settings, empty_database):
@@ -97,6 +127,11 @@ def test_backup_restore_round_trip(bundle, api, tmp_path, settings, empty_databa
         ids = [chunk_id for chunk_id, _ in hits]
         assert _scoped(target_app, tenant_id, texts, [ids]) == _scoped(source_app, tenant_id, texts, [ids])
 
+    # the same search answers through the API, served from the restored database and files
+    # (a new cache prefix: nothing answered from the source database's cache)
+    restored = _search_on(empty_database, api, bundle, settings)
+    assert restored == answers
+
     # the restored database now has data: refused without --force
     with pytest.raises(CommandError, match="--force"):
         call_command("restore", str(tmp_path / "bk"), owner_url=target_owner, app_url=target_app)
@@ -108,3 +143,42 @@ def test_backup_restore_round_trip(bundle, api, tmp_path, settings, empty_databa
     dump.write_bytes(bytes(data))
     with pytest.raises(CommandError, match="SHA-256"):
         call_command("restore", str(tmp_path / "bk"), owner_url=target_owner, app_url=target_app, force=True)
+
+
+def test_backup_of_a_bucket_restores_into_an_empty_bucket(bundle, tmp_path, settings, empty_database):
+    """Uploads and model artifacts in S3 (a real S3-speaking server, moto's): the backup reads them
+    through the storage API and restore writes them into another, empty bucket, names unchanged."""
+    from storages.backends.s3 import S3Storage
+
+    from bench.cluster import S3Server
+
+    with S3Server(tmp_path / "s3") as s3:
+        s3.client().create_bucket(Bucket="restored")
+
+        def bucket(name: str, location: str) -> S3Storage:
+            return S3Storage(
+                bucket_name=name, location=location, endpoint_url=s3.url, region_name="us-east-1",
+                access_key="testing", secret_key="testing", addressing_style="path", file_overwrite=True,
+            )  # fmt: skip
+
+        media, models = bucket(s3.bucket, "media"), bucket(s3.bucket, "models")
+        media.save("uploads/2026/12/02/faq.csv", ContentFile(SAMPLE_FAQ_CSV.encode()))
+        models.save("tenant-1/chatbot-1/v1-job1/model.safetensors", ContentFile(b"\x00weights"))
+        owner_url = _on(settings.DATABASE_OWNER_URL, connection.settings_dict["NAME"])
+        manifest = backup.backup(tmp_path / "bk", owner_url=owner_url, media_root=media, models_dir=models)
+        assert {e["path"] for e in manifest["files"]} == {
+            "files/media/uploads/2026/12/02/faq.csv",
+            "files/models/tenant-1/chatbot-1/v1-job1/model.safetensors",
+        }
+        target = {"media_root": bucket("restored", "media"), "models_dir": bucket("restored", "models")}
+        target_owner = _on(settings.DATABASE_OWNER_URL, empty_database)
+        backup.restore(tmp_path / "bk", owner_url=target_owner, app_url=None, **target)
+        restored = s3.client().list_objects_v2(Bucket="restored")["Contents"]
+        assert sorted(item["Key"] for item in restored) == [
+            "media/uploads/2026/12/02/faq.csv",
+            "models/tenant-1/chatbot-1/v1-job1/model.safetensors",
+        ]
+        with target["models_dir"].open("tenant-1/chatbot-1/v1-job1/model.safetensors") as handle:
+            assert handle.read() == b"\x00weights"
+        with pytest.raises(DomainError, match="--force"):  # the target now holds data
+            backup.restore(tmp_path / "bk", owner_url=target_owner, app_url=None, **target)

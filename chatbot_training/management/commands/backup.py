@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError
 
 from chatbot_training import backup
@@ -13,7 +14,7 @@ from tenants.errors import DomainError
 
 
 class Command(BaseCommand):
-    help = "Back up the database (pg_dump as the owner role), MEDIA_ROOT and TRAINING_ARTIFACTS_DIR into PATH."
+    help = "Back up the database (pg_dump as the owner role), the uploads and the model artifacts into PATH."
 
     def add_arguments(self, parser):
         parser.add_argument("path")
@@ -24,8 +25,8 @@ class Command(BaseCommand):
             manifest = backup.backup(
                 Path(path),
                 owner_url=owner_url or settings.DATABASE_OWNER_URL,
-                media_root=Path(settings.MEDIA_ROOT),
-                models_dir=Path(settings.TRAINING_ARTIFACTS_DIR),
+                media_root=storages["default"],
+                models_dir=storages["artifacts"],
             )
         except DomainError as error:
             raise CommandError(error.message) from error

@@ -6,9 +6,11 @@ import json
 from pathlib import Path
 
 from django.conf import settings
+from django.core.files.storage import storages
 from django.core.management.base import BaseCommand, CommandError
 
 from chatbot_training import backup
+from knowledge.artifacts import store_is_local
 from tenants.errors import DomainError
 
 
@@ -27,9 +29,10 @@ class Command(BaseCommand):
                 Path(path),
                 owner_url=owner_url or settings.DATABASE_OWNER_URL,
                 app_url=app_url or (None if owner_url else settings.DATABASE_URL),
-                media_root=Path(settings.MEDIA_ROOT),
-                models_dir=Path(settings.TRAINING_ARTIFACTS_DIR),
+                media_root=storages["default"],
+                models_dir=storages["artifacts"],
                 force=force,
+                local_copies=None if store_is_local() else Path(settings.TRAINING_ARTIFACTS_DIR),
             )
         except DomainError as error:
             raise CommandError(error.message) from error
