@@ -38,6 +38,7 @@ bench: install  ## Benchmarks and drills (some need ../shared; run alone: the dr
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/hostile.py
+	$(BIN)/python bench/scale.py
 	$(BIN)/python bench/schema_fuzz.py
 	$(BIN)/python bench/faults.py
 	$(BIN)/python bench/load.py
