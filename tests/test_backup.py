@@ -52,8 +52,12 @@ def _search_on(database: str, api, bundle, settings) -> dict:
     """The API's answers to QUERIES with the app's connections on ``database`` (then put back)."""
     from django.db import connections
 
+    from search.fastpath import access_cache
+
     names = {alias: connections[alias].settings_dict["NAME"] for alias in ("default", "maintenance")}
     prefix = settings.SEARCH_CACHE_PREFIX
+    access_cache._drop()  # its listener is on the test database: listen on the restored one instead
+    access_cache.retry_at = 0.0
     connections.close_all()
     for alias in names:
         connections[alias].settings_dict["NAME"] = database
@@ -69,6 +73,8 @@ def _search_on(database: str, api, bundle, settings) -> dict:
             found[query] = [(hit["chunk_id"], hit["similarity_score"]) for hit in body["results"]]
         return found
     finally:
+        access_cache._drop()  # the fast path's listener was on the restored database: closed, reconnects at once
+        access_cache.retry_at = 0.0
         connections.close_all()
         for alias, name in names.items():
             connections[alias].settings_dict["NAME"] = name
