@@ -17,7 +17,6 @@ back with the dump; restore checks afterwards that the app role reads its tenant
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,6 +27,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 
+from knowledge.artifacts import file_sha256
 from tenants.errors import DomainError
 
 COUNTED_TABLES = {
@@ -142,14 +142,6 @@ def _pg_env(url: str) -> tuple[list[str], dict]:
     return args, env
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def row_counts(url: str) -> dict:
     with psycopg.connect(url) as conn:
         counts = {}
@@ -191,7 +183,7 @@ def _file_entries(root: Path, prefix: str) -> list[dict]:
             {
                 "path": f"{prefix}/{path.relative_to(root).as_posix()}",
                 "bytes": path.stat().st_size,
-                "sha256": _sha256(path),
+                "sha256": file_sha256(path),
             }
         )
     return entries
@@ -232,7 +224,7 @@ def backup(target: Path, *, owner_url: str, media_root, models_dir) -> dict:
         "pg_dump_version": _tool_version(pg_dump),
         "migrations": migrations,
         "row_counts": row_counts(owner_url),
-        "database_dump": {"path": "database.dump", "bytes": dump.stat().st_size, "sha256": _sha256(dump)},
+        "database_dump": {"path": "database.dump", "bytes": dump.stat().st_size, "sha256": file_sha256(dump)},
         "files": files,
         "file_count": len(files),
         "file_bytes": sum(entry["bytes"] for entry in files),
@@ -256,7 +248,7 @@ def verify(source: Path) -> dict:
         path = source / entry["path"]
         if not path.exists():
             problems.append(f"{entry['path']}: missing")
-        elif _sha256(path) != entry["sha256"]:
+        elif file_sha256(path) != entry["sha256"]:
             problems.append(f"{entry['path']}: SHA-256 does not match the manifest")
     if problems:
         raise _error("backup_checksum_mismatch", "backup is damaged, nothing restored: " + "; ".join(problems))

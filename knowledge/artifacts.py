@@ -71,7 +71,8 @@ def _check_name(relative: str) -> str:
     return relative.strip("/")
 
 
-def _digest(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The hex SHA-256 of a file, read in 1 MiB blocks (artifact manifests, backup manifests)."""
     sha = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -89,9 +90,8 @@ def artifact_publish(relative: str, folder: Path) -> Path:
     relative = _check_name(relative)
     folder = Path(folder)
     files = _files(folder)
-    manifest = {
-        "files": {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": _digest(p)} for p in files}
-    }
+    entries = {p.relative_to(folder).as_posix(): {"bytes": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
+    manifest = {"files": entries}
     if not store_is_local():
         artifacts = store()
         for path in files:
@@ -143,7 +143,7 @@ def artifact_local(relative: str) -> Path:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with artifacts.open(f"{relative}/{name}", "rb") as source, open(path, "wb") as sink:
                     shutil.copyfileobj(source, sink, 1 << 20)
-                if path.stat().st_size != expected["bytes"] or _digest(path) != expected["sha256"]:
+                if path.stat().st_size != expected["bytes"] or file_sha256(path) != expected["sha256"]:
                     raise ArtifactMissing(f"{relative}/{name} in the artifact store does not match its manifest.")
             (staging / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
             try:
