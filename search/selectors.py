@@ -12,6 +12,7 @@ from datetime import UTC, timedelta
 from django.db import connection, transaction
 from django.utils import timezone
 
+from chatbot_training import replicas
 from knowledge.models import EmbeddingSpace
 from knowledge.vectors import space_vector_expr
 from search.filters import SearchFilters
@@ -71,21 +72,25 @@ def _literal(vector) -> str:
 def candidate_count(*, space: EmbeddingSpace, chatbot_id: int, filters: SearchFilters, cap: int) -> int:
     """How many vectors a search may return (ready documents, filters applied), counted up to ``cap``."""
     where, params = filters.sql()
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT count(*) FROM (
-                SELECT 1 FROM knowledge_chunkembedding e
-                JOIN knowledge_chunk c ON c.id = e.chunk_id
-                JOIN knowledge_document d ON d.id = c.document_id
-                WHERE e.space_id = %s AND e.chatbot_id = %s AND c.chatbot_id = %s AND d.chatbot_id = %s
-                  AND d.status = 'ready' AND {where}
-                LIMIT %s
-            ) candidates
-            """,
-            [space.pk, chatbot_id, chatbot_id, chatbot_id, *params, cap],
-        )
-        return cursor.fetchone()[0]
+
+    def _read(connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT count(*) FROM (
+                    SELECT 1 FROM knowledge_chunkembedding e
+                    JOIN knowledge_chunk c ON c.id = e.chunk_id
+                    JOIN knowledge_document d ON d.id = c.document_id
+                    WHERE e.space_id = %s AND e.chatbot_id = %s AND c.chatbot_id = %s AND d.chatbot_id = %s
+                      AND d.status = 'ready' AND {where}
+                    LIMIT %s
+                ) candidates
+                """,
+                [space.pk, chatbot_id, chatbot_id, chatbot_id, *params, cap],
+            )
+            return cursor.fetchone()[0]
+
+    return replicas.read(_read)
 
 
 def semantic_query(
@@ -140,15 +145,19 @@ def chunk_cosines(*, space: EmbeddingSpace, chunk_ids: list[int], vector) -> dic
     if not chunk_ids:
         return {}
     expr = space_vector_expr(space, "e.embedding")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT e.chunk_id, 1 - ({expr} <=> %s::vector({int(space.dimensions)}))
-            FROM knowledge_chunkembedding e WHERE e.space_id = %s AND e.chunk_id = ANY(%s)
-            """,
-            [_literal(vector), space.pk, list(chunk_ids)],
-        )
-        return {chunk_id: float(score) for chunk_id, score in cursor.fetchall()}
+
+    def _read(connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT e.chunk_id, 1 - ({expr} <=> %s::vector({int(space.dimensions)}))
+                FROM knowledge_chunkembedding e WHERE e.space_id = %s AND e.chunk_id = ANY(%s)
+                """,
+                [_literal(vector), space.pk, list(chunk_ids)],
+            )
+            return {chunk_id: float(score) for chunk_id, score in cursor.fetchall()}
+
+    return replicas.read(_read)
 
 
 def _hnsw_settings(cursor, *, ef_search: int, max_scan_tuples: int) -> None:
@@ -200,11 +209,15 @@ def semantic_hits(
     sql, args = semantic_query(
         space=space, chatbot_id=chatbot_id, vector=vector, limit=limit, filters=filters, exact=exact
     )
-    with transaction.atomic(), connection.cursor() as cursor:
-        if not exact:
-            _hnsw_settings(cursor, ef_search=max(ef_search, limit), max_scan_tuples=max_scan_tuples)
-        cursor.execute(sql, args)
-        return _hits(cursor.fetchall())
+
+    def _read(connection):
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            if not exact:
+                _hnsw_settings(cursor, ef_search=max(ef_search, limit), max_scan_tuples=max_scan_tuples)
+            cursor.execute(sql, args)
+            return _hits(cursor.fetchall())
+
+    return replicas.read(_read)
 
 
 # Okapi BM25 over the stored tsvector: document frequencies come from the GIN index (cached per
@@ -223,40 +236,51 @@ class TextStats:
 
 def query_lexemes(query: str) -> list[str]:
     """The query's stemmed English lexemes (stop words dropped), as the stored tsvector holds them."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT tsvector_to_array(to_tsvector('english', %s))", [query[:2000]])
-        return list(cursor.fetchone()[0] or [])
+
+    def _read(connection):
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT tsvector_to_array(to_tsvector('english', %s))", [query[:2000]])
+            return list(cursor.fetchone()[0] or [])
+
+    return replicas.read(_read)
 
 
 def text_stats(*, chatbot_id: int) -> TextStats:
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT count(*), coalesce(avg(c.token_count), 1) FROM knowledge_chunk c
-            JOIN knowledge_document d ON d.id = c.document_id AND d.status = 'ready'
-            WHERE c.chatbot_id = %s
-            """,
-            [chatbot_id],
-        )
-        count, mean = cursor.fetchone()
-        return TextStats(chunks=count, mean_tokens=float(mean) or 1.0)
+    def _read(connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT count(*), coalesce(avg(c.token_count), 1) FROM knowledge_chunk c
+                JOIN knowledge_document d ON d.id = c.document_id AND d.status = 'ready'
+                WHERE c.chatbot_id = %s
+                """,
+                [chatbot_id],
+            )
+            count, mean = cursor.fetchone()
+            return TextStats(chunks=count, mean_tokens=float(mean) or 1.0)
+
+    return replicas.read(_read)
 
 
 def document_frequencies(*, chatbot_id: int, lexemes: list[str]) -> dict[str, int]:
     """How many of the chatbot's ready chunks hold each lexeme (one GIN bitmap count per lexeme)."""
     if not lexemes:
         return {}
-    with connection.cursor() as cursor:
-        cursor.execute(
-            """
-            SELECT t.l, (SELECT count(*) FROM knowledge_chunk c
-                         JOIN knowledge_document d ON d.id = c.document_id AND d.status = 'ready'
-                         WHERE c.chatbot_id = %s AND c.search_vector @@ t.q::tsquery)
-            FROM unnest(%s::text[], %s::text[]) AS t(l, q)
-            """,
-            [chatbot_id, lexemes, [_tsquery_term(lexeme) for lexeme in lexemes]],
-        )
-        return dict(cursor.fetchall())
+
+    def _read(connection):
+        with connection.cursor() as cursor:
+            cursor.execute(
+                """
+                SELECT t.l, (SELECT count(*) FROM knowledge_chunk c
+                             JOIN knowledge_document d ON d.id = c.document_id AND d.status = 'ready'
+                             WHERE c.chatbot_id = %s AND c.search_vector @@ t.q::tsquery)
+                FROM unnest(%s::text[], %s::text[]) AS t(l, q)
+                """,
+                [chatbot_id, lexemes, [_tsquery_term(lexeme) for lexeme in lexemes]],
+            )
+            return dict(cursor.fetchall())
+
+    return replicas.read(_read)
 
 
 def _tsquery_term(lexeme: str) -> str:
@@ -284,45 +308,49 @@ def keyword_hits(
         frequencies = document_frequencies(chatbot_id=chatbot_id, lexemes=lexemes)
     terms = [lexeme for lexeme in lexemes if frequencies.get(lexeme)]
     args = {"query": query, "chatbot": chatbot_id, "limit": limit, **named}
-    with transaction.atomic(), connection.cursor() as cursor:
-        if terms:
-            total = max(stats.chunks, 1)
-            weights = []
-            for i, term in enumerate(terms):
-                df = frequencies[term]
-                args[f"t{i}"] = _tsquery_term(term)
-                args[f"w{i}"] = math.log(1 + (total - df + 0.5) / (df + 0.5))
-                weights.append(f"%(w{i})s * (c.search_vector @@ %(t{i})s::tsquery)::int")
-            args["any_term"] = " | ".join(_tsquery_term(term) for term in terms)
-            args["k1"], args["b"], args["avgdl"] = BM25_K1, BM25_B, stats.mean_tokens
+
+    def _read(connection):
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            if terms:
+                total = max(stats.chunks, 1)
+                weights = []
+                for i, term in enumerate(terms):
+                    df = frequencies[term]
+                    args[f"t{i}"] = _tsquery_term(term)
+                    args[f"w{i}"] = math.log(1 + (total - df + 0.5) / (df + 0.5))
+                    weights.append(f"%(w{i})s * (c.search_vector @@ %(t{i})s::tsquery)::int")
+                args["any_term"] = " | ".join(_tsquery_term(term) for term in terms)
+                args["k1"], args["b"], args["avgdl"] = BM25_K1, BM25_B, stats.mean_tokens
+                cursor.execute(
+                    f"""
+                    SELECT {RESULT_COLUMNS},
+                        ({" + ".join(weights)}) * (%(k1)s + 1)
+                        / (1 + %(k1)s * (1 - %(b)s + %(b)s * c.token_count / %(avgdl)s)) AS score
+                    FROM knowledge_chunk c
+                    JOIN knowledge_document d ON d.id = c.document_id
+                    WHERE c.chatbot_id = %(chatbot)s AND d.status = 'ready' AND {where_named}
+                      AND c.search_vector @@ %(any_term)s::tsquery
+                    ORDER BY score DESC, c.id LIMIT %(limit)s
+                    """,
+                    args,
+                )
+                rows = cursor.fetchall()
+                if rows:
+                    return _hits(rows)
+            cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', '0.45', true)")
             cursor.execute(
                 f"""
-                SELECT {RESULT_COLUMNS},
-                    ({" + ".join(weights)}) * (%(k1)s + 1)
-                    / (1 + %(k1)s * (1 - %(b)s + %(b)s * c.token_count / %(avgdl)s)) AS score
+                SELECT {RESULT_COLUMNS}, word_similarity(%(query)s, c.text) AS score
                 FROM knowledge_chunk c
                 JOIN knowledge_document d ON d.id = c.document_id
-                WHERE c.chatbot_id = %(chatbot)s AND d.status = 'ready' AND {where_named}
-                  AND c.search_vector @@ %(any_term)s::tsquery
+                WHERE c.chatbot_id = %(chatbot)s AND d.status = 'ready' AND %(query)s <%% c.text AND {where_named}
                 ORDER BY score DESC, c.id LIMIT %(limit)s
                 """,
                 args,
             )
-            rows = cursor.fetchall()
-            if rows:
-                return _hits(rows)
-        cursor.execute("SELECT set_config('pg_trgm.word_similarity_threshold', '0.45', true)")
-        cursor.execute(
-            f"""
-            SELECT {RESULT_COLUMNS}, word_similarity(%(query)s, c.text) AS score
-            FROM knowledge_chunk c
-            JOIN knowledge_document d ON d.id = c.document_id
-            WHERE c.chatbot_id = %(chatbot)s AND d.status = 'ready' AND %(query)s <%% c.text AND {where_named}
-            ORDER BY score DESC, c.id LIMIT %(limit)s
-            """,
-            args,
-        )
-        return _hits(cursor.fetchall())
+            return _hits(cursor.fetchall())
+
+    return replicas.read(_read)
 
 
 def search_log_queryset(*, tenant, chatbot_id: int, days: int):
