@@ -368,42 +368,47 @@ def search_analytics(*, tenant, chatbot_id: int, days: int, low_score: float) ->
     gap = "(result_count = 0 OR (top_score IS NOT NULL AND top_score < %(low)s))"
     args = {"tenant": tenant.pk, "chatbot": chatbot_id, "since": since, "low": low_score}
     scope = "tenant_id = %(tenant)s AND chatbot_id = %(chatbot)s AND created_at >= %(since)s"
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"""
-            SELECT count(*),
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY took_ms),
-                   percentile_cont(0.95) WITHIN GROUP (ORDER BY took_ms),
-                   avg(cache_hit::int), count(*) FILTER (WHERE result_count = 0),
-                   count(*) FILTER (WHERE result_count > 0 AND top_score < %(low)s), avg(top_score)
-            FROM search_searchlog WHERE {scope}
-            """,
-            args,
-        )
-        total, p50, p95, hit_rate, zero, low, mean_top = cursor.fetchone()
-        cursor.execute(
-            f"""
-            SELECT (date_trunc('day', created_at AT TIME ZONE 'UTC'))::date AS day, count(*),
-                   percentile_cont(0.5) WITHIN GROUP (ORDER BY took_ms),
-                   percentile_cont(0.95) WITHIN GROUP (ORDER BY took_ms),
-                   avg((result_count = 0)::int), avg(cache_hit::int), count(*) FILTER (WHERE {gap})
-            FROM search_searchlog WHERE {scope} GROUP BY 1 ORDER BY 1
-            """,
-            args,
-        )
-        by_day = {row[0]: row for row in cursor.fetchall()}
-        cursor.execute(
-            f"""
-            SELECT lower(query), count(*), avg(top_score), avg(result_count), max(created_at)
-            FROM search_searchlog WHERE {scope}
-            GROUP BY 1 ORDER BY 2 DESC, 5 DESC LIMIT 10
-            """,
-            args,
-        )
-        top_queries = [
-            {"query": q, "count": n, "mean_top_score": _round(s), "mean_results": _round(r), "last_seen": t}
-            for q, n, s, r, t in cursor.fetchall()
-        ]
+
+    def _read(connection):  # one snapshot for the three figures, on a read replica when there is one
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT count(*),
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY took_ms),
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY took_ms),
+                       avg(cache_hit::int), count(*) FILTER (WHERE result_count = 0),
+                       count(*) FILTER (WHERE result_count > 0 AND top_score < %(low)s), avg(top_score)
+                FROM search_searchlog WHERE {scope}
+                """,
+                args,
+            )
+            total, p50, p95, hit_rate, zero, low, mean_top = cursor.fetchone()
+            cursor.execute(
+                f"""
+                SELECT (date_trunc('day', created_at AT TIME ZONE 'UTC'))::date AS day, count(*),
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY took_ms),
+                       percentile_cont(0.95) WITHIN GROUP (ORDER BY took_ms),
+                       avg((result_count = 0)::int), avg(cache_hit::int), count(*) FILTER (WHERE {gap})
+                FROM search_searchlog WHERE {scope} GROUP BY 1 ORDER BY 1
+                """,
+                args,
+            )
+            by_day = {row[0]: row for row in cursor.fetchall()}
+            cursor.execute(
+                f"""
+                SELECT lower(query), count(*), avg(top_score), avg(result_count), max(created_at)
+                FROM search_searchlog WHERE {scope}
+                GROUP BY 1 ORDER BY 2 DESC, 5 DESC LIMIT 10
+                """,
+                args,
+            )
+            top_queries = [
+                {"query": q, "count": n, "mean_top_score": _round(s), "mean_results": _round(r), "last_seen": t}
+                for q, n, s, r, t in cursor.fetchall()
+            ]
+            return total, p50, p95, hit_rate, zero, low, mean_top, by_day, top_queries
+
+    total, p50, p95, hit_rate, zero, low, mean_top, by_day, top_queries = replicas.read(_read)
     blend = SearchBlend.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id).first()
     feedback = SearchFeedback.objects.for_tenant(tenant).filter(chatbot_id=chatbot_id, created_at__gte=since)
     feedback_count = feedback.count()

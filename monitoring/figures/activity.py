@@ -6,9 +6,10 @@ from __future__ import annotations
 from datetime import datetime
 
 from django.conf import settings
-from django.db import connection
+from django.db import connection, transaction
 from django.db.models import Count
 
+from chatbot_training import replicas
 from knowledge.models import Chunk, Document, IngestionJob
 from tenants.models import Chatbot, Tenant
 from training.models import TrainingJob
@@ -36,19 +37,24 @@ def search_figures(*, tenant: Tenant, chatbot: Chatbot | None = None, since: dat
                  percentile_cont(0.99) WITHIN GROUP (ORDER BY took_ms),
                  avg(cache_hit::int), avg((result_count = 0)::int),
                  avg((result_count > 0 AND top_score < %(low)s)::int)"""
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {figures} FROM search_searchlog WHERE {where}", args)
-        total = _summary(cursor.fetchone())
-        cursor.execute(
-            f"SELECT chatbot_id, {figures} FROM search_searchlog WHERE {where} GROUP BY 1 ORDER BY 2 DESC", args
-        )
-        per_chatbot = [{"chatbot_id": row[0], **_summary(row[1:])} for row in cursor.fetchall()]
-        cursor.execute(
-            f"SELECT (date_trunc('day', created_at AT TIME ZONE 'UTC'))::date, {figures} FROM search_searchlog "
-            f"WHERE {where} GROUP BY 1 ORDER BY 1",
-            args,
-        )
-        daily = [{"date": row[0].isoformat(), **_summary(row[1:])} for row in cursor.fetchall()]
+
+    def _read(connection):  # one snapshot, on a read replica when there is one (chatbot_training/replicas.py)
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            cursor.execute(f"SELECT {figures} FROM search_searchlog WHERE {where}", args)
+            total = _summary(cursor.fetchone())
+            cursor.execute(
+                f"SELECT chatbot_id, {figures} FROM search_searchlog WHERE {where} GROUP BY 1 ORDER BY 2 DESC", args
+            )
+            per_chatbot = [{"chatbot_id": row[0], **_summary(row[1:])} for row in cursor.fetchall()]
+            cursor.execute(
+                f"SELECT (date_trunc('day', created_at AT TIME ZONE 'UTC'))::date, {figures} FROM search_searchlog "
+                f"WHERE {where} GROUP BY 1 ORDER BY 1",
+                args,
+            )
+            daily = [{"date": row[0].isoformat(), **_summary(row[1:])} for row in cursor.fetchall()]
+            return total, per_chatbot, daily
+
+    total, per_chatbot, daily = replicas.read(_read)
     names = dict(Chatbot.objects.for_tenant(tenant).values_list("pk", "name"))
     for row in per_chatbot:
         row["chatbot"] = names.get(row["chatbot_id"], "")
