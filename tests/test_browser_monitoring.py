@@ -73,4 +73,6 @@ def test_monitoring_pages_draw_the_tenants_figures(browser_page, live_server, bu
     )
     assert page.locator("#chart-tables rect").count() >= 1
     assert page.locator("#vector-indexes tbody tr").count() >= 1
+    # no streaming replica of the test server: the replication table says so
+    assert "primary only" in page.locator("#replicas tbody tr").first.inner_text()
     assert page.locator("#monitoring-error").is_hidden()

@@ -88,6 +88,8 @@ def test_database_figures_match_what_was_ingested_and_stay_per_tenant(bundle, ot
     assert 0 < server["cache_hit_ratio"] <= 1
     assert any(row["method"] == "hnsw" for row in server["indexes"])
     assert all(row["state"] in ("valid", "invalid", "building") for row in server["vector_indexes"])
+    # the test server has no streaming replica, and the tests configure none (tests/test_replicas.py has one)
+    assert server["replication"] == {"standbys": [], "search_reads": {}}
     assert server["vector_indexes"], "the space's HNSW index is listed"
     assert server["slow_statements"]["available"] in (True, False) and (
         server["slow_statements"]["available"] or "pg_stat_statements" in server["slow_statements"]["reason"]

@@ -144,13 +144,13 @@ def servers():
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _demo(env: dict) -> dict:
+def _manage(env: dict, *arguments: str):
+    """``manage.py arguments`` on the test's primary; its last line of output, read as JSON."""
     import json
 
     done = subprocess.run(
-        [sys.executable, str(ROOT / "manage.py"), "ensure_demo", "--json"],
-        env=env, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [sys.executable, str(ROOT / "manage.py"), *arguments], env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -162,7 +162,7 @@ def test_search_reads_go_to_the_streaming_replica_and_fall_back_to_the_primary(s
     from django.conf import settings
 
     env = {**servers.env, "REDIS_URL": settings.REDIS_URL}
-    demo = _demo(env)
+    demo = _manage(env, "ensure_demo", "--json")
     key, chatbot = demo["api_key"], demo["chatbot_id"]
     headers = {"Authorization": f"Bearer {key}"}
     with (
@@ -210,6 +210,13 @@ def test_search_reads_go_to_the_streaming_replica_and_fall_back_to_the_primary(s
             assert marker in on_standby, f"{marker!r} not run on the replica"
             assert marker not in on_primary, f"{marker!r} ran on the primary while the replica was up"
         assert "INSERT INTO" not in on_standby  # writes (search logs, key use) stay on the primary
+        # What the operator figures (GET /api/metrics/database, the monitoring page) say of it.
+        figures = _manage(
+            env, "shell", "-c",
+            "import json; from monitoring.figures.database import replication; print(json.dumps(replication()))",
+        )  # fmt: skip
+        assert [row["state"] for row in figures["standbys"]] == ["streaming"], figures
+        assert figures["standbys"][0]["replay_lag_bytes"] >= 0 and figures["search_reads"] == {"replica_0": True}
 
         # 2. Read-your-writes: with the replica's replay paused it has not seen a new upload, and
         # the upload's status is read from the primary all the same.

@@ -180,6 +180,25 @@ def server() -> dict:
     return {"version": version, "database_bytes": size}
 
 
+def replication() -> dict:
+    """The streaming replicas as the primary sees them (``pg_stat_replication``: state, how far
+    behind their replay is), and which of this process's replica connections take search reads now
+    (``chatbot_training/replicas.py``: False while one is left out after a failure)."""
+    from chatbot_training import replicas
+
+    with _cursor() as cursor:
+        standbys = _rows(
+            cursor,
+            """
+            SELECT application_name AS name, client_addr::text AS address, state, sync_state,
+                   pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)::bigint AS replay_lag_bytes,
+                   round(extract(epoch FROM replay_lag)::numeric, 3)::float AS replay_lag_seconds
+            FROM pg_stat_replication ORDER BY application_name, pid
+            """,
+        )
+    return {"standbys": standbys, "search_reads": replicas.status()}
+
+
 def database_figures() -> dict:
     """The whole database (staff only): what ``GET /api/metrics/database`` adds for staff."""
     connections = connections_by_state()
@@ -193,4 +212,5 @@ def database_figures() -> dict:
         "vector_indexes": vector_indexes(),
         "long_running": long_running(),
         "slow_statements": slow_statements(),
+        "replication": replication(),
     }
