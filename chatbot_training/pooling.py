@@ -19,7 +19,7 @@ role's, the maintenance role's, the replicas'):
 
 Session state the code relies on, and why it is safe here: the tenant scope of row-level security
 is transaction-local (``set_config(..., true)`` in ``chatbot_training/postgresql``), as are the
-search planner settings (``search/selectors.py``, ``knowledge/vectors.py``); a pooled connection
+search planner settings (``search/selectors/vectors.py``, ``knowledge/vectors.py``); a pooled connection
 comes back rolled back, so it carries none of them. What is not: the fast path's ``LISTEN`` (its
 listener hears nothing through a transaction pooler and the fast path then reads the database on
 every request) and the session advisory lock of the vector index upkeep (a worker task), so

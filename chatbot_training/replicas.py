@@ -2,7 +2,7 @@
 
 Each URL becomes a connection alias ``replica_0``, ``replica_1``, ... built like the primary's (the
 same engine, so the row-level security scope is set per transaction on a replica exactly as on the
-primary). Only the read-only search SQL (``search/selectors.py``) asks for one, through ``read``;
+primary). Only the read-only search SQL and analytics (``search/selectors/``) ask for one, through ``read``;
 everything else, writes, LISTEN/NOTIFY and the reads right after a write (a document's status after
 its upload) stay on the primary through the ordinary router.
 
@@ -12,17 +12,27 @@ down for ``DATABASE_REPLICA_RETRY_SECONDS`` and the same work runs again on the 
 same request, so no request fails because a replica did. Inside a transaction on the primary, in a
 cross-tenant scope, or outside a web process (workers read what they have just written), the work
 runs on the primary.
+
+``caught_up(check)`` scopes the reads of one search to what the caller has seen on the primary: a
+replica serves them only once ``check(replica)`` says it has replayed that far (the search checks
+the chatbot's ``content_version``, which every content change bumps in or after its own
+transaction, and replay keeps commit order). A lagging replica is not marked down: that search
+reads from the primary, so its answer (and the cache entry keyed on that content version) holds the
+newest content.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import itertools
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import TypeVar
+
+from prometheus_client import Counter
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +42,44 @@ T = TypeVar("T")
 _down_until: dict[str, float] = {}
 _lock = threading.Lock()
 _turn = itertools.count()
+
+READS = Counter(
+    "chatbot_replica_reads_total",
+    "Search reads sent to a read replica, by outcome: served there, lagging (read from the primary), failed.",
+    ["replica", "outcome"],
+)
+
+
+class _Expectation:
+    """What the reads of one ``caught_up`` block require of a replica, and which replicas met it."""
+
+    def __init__(self, check: Callable):
+        self.check = check
+        self.met: set[str] = set()
+
+
+_expected: contextvars.ContextVar[_Expectation | None] = contextvars.ContextVar("replica_expectation", default=None)
+
+
+@contextlib.contextmanager
+def caught_up(check: Callable):
+    """Within: a replica serves a read only if ``check(connection)`` is true on it (asked once per
+    replica and block: replay only moves forward); otherwise the read runs on the primary."""
+    token = _expected.set(_Expectation(check))
+    try:
+        yield
+    finally:
+        _expected.reset(token)
+
+
+def _has_caught_up(alias: str, connection) -> bool:
+    expectation = _expected.get()
+    if expectation is None or alias in expectation.met:
+        return True
+    if not expectation.check(connection):
+        return False
+    expectation.met.add(alias)
+    return True
 
 
 def databases(env, make) -> dict:
@@ -113,8 +161,13 @@ def read(work: Callable[..., T]) -> T:
     if alias is not None:
         replica = connections[alias]
         try:
-            return work(replica)
+            if _has_caught_up(alias, replica):
+                answer = work(replica)
+                READS.labels(alias, "served").inc()
+                return answer
+            READS.labels(alias, "lagging").inc()
         except (OperationalError, InterfaceError) as exc:
+            READS.labels(alias, "failed").inc()
             mark_down(alias, exc)
             with contextlib.suppress(DatabaseError):
                 replica.close()  # a broken session is not reused; the next try connects afresh

@@ -1,5 +1,5 @@
 """Vector SQL needed by ingestion: per-space HNSW indexes and near-duplicate lookups.
-(Search-time vector SQL lives in ``search/selectors.py``.)"""
+(Search-time vector SQL lives in ``search/selectors/vectors.py``.)"""
 
 from __future__ import annotations
 

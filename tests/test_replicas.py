@@ -11,7 +11,9 @@ uploads:
 - searches (the vector SQL, the keyword SQL of a hybrid search) and search analytics are served by
   the replica, and none of that SQL reaches the primary;
 - a document's status right after its upload is read from the primary (read-your-writes) even
-  while the replica's replay is paused and it has not seen the document;
+  while the replica's replay is paused and it has not seen the document; a search of that new
+  content, with the replica still behind, is read from the primary too (the replica has not
+  replayed the chatbot's content version), so neither its answer nor the cached one misses it;
 - stopping the replica (``pg_ctl stop -m immediate``) while searches keep coming fails no request:
   they are answered by the primary; started again, the replica takes the searches back.
 
@@ -228,6 +230,19 @@ def test_search_reads_go_to_the_streaming_replica_and_fall_back_to_the_primary(s
             assert status.json()["status"] in ("queued", "processing", "ready"), status.text
             assert servers.sql(STANDBY_PORT, f"SELECT id FROM knowledge_document WHERE id = {fresh}", DATABASE) == []
             wait_for(lambda: ready(fresh), 120, "the second document was not ingested")
+            # A search of the new content, with the replica still behind it: the replica has not
+            # replayed the chatbot's new content version, so the search reads from the primary and
+            # finds the new document; the answer it caches (under that version) holds it too.
+            primary_before, standby_before = len(servers.log("primary")), len(servers.log("standby"))
+            for attempt in ("uncached", "cached"):
+                answer = search(web, key, chatbot, "how does fresh feature 1 work?")
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                assert body["cached"] is (attempt == "cached"), body
+                assert body["results"] and body["results"][0]["document_id"] == fresh, (attempt, body)
+            time.sleep(0.5)
+            assert VECTOR_SQL in servers.log("primary")[primary_before:], "the lagging replica served the search"
+            assert VECTOR_SQL not in servers.log("standby")[standby_before:]
         finally:
             servers.sql(STANDBY_PORT, "SELECT pg_wal_replay_resume()")
 

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass
 
 from django.conf import settings
 
+from chatbot_training import replicas
 from knowledge.models import EmbeddingSpace
 from search import cache
 from search.filters import SearchFilters
@@ -20,6 +21,7 @@ from search.selectors import (
     NO_FILTERS,
     Hit,
     chunk_cosines,
+    content_caught_up,
     keyword_hits,
     query_lexemes,
 )
@@ -125,47 +127,50 @@ def search_run(
         cached, _ = search_cached(request, began=began, log=log)
         if cached is not None:
             return cached
-    weight = semantic_weight
-    strategy = ""
-    semantic: list[Hit] = []
-    keyword: list[Hit] = []
-    vector = None
-    fetch = max_results if mode == "semantic" else max(max_results * 4, 40)
-    if mode in ("semantic", "hybrid"):
-        vector = query_vector(space, plan)
-        semantic, strategy = _semantic_search(
-            space=space.store,
-            chatbot=chatbot,
-            vector=vector,
-            limit=fetch,
-            filters=filters,
-            ef_search=serving.ef_search,  # the chatbot's tuning (search/services/optimize/), if any
-            exact_max=serving.exact_max,
-        )
-    if mode in ("keyword", "hybrid"):
-        stats, frequencies = _term_statistics(chatbot, query_lexemes(plan.effective_query))
-        keyword = keyword_hits(
-            chatbot_id=chatbot.pk,
-            query=plan.effective_query,
-            limit=fetch,
-            filters=filters,
-            stats=stats,
-            frequencies=frequencies,
-        )
-    if mode == "semantic":
-        results = semantic
-    elif mode == "keyword":
-        results = keyword[:max_results]
-    else:
-        if weight is None:
-            weight = auto_semantic_weight(semantic, keyword, serving.keyword_factor)
-        known = {hit.chunk_id for hit in semantic}
-        cosines = chunk_cosines(
-            space=space.store, chunk_ids=[h.chunk_id for h in keyword if h.chunk_id not in known], vector=vector
-        )
-        results = fuse(semantic, keyword, limit=fetch, semantic_weight=weight, cosines=cosines)
-    if similarity_threshold > 0 and mode != "keyword":
-        results = [h for h in results if h.score is not None and h.score >= similarity_threshold]
+    # Read from a replica only once it has replayed this content version: the answer, and the
+    # cache entry keyed on that version, then hold the newest content (else from the primary).
+    with replicas.caught_up(content_caught_up(chatbot_id=chatbot.pk, content_version=chatbot.content_version)):
+        weight = semantic_weight
+        strategy = ""
+        semantic: list[Hit] = []
+        keyword: list[Hit] = []
+        vector = None
+        fetch = max_results if mode == "semantic" else max(max_results * 4, 40)
+        if mode in ("semantic", "hybrid"):
+            vector = query_vector(space, plan)
+            semantic, strategy = _semantic_search(
+                space=space.store,
+                chatbot=chatbot,
+                vector=vector,
+                limit=fetch,
+                filters=filters,
+                ef_search=serving.ef_search,  # the chatbot's tuning (search/services/optimize/), if any
+                exact_max=serving.exact_max,
+            )
+        if mode in ("keyword", "hybrid"):
+            stats, frequencies = _term_statistics(chatbot, query_lexemes(plan.effective_query))
+            keyword = keyword_hits(
+                chatbot_id=chatbot.pk,
+                query=plan.effective_query,
+                limit=fetch,
+                filters=filters,
+                stats=stats,
+                frequencies=frequencies,
+            )
+        if mode == "semantic":
+            results = semantic
+        elif mode == "keyword":
+            results = keyword[:max_results]
+        else:
+            if weight is None:
+                weight = auto_semantic_weight(semantic, keyword, serving.keyword_factor)
+            known = {hit.chunk_id for hit in semantic}
+            cosines = chunk_cosines(
+                space=space.store, chunk_ids=[h.chunk_id for h in keyword if h.chunk_id not in known], vector=vector
+            )
+            results = fuse(semantic, keyword, limit=fetch, semantic_weight=weight, cosines=cosines)
+        if similarity_threshold > 0 and mode != "keyword":
+            results = [h for h in results if h.score is not None and h.score >= similarity_threshold]
     results = results[:max_results]
     if use_cache:
         cache.set_json(
