@@ -153,6 +153,7 @@ def main() -> None:
 
 def _run(args, pair: dict, setup_seconds: float) -> dict:
     from knowledge.models import Chunk
+    from search.arguments import SearchArguments
     from search.logbuffer import search_logs_flush
     from search.services import search_run
     from tenants.services import api_key_create
@@ -172,7 +173,7 @@ def _run(args, pair: dict, setup_seconds: float) -> dict:
     meta = {"HTTP_AUTHORIZATION": f"Bearer {key.raw_key}", "CONTENT_TYPE": "application/json"}
     queries = [json.loads(line)["text"] for line in (DATA / "queries.jsonl").read_text().splitlines()][: args.queries]
     for bot in pair.values():
-        search_run(tenant=bot.tenant, chatbot=bot, query="warm up", log=False, use_cache=False)
+        search_run(chatbot=bot, args=SearchArguments(query="warm up", chatbot_id=bot.pk), log=False, use_cache=False)
     run = uuid.uuid4().hex[:8]
     run_round(meta, pair, queries[:20], f"warm{run}")  # the variant's adapter loaded, caches warm
     samples = {condition: {"uncached": [], "cached": []} for condition in pair}

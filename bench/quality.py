@@ -211,21 +211,16 @@ def evaluate(dataset: Dataset, chatbot, modes: dict) -> dict:
 
 
 def _evaluate(dataset: Dataset, chatbot, modes: dict) -> dict:
+    from search.arguments import SearchArguments
     from search.services import search_run
 
     scores: dict = {name: {"ndcg@10": [], "recall@100": [], "ms": []} for name in modes}
     for qid, text in dataset.queries:
         for name, (mode, weight) in modes.items():
-            result = search_run(
-                tenant=chatbot.tenant,
-                chatbot=chatbot,
-                query=text,
-                max_results=dataset.depth,
-                mode=mode,
-                semantic_weight=weight,
-                log=False,
-                use_cache=False,
+            args = SearchArguments(
+                query=text, chatbot_id=chatbot.pk, max_results=dataset.depth, mode=mode, weight=weight
             )
+            result = search_run(chatbot=chatbot, args=args, log=False, use_cache=False)
             ranked, seen = [], set()
             for hit in result.results:
                 key = dataset.key(hit)

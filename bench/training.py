@@ -67,16 +67,17 @@ def train_pairs(chatbot) -> list[dict]:
 def test_ndcg(dataset, chatbot, latencies: list | None = None) -> float:
     """nDCG@10 of the test queries through ``search_run`` (uncached); each search's milliseconds
     go to ``latencies`` (after one warm-up search, which loads a new version's query encoder)."""
+    from search.arguments import SearchArguments
     from search.services import search_run
 
     chatbot.refresh_from_db()
-    search_run(tenant=chatbot.tenant, chatbot=chatbot, query="warm up", log=False, use_cache=False)
+    warm_up = SearchArguments(query="warm up", chatbot_id=chatbot.pk)
+    search_run(chatbot=chatbot, args=warm_up, log=False, use_cache=False)
     scores = []
     for qid, text in dataset.queries:
         began = time.perf_counter()
-        result = search_run(
-            tenant=chatbot.tenant, chatbot=chatbot, query=text, max_results=dataset.depth, log=False, use_cache=False
-        )
+        args = SearchArguments(query=text, chatbot_id=chatbot.pk, max_results=dataset.depth)
+        result = search_run(chatbot=chatbot, args=args, log=False, use_cache=False)
         if latencies is not None:
             latencies.append((time.perf_counter() - began) * 1000)
         ranked, seen = [], set()

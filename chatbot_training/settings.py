@@ -205,7 +205,7 @@ OPTIMIZE_STALE_AFTER_SECONDS = env.int("OPTIMIZE_STALE_AFTER_SECONDS", default=1
 SEARCH_LOG_BUFFER = env.bool("SEARCH_LOG_BUFFER", default=True)
 SEARCH_LOG_FLUSH_SECONDS = env.float("SEARCH_LOG_FLUSH_SECONDS", default=1.0)
 SEARCH_LOG_FLUSHER_THREAD = env.bool("SEARCH_LOG_FLUSHER_THREAD", default=True)  # off in tests
-# The fast path's memory of key/chatbot context (search/fastpath.py): a row is read again after
+# The fast path's memory of key/chatbot context (search/access.py): a row is read again after
 # this many seconds at most, and a listener that does not hear its own ping within the timeout
 # is presumed dead (nothing is remembered until a fresh one answers).
 ACCESS_CONTEXT_MAX_AGE = env.float("ACCESS_CONTEXT_MAX_AGE", default=5.0)

@@ -34,8 +34,11 @@ urlpatterns = [
     path("keys/", tenant_views.api_keys, name="dashboard-api-keys"),
     path("audit/", tenant_views.audit_log, name="dashboard-audit"),
     path("monitoring/", monitoring_views.monitoring_page, name="dashboard-monitoring"),
-    path("chatbots/<int:chatbot_id>/monitoring/", monitoring_views.chatbot_monitoring_page,
-         name="dashboard-chatbot-monitoring"),  # fmt: skip
+    path(
+        "chatbots/<int:chatbot_id>/monitoring/",
+        monitoring_views.chatbot_monitoring_page,
+        name="dashboard-chatbot-monitoring",
+    ),  # fmt: skip
     path("alerts/", monitoring_views.alerts_page, name="dashboard-alerts"),
     path("alerts/<int:alert_id>/acknowledge", monitoring_views.alert_acknowledge_view, name="dashboard-alert-ack"),
     path("alerts/<int:alert_id>/resolve", monitoring_views.alert_resolve_view, name="dashboard-alert-resolve"),

@@ -1,7 +1,9 @@
 """The one parser of a search request body (``POST /api/search``), whichever path answers it.
 
-The DRF view and the fast path (``search/fastpath.py``) both call ``search_arguments_parse``: a
-new search parameter is written here once. It accepts exactly what ``SearchRequestSerializer``
+The DRF view and the fast path (``search/fastpath.py``) both call ``search_arguments_parse``, and
+the other entry points (hybrid GET, the dashboard playground) turn their own wire format into the
+same body and parse it here: a new search parameter is written here once, its limits in
+``search/limits.py``. It accepts exactly what ``SearchRequestSerializer``
 documents in the OpenAPI schema (the serializer is the schema; running it costs ~0.3 ms, a tenth
 of a cached answer, so validation is plain Python) and refuses anything else with a
 ``DomainError`` naming the field, which the API renders as a 400. The fast path hands a refused
@@ -19,13 +21,13 @@ import math
 from dataclasses import dataclass
 
 from knowledge.models import Document
+from search import limits
 from search.filters import SearchFilters, search_filters_build
+from search.limits import ID_MAX, LIST_MAX_ITEMS, METADATA_MAX_BYTES, MODES, ROLES
 from search.selectors import NO_FILTERS
-from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, Turn
 from tenants import inputs
 from tenants.errors import DomainError
 
-ID_MAX = 2**63 - 1
 FIELDS = (
     "query",
     "chatbot_id",
@@ -43,19 +45,21 @@ FIELDS = (
     "conversation_id",
 )
 FILTER_KEYS = ("content_types", "categories", "document_ids", "metadata")
-ROLES = ("user", "assistant", "system")
-MAX_TURN_CHARS = 8000
-METADATA_MAX_BYTES = 20_000
-LIST_LIMITS = {"content_types": 20, "categories": 100, "document_ids": 500}
+
+
+@dataclass
+class Turn:
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)
 class SearchArguments:
     query: str
     chatbot_id: int
-    max_results: int = 5
-    threshold: float = 0.0
-    mode: str = "semantic"
+    max_results: int = limits.DEFAULT_MAX_RESULTS
+    threshold: float = limits.DEFAULT_THRESHOLD
+    mode: str = limits.DEFAULT_MODE
     weight: float | None = None
     filters: SearchFilters = NO_FILTERS
     conversation: tuple[Turn, ...] = ()
@@ -103,15 +107,15 @@ def _list(value, field: str, key: str) -> list | None:
         return None
     if not isinstance(value, list):
         _fail(field, f'Expected a list of items but got type "{type(value).__name__}".')
-    if len(value) > LIST_LIMITS[key]:
-        _fail(field, f"Ensure this field has no more than {LIST_LIMITS[key]} elements.")
+    if len(value) > LIST_MAX_ITEMS[key]:
+        _fail(field, f"Ensure this field has no more than {LIST_MAX_ITEMS[key]} elements.")
     if key == "content_types":
         for item in value:
             if not isinstance(item, str) or item not in Document.ContentType.values:
                 _fail(field, f'"{str(item)[:40]}" is not a valid choice ({", ".join(Document.ContentType.values)}).')
         return value
     if key == "categories":
-        return [_text(item, field, max_length=200) for item in value]
+        return [_text(item, field, max_length=limits.CATEGORY_MAX_CHARS) for item in value]
     return [_integer(item, field, 1, ID_MAX) for item in value]
 
 
@@ -147,8 +151,8 @@ def _conversation(value) -> tuple[Turn, ...]:
         return ()
     if not isinstance(value, list):
         _fail("conversation", f'Expected a list of items but got type "{type(value).__name__}".')
-    if len(value) > MAX_CONVERSATION_TURNS:
-        _fail("conversation", f"Ensure this field has no more than {MAX_CONVERSATION_TURNS} elements.")
+    if len(value) > limits.CONVERSATION_MAX_TURNS:
+        _fail("conversation", f"Ensure this field has no more than {limits.CONVERSATION_MAX_TURNS} elements.")
     turns = []
     for position, turn in enumerate(value):
         field = f"conversation.{position}"
@@ -162,7 +166,7 @@ def _conversation(value) -> tuple[Turn, ...]:
                 _fail(f"{field}.{name}", "This field is required.")
         if not isinstance(turn["role"], str) or turn["role"] not in ROLES:
             _fail(f"{field}.role", f"must be one of {', '.join(ROLES)}.")
-        content = _text(turn["content"], f"{field}.content", max_length=MAX_TURN_CHARS, trim=False, blank=True)
+        content = _text(turn["content"], f"{field}.content", max_length=limits.TURN_MAX_CHARS, trim=False, blank=True)
         turns.append(Turn(role=turn["role"], content=content))
     return tuple(turns)
 
@@ -177,15 +181,17 @@ def search_arguments_parse(body) -> SearchArguments:
     for name in ("query", "chatbot_id"):
         if body.get(name) is None:
             _fail(name, "This field is required." if name not in body else "This field may not be null.")
-    query = _text(body["query"], "query", max_length=MAX_QUERY_CHARS)
+    query = _text(body["query"], "query", max_length=limits.QUERY_MAX_CHARS)
     chatbot_id = _integer(body["chatbot_id"], "chatbot_id", 1, ID_MAX)
-    max_results = _integer(body.get("max_results", 5), "max_results", 1, 50)
-    threshold = _number(body.get("similarity_threshold", 0.0), "similarity_threshold", 0.0, 1.0)
-    mode = body.get("mode", "semantic")
+    max_results = _integer(body.get("max_results", limits.DEFAULT_MAX_RESULTS), "max_results", *limits.MAX_RESULTS)
+    threshold = _number(
+        body.get("similarity_threshold", limits.DEFAULT_THRESHOLD), "similarity_threshold", *limits.THRESHOLD
+    )
+    mode = body.get("mode", limits.DEFAULT_MODE)
     if not isinstance(mode, str) or mode not in MODES:
         _fail("mode", f"must be one of {', '.join(MODES)}.")
     weight = body.get("semantic_weight")
-    weight = None if weight is None else _number(weight, "semantic_weight", 0.0, 1.0)
+    weight = None if weight is None else _number(weight, "semantic_weight", *limits.SEMANTIC_WEIGHT)
     nested = body.get("filters")
     if nested is not None and not isinstance(nested, dict):
         _fail("filters", "Invalid data. Expected a dictionary.")
@@ -210,4 +216,4 @@ def search_arguments_parse(body) -> SearchArguments:
 
 
 def _optional_text(value, field: str) -> str | None:
-    return None if value is None else _text(value, field, max_length=200)
+    return None if value is None else _text(value, field, max_length=limits.CALLER_ID_MAX_CHARS)

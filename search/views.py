@@ -14,13 +14,15 @@ from django.views.decorators.http import require_POST
 
 from knowledge.models import Document
 from knowledge.services import document_create
-from search.apis import search_payload
-from search.filters import search_filters_build
+from search import limits
+from search.arguments import Turn, search_arguments_parse
 from search.logbuffer import search_logs_flush
+from search.presenters import search_payload
 from search.selectors import knowledge_gaps, search_analytics
-from search.services import Turn, search_feedback_create, search_run
+from search.services import search_answer, search_feedback_create
 from tenants import inputs
 from tenants.errors import DomainError
+from tenants.principal import principal_for_member
 from tenants.selectors import chatbot_get
 from tenants.views import dashboard_membership, require_write, whole_number
 
@@ -42,6 +44,33 @@ def _conversation(text: str) -> list[Turn]:
     return turns
 
 
+def _playground_body(form: dict, *, chatbot_id: int, user_id: int) -> dict:
+    """The playground's form as a ``POST /api/search`` body (its messages say what to fix in the
+    form); the same parser and pipeline as the API then answer it."""
+    try:
+        max_results = int(form["max_results"])
+    except ValueError:
+        max_results = 0
+    low, high = limits.MAX_RESULTS
+    if not low <= max_results <= high:
+        raise DomainError(f"Max results must be a number from {low} to {high}.", field="max_results")
+    try:
+        metadata = inputs.json_loads(form["metadata"], field="metadata") if form["metadata"] else None
+    except DomainError:
+        raise DomainError('Metadata filter must be JSON, e.g. {"product": "router"}.', field="metadata")
+    turns = _conversation(form["conversation"])
+    return {
+        "query": form["q"],
+        "chatbot_id": chatbot_id,
+        "max_results": max_results,
+        "content_types": [form["content_type"]] if form["content_type"] else None,
+        "categories": [form["category"]] if form["category"] else None,
+        "metadata": metadata,
+        "conversation": [{"role": t.role, "content": t.content} for t in turns] or None,
+        "user_id": f"dashboard-user:{user_id}",  # a sticky A/B variant per staff member
+    }
+
+
 @login_required
 def search_playground(request, chatbot_id: int):
     membership = dashboard_membership(request)
@@ -58,35 +87,11 @@ def search_playground(request, chatbot_id: int):
     columns, error = [], ""
     if form["q"]:
         try:
-            try:
-                max_results = int(form["max_results"])
-            except ValueError:
-                raise DomainError("Max results must be a number from 1 to 50.", field="max_results")
-            if not 1 <= max_results <= 50:
-                raise DomainError("Max results must be a number from 1 to 50.", field="max_results")
-            try:
-                metadata = inputs.json_loads(form["metadata"], field="metadata") if form["metadata"] else None
-            except DomainError:
-                raise DomainError('Metadata filter must be JSON, e.g. {"product": "router"}.', field="metadata")
-            filters = search_filters_build(
-                content_types=[form["content_type"]] if form["content_type"] else None,
-                categories=[form["category"]] if form["category"] else None,
-                metadata=metadata,
-            )
+            body = _playground_body(form, chatbot_id=chatbot.pk, user_id=request.user.pk)
+            principal = principal_for_member(membership)
             for mode in [m for m in form["compare"].split(",") if m in PLAYGROUND_MODES][:3]:
-                result = search_run(
-                    tenant=membership.tenant,
-                    chatbot=chatbot,
-                    query=form["q"],
-                    max_results=max_results,
-                    mode=mode,
-                    filters=filters,
-                    conversation=_conversation(form["conversation"]),
-                    user=request.user,
-                    source="dashboard",
-                    end_user=f"dashboard-user:{request.user.pk}",  # a sticky A/B variant per staff member
-                )
-                columns.append(search_payload(result))
+                args = search_arguments_parse({**body, "mode": mode})  # the API's own parser
+                columns.append(search_payload(search_answer(principal=principal, args=args)))
         except DomainError as exc:
             error = exc.message
     return render(

@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.principal import SearchPrincipal, principal_for_member
 from tenants.scoping import tenant_context_enter, tenant_context_exit
 from tenants.selectors import chatbot_get, chatbot_list, membership_get
 
@@ -31,6 +32,7 @@ class TenantApi(APIView):
     """
 
     tenant: Tenant
+    principal: SearchPrincipal
     api_key: ApiKey | None = None
     membership: Membership | None = None
     scopes: dict[str, str | tuple[str, ...]] = {}
@@ -40,11 +42,13 @@ class TenantApi(APIView):
         if isinstance(request.auth, ApiKey):
             self.api_key = request.auth
             self.tenant = request.auth.tenant
+            self.principal = request.user.principal  # ApiKeyAuthentication's
         else:
             self.membership = membership_get(user=request.user, tenant_id=request.session.get(SESSION_TENANT_KEY))
             if self.membership is None:
                 raise NotFound("You are not a member of any tenant.")
             self.tenant = self.membership.tenant
+            self.principal = principal_for_member(self.membership)
         self._tenant_token = tenant_context_enter(self.tenant)
         self._require_scope(request.method)
 

@@ -9,7 +9,15 @@ from rest_framework import authentication, exceptions, throttling
 
 from tenants.audit import actor_use_api_key
 from tenants.models import ApiKey
-from tenants.ratelimit import login_failed, login_succeeded, login_throttled_first, login_wait, rate_hit
+from tenants.principal import SearchPrincipal, principal_for_key
+from tenants.ratelimit import (
+    login_failed,
+    login_succeeded,
+    login_throttled_first,
+    login_wait,
+    rate_check,
+    rate_hit,
+)
 from tenants.scoping import tenant_context_enter, user_context
 from tenants.selectors import api_key_find_active
 from tenants.services import api_key_touch
@@ -20,6 +28,7 @@ class ApiKeyPrincipal:
     """request.user for API-key requests: the key acts, not a person."""
 
     api_key: ApiKey
+    principal: SearchPrincipal
     is_authenticated: bool = True
     is_active: bool = True
     is_staff: bool = False
@@ -50,9 +59,10 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             raise exceptions.AuthenticationFailed("Invalid, revoked or expired API key.")
         # The rest of the request acts as the key's tenant (TenantScopeMiddleware ends it).
         tenant_context_enter(api_key.tenant_id)
-        api_key_touch(api_key=api_key)
+        principal = principal_for_key(api_key)
+        api_key_touch(principal=principal)
         actor_use_api_key(api_key.prefix)
-        return ApiKeyPrincipal(api_key=api_key), api_key
+        return ApiKeyPrincipal(api_key=api_key, principal=principal), api_key
 
     def authenticate_header(self, request) -> str:
         return 'Bearer realm="api"'
@@ -60,13 +70,14 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
 class ApiKeyRateThrottle(throttling.BaseThrottle):
     """Per-key limit of the tenant's plan (``API_RATE_LIMITS``); dashboard sessions are not
-    limited here. Over the limit DRF answers 429 with Retry-After."""
+    limited here. Over the limit DRF answers 429 with Retry-After. The same counter as the search
+    pipeline's (``tenants.ratelimit``), which counts search requests itself (its views opt out)."""
 
     def allow_request(self, request, view) -> bool:
         api_key = request.auth if isinstance(request.auth, ApiKey) else None
         if api_key is None:
             return True
-        self.retry_after = rate_hit(key_id=api_key.pk, plan=api_key.tenant.plan)
+        self.retry_after = rate_hit(rate_check(key_id=api_key.pk, plan=api_key.tenant.plan))
         return self.retry_after is None
 
     def wait(self) -> float | None:

@@ -47,6 +47,17 @@ class UploadTooLarge(UploadRejected):
     code = "too_large"
 
 
+class Throttled(DomainError):
+    """A key over its plan's per-minute limit (429 with ``Retry-After``)."""
+
+    status_code = status.HTTP_429_TOO_MANY_REQUESTS
+    code = "throttled"
+
+    def __init__(self, retry_after: int):
+        super().__init__(f"Too many requests for this API key; retry in {retry_after} s.")
+        self.retry_after = retry_after
+
+
 def error_body(code: str, message: str, field: str | None = None, **extra) -> dict:
     return {"error": {"code": code, "message": message, "field": field, **extra}}
 
@@ -66,7 +77,10 @@ def api_exception_handler(exc, context):
     from rest_framework.views import exception_handler  # imported late: DRF's views import our auth
 
     if isinstance(exc, DomainError):
-        return Response(error_body(exc.code, exc.message, exc.field), status=exc.status_code)
+        response = Response(error_body(exc.code, exc.message, exc.field), status=exc.status_code)
+        if isinstance(exc, Throttled):
+            response["Retry-After"] = str(exc.retry_after)
+        return response
     if isinstance(exc, Http404):
         exc = exceptions.NotFound("Not found.")
     if isinstance(exc, exceptions.ValidationError):

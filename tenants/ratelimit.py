@@ -8,10 +8,12 @@ unavailable: the limit fails open for a few seconds and a warning is logged.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from django.conf import settings
 
 from tenants import redis_client
+from tenants.errors import Throttled
 from tenants.redis_client import RedisError
 
 WINDOW_SECONDS = 60
@@ -31,22 +33,49 @@ def window_key(key_id: int, now: float | None = None) -> tuple[str, int]:
     return f"{settings.SEARCH_CACHE_PREFIX}rate:{key_id}:{window}", retry_after
 
 
-def rate_hit(*, key_id: int, plan: str) -> int | None:
-    """Counts one request of the key; None if it is within the plan's limit, else the seconds to
-    wait (Retry-After)."""
+@dataclass(frozen=True)
+class RateCheck:
+    """One request of a key, not yet counted: its window's counter, the plan's limit, the
+    counter's lifetime and the Retry-After to answer when over. ``rate_hit`` counts it; the
+    search pipeline counts it in the same Redis round trip as its cache read
+    (``search/logbuffer.py``) — the same counter either way."""
+
+    key: str
+    limit: int
+    ttl: int
+    retry_after: int
+
+
+def rate_check(*, key_id: int, plan: str) -> RateCheck:
+    key, retry_after = window_key(key_id)
+    return RateCheck(key=key, limit=limit_for(plan), ttl=WINDOW_SECONDS + 5, retry_after=retry_after)
+
+
+def rate_hit(check: RateCheck) -> int | None:
+    """Counts one request; None if it is within the plan's limit, else the seconds to wait
+    (Retry-After)."""
     client = redis_client.client()
     if client is None:
         return None
-    key, retry_after = window_key(key_id)
     try:
         with client.pipeline(transaction=False) as pipe:
-            pipe.incr(key)
-            pipe.expire(key, WINDOW_SECONDS + 5)
+            pipe.incr(check.key)
+            pipe.expire(check.key, check.ttl)
             count, _ = pipe.execute()
     except RedisError as error:
         redis_client.failed(error, what="rate limits not enforced")
         return None
-    return retry_after if count > limit_for(plan) else None
+    return check.retry_after if count > check.limit else None
+
+
+def principal_throttle(principal) -> None:
+    """Counts one request of a key principal (``tenants.principal``); ``Throttled`` when over the
+    plan's limit. Dashboard members are not limited here."""
+    if principal.api_key_id is None:
+        return
+    retry_after = rate_hit(rate_check(key_id=principal.api_key_id, plan=principal.plan))
+    if retry_after is not None:
+        raise Throttled(retry_after)
 
 
 # --- Logins ---------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -15,6 +16,7 @@ from tenants import inputs
 from tenants.audit import audit_record
 from tenants.errors import DomainError
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
+from tenants.principal import SearchPrincipal
 from tenants.scoping import tenant_context
 from tenants.selectors import api_key_hash
 
@@ -180,12 +182,27 @@ def api_key_revoke(*, tenant: Tenant, api_key_id: int) -> ApiKey:
     return api_key
 
 
-def api_key_touch(*, api_key: ApiKey) -> None:
-    """Record use, at most once a minute per key (no write on every request)."""
+TOUCH_SECONDS = 60
+_touched: dict[int, float] = {}  # key id -> when this process last wrote its last_used_at
+
+
+def api_key_touch(*, principal: SearchPrincipal) -> None:
+    """Record a key's use to the minute, on every path (DRF, the search fast path): written when
+    the row as read says it is older than that and this process has not written it within the
+    last minute (a remembered row keeps its old value), so no request pays a write each time."""
+    if principal.api_key_id is None:
+        return
     now = timezone.now()
-    if api_key.last_used_at is None or (now - api_key.last_used_at).total_seconds() > 60:
-        ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
-        api_key.last_used_at = now
+    if principal.last_used_at is not None and (now - principal.last_used_at).total_seconds() <= TOUCH_SECONDS:
+        return
+    tick = time.monotonic()
+    if tick - _touched.get(principal.api_key_id, -TOUCH_SECONDS) <= TOUCH_SECONDS:
+        return
+    if len(_touched) > 10000:
+        _touched.clear()
+    _touched[principal.api_key_id] = tick
+    with tenant_context(principal.tenant_id):
+        ApiKey.objects.filter(pk=principal.api_key_id).update(last_used_at=now)
 
 
 @dataclass(frozen=True)

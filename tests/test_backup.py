@@ -52,7 +52,7 @@ def _search_on(database: str, api, bundle, settings) -> dict:
     """The API's answers to QUERIES with the app's connections on ``database`` (then put back)."""
     from django.db import connections
 
-    from search.fastpath import access_cache
+    from search.access import access_cache
 
     names = {alias: connections[alias].settings_dict["NAME"] for alias in ("default", "maintenance")}
     prefix = settings.SEARCH_CACHE_PREFIX

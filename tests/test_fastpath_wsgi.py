@@ -11,7 +11,7 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from search import fastpath
+from search import access, fastpath
 from tests.conftest import SAMPLE_FAQ_CSV, as_tenant, ingest, make_upload
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -22,15 +22,15 @@ def wsgi(monkeypatch):
     from django.core.wsgi import get_wsgi_application
 
     monkeypatch.setenv("EMBEDDING_WARM_UP", "0")
-    fastpath.access_cache.clear()
+    access.access_cache.clear()
     app = fastpath.FastPathWSGI(get_wsgi_application())
     queries = []
 
     def counted(**kwargs):
         queries.append(kwargs)
-        return fastpath._context_query(**kwargs)
+        return access._context_query(**kwargs)
 
-    monkeypatch.setattr(fastpath.access_cache, "query", counted)  # the cache's seam for its database read
+    monkeypatch.setattr(access.access_cache, "query", counted)  # the cache's seam for its database read
 
     def call(key: str, body: dict):
         raw = json.dumps(body).encode()
@@ -56,8 +56,8 @@ def wsgi(monkeypatch):
 
     call.context_queries = queries
     yield call
-    fastpath.access_cache._drop()
-    fastpath.access_cache.retry_at = 0.0
+    access.access_cache._drop()
+    access.access_cache.retry_at = 0.0
 
 
 def _heard(before: int, timeout: float = 2.0) -> None:
@@ -65,9 +65,9 @@ def _heard(before: int, timeout: float = 2.0) -> None:
     (PostgreSQL delivers it to the listening connection just after the commit)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with fastpath.access_cache.lock:
-            fastpath.access_cache._listening()
-            if fastpath.access_cache.heard > before:
+        with access.access_cache.lock:
+            access.access_cache._listening()
+            if access.access_cache.heard > before:
                 return
         time.sleep(0.005)
     raise AssertionError("no access_changed notification arrived")
@@ -87,13 +87,13 @@ def test_cached_answers_need_no_sql_until_access_changes(bundle, wsgi):
     assert status == 200 and again["cached"] is True and again["results"] == first["results"]
     assert len(wsgi.context_queries) == 1  # the context came from memory: no SQL at all
 
-    before = fastpath.access_cache.heard
+    before = access.access_cache.heard
     ingest(bundle, make_upload("pay.txt", "You can also pay with PayPal."))  # content version bump
     _heard(before)
     assert wsgi(bundle.api_key, body)[2]["cached"] is False
     assert len(wsgi.context_queries) == 2
 
-    before = fastpath.access_cache.heard
+    before = access.access_cache.heard
     with as_tenant(bundle):
         api_key_revoke(tenant=bundle.tenant, api_key_id=ApiKey.objects.get(prefix=bundle.api_key[:12]).pk)
     _heard(before)
@@ -105,7 +105,7 @@ def test_changes_made_in_plain_sql_are_heard_too(bundle, other_bundle, wsgi):
     ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200
-    before = fastpath.access_cache.heard
+    before = access.access_cache.heard
     with as_tenant(bundle), connection.cursor() as cursor:  # e.g. deactivating the tenant by hand
         cursor.execute("UPDATE tenants_tenant SET is_active = false WHERE id = %s", [bundle.tenant.pk])
         assert cursor.rowcount == 1
@@ -120,7 +120,7 @@ def test_expiry_applies_without_any_change(bundle, wsgi):
     ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200  # listening from here on
-    before = fastpath.access_cache.heard
+    before = access.access_cache.heard
     with as_tenant(bundle):
         ApiKey.objects.filter(prefix=bundle.api_key[:12]).update(expires_at=timezone.now() + timedelta(seconds=1))
     _heard(before)
@@ -137,17 +137,17 @@ def test_without_the_listener_nothing_is_remembered(bundle, wsgi):
     ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200
-    listener_pid = fastpath.access_cache.listener.info.backend_pid
+    listener_pid = access.access_cache.listener.info.backend_pid
     with connection.cursor() as cursor:
         cursor.execute("SELECT pg_terminate_backend(%s)", [listener_pid])
     time.sleep(0.2)
     for expected_queries in (2, 3):
         assert wsgi(bundle.api_key, body)[0] == 200
         assert len(wsgi.context_queries) == expected_queries
-    assert fastpath.access_cache.listener is None
-    fastpath.access_cache.retry_at = 0.0  # the retry delay has passed
+    assert access.access_cache.listener is None
+    access.access_cache.retry_at = 0.0  # the retry delay has passed
     assert wsgi(bundle.api_key, body)[0] == 200
-    assert fastpath.access_cache.listener is not None
+    assert access.access_cache.listener is not None
 
 
 def test_a_row_read_before_a_revocation_is_not_remembered_after_it(bundle, wsgi):
@@ -159,11 +159,11 @@ def test_a_row_read_before_a_revocation_is_not_remembered_after_it(bundle, wsgi)
     from tenants.services import api_key_revoke
 
     ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
-    cache = fastpath.AccessCache()
+    cache = access.AccessCache()
     reads = []
 
     def revoked_while_reading(**kwargs):
-        row = fastpath._context_query(**kwargs)
+        row = access._context_query(**kwargs)
         reads.append(row)
         if len(reads) == 1:
             before = cache.heard
@@ -213,7 +213,7 @@ def test_a_stalled_listener_is_noticed_and_a_revoked_key_stops_within_seconds(bu
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert wsgi(bundle.api_key, body)[0] == 200 and wsgi(bundle.api_key, body)[0] == 200
     assert len(wsgi.context_queries) == 1
-    backend = fastpath.access_cache.listener.info.backend_pid
+    backend = access.access_cache.listener.info.backend_pid
     os.kill(backend, signal.SIGSTOP)
     try:
         with as_tenant(bundle):
@@ -226,8 +226,8 @@ def test_a_stalled_listener_is_noticed_and_a_revoked_key_stops_within_seconds(bu
                 break
             time.sleep(0.1)
         assert answers[-1] == 401, answers
-        assert time.monotonic() - began < 1.0 + fastpath.AccessCache.PING_SECONDS + 1.5  # ping interval + timeout
-        assert fastpath.access_cache.listener is None or fastpath.access_cache.listener.info.backend_pid != backend
+        assert time.monotonic() - began < 1.0 + access.AccessCache.PING_SECONDS + 1.5  # ping interval + timeout
+        assert access.access_cache.listener is None or access.access_cache.listener.info.backend_pid != backend
     finally:
         os.kill(backend, signal.SIGCONT)
 
@@ -241,12 +241,12 @@ def test_a_plan_change_or_a_scope_change_is_heard(bundle, wsgi, settings):
     ingest(bundle, make_upload("faq.csv", SAMPLE_FAQ_CSV), content_type="faq")
     body = {"query": "How can I pay?", "chatbot_id": bundle.chatbot.pk}
     assert [wsgi(bundle.api_key, body)[0] for _ in range(3)] == [200, 200, 200]
-    before = fastpath.access_cache.heard
+    before = access.access_cache.heard
     with as_tenant(bundle):
         Tenant.objects.filter(pk=bundle.tenant.pk).update(plan="free")
     _heard(before)
     assert wsgi(bundle.api_key, {**body, "query": "refund"})[0] == 429  # the free plan's one request a minute is used
-    before = fastpath.access_cache.heard
+    before = access.access_cache.heard
     with as_tenant(bundle):
         Tenant.objects.filter(pk=bundle.tenant.pk).update(plan="standard")
         ApiKey.objects.filter(prefix=bundle.api_key[:12]).update(scopes=["read"])

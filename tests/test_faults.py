@@ -76,9 +76,11 @@ def test_an_upload_while_the_broker_is_down_is_kept_queued_for_the_sweeper(bundl
 
 @pytest.mark.parametrize("path", ["/api/search"])
 def test_the_search_fast_path_hands_a_database_error_to_the_503_answer(bundle, monkeypatch, path):
-    monkeypatch.setattr("search.fastpath._context", _database_down)
-    monkeypatch.setattr("search.apis.search.search_run", _database_down)  # the module SearchApi lives in
-    monkeypatch.setattr("search.services.search_run", _database_down)
+    from search import access
+
+    access.access_cache.clear()
+    monkeypatch.setattr(access.access_cache, "query", _database_down)  # the fast path's access read
+    monkeypatch.setattr("tenants.authentication.api_key_find_active", _database_down)  # the full path's
     api = APIClient(raise_request_exception=False)
     api.credentials(HTTP_AUTHORIZATION=f"Bearer {bundle.api_key}")
     response = api.post(path, {"query": "hours", "chatbot_id": bundle.chatbot.pk}, format="json")

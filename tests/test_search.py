@@ -751,18 +751,18 @@ def test_log_flush_survives_rows_whose_key_or_chatbot_is_gone(bundle, other_bund
 
 
 def test_fast_path_hands_failures_to_the_full_path(api, bundle, faq, monkeypatch):
-    """Uncached searches also take the fast path; if it fails, the full view answers."""
-    from search import apis as search_apis  # binds the real search_run before the patch
-    from search import services as search_services
-
-    assert search_apis.search_run is search_services.search_run
+    """Uncached searches also take the fast path; if it fails (here its access read, through the
+    cache's seam), the full view answers with the same pipeline."""
+    from search import access
 
     def broken(**kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(search_services, "search_run", broken)  # the fast path's reference only
+    access.access_cache.clear()
+    monkeypatch.setattr(access.access_cache, "query", broken)  # the fast path's own access read only
     response = search(api, bundle.chatbot.pk, query="How can I pay?")
     assert response.status_code == 200 and response.json()["results"]
+    assert response.json()["cached"] is False
 
 
 FILTERS_ACCEPTED = [

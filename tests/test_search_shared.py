@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from search.services import Turn, search_run
+from search.arguments import SearchArguments, Turn
+from search.services import search_run
 from tests.conftest import as_tenant, ingest, make_upload, shared_path
 
 pytestmark = [pytest.mark.django_db, pytest.mark.shared]
@@ -63,16 +64,14 @@ def test_conversation_aware_search_beats_the_last_turn_alone_on_real_conversatio
         ]
         for mode, history_given, ranks in runs:
             with as_tenant(bundle):  # the service, as the tenant's search request runs it
-                result = search_run(
-                    tenant=bundle.tenant,
-                    chatbot=bundle.chatbot,
+                args = SearchArguments(
                     query=query,
+                    chatbot_id=bundle.chatbot.pk,
                     max_results=10,
                     mode=mode,
-                    conversation=history_given,
-                    log=False,
-                    use_cache=False,
+                    conversation=tuple(history_given or ()),
                 )
+                result = search_run(chatbot=bundle.chatbot, args=args, log=False, use_cache=False)
             ranks.append(_rank(result.results, number))
 
     def mrr(ranks):

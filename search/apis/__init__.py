@@ -25,11 +25,9 @@ from search.apis.search import (
     SearchRequestSerializer,
     SearchResponseSerializer,
     TopQuerySerializer,
-    hit_payload,
     search_log_csv_response,
-    search_payload,
-    search_run,
 )
+from search.presenters import hit_payload, search_payload
 
 __all__ = [
     "ConversationTurnSerializer",
@@ -60,6 +58,5 @@ __all__ = [
     "optimization_run_payload",
     "search_log_csv_response",
     "search_payload",
-    "search_run",
     "tuning_payload",
 ]

@@ -9,15 +9,17 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
 from knowledge.models import Document
+from search import limits
 from search.arguments import search_arguments_parse
 from search.logbuffer import search_logs_flush
+from search.presenters import search_payload
 from search.selectors import (
     SEARCH_LOG_EXPORT_COLUMNS,
     knowledge_gaps,
     search_analytics,
     search_log_export_rows,
 )
-from search.services import MAX_CONVERSATION_TURNS, MAX_QUERY_CHARS, MODES, search_feedback_create, search_run
+from search.services import search_answer, search_feedback_create
 from tenants.apis import TenantApi
 from tenants.scoping import scope_kept
 from tenants.serializers import (
@@ -44,15 +46,37 @@ class MetadataFilterField(JsonObjectField):
         return value
 
 
-class SearchFiltersSerializer(StrictSerializer):
-    content_types = serializers.ListField(
+def _content_types_field(**kwargs):
+    return serializers.ListField(
         child=serializers.ChoiceField(choices=Document.ContentType.choices),
         required=False,
         allow_null=True,
-        max_length=20,
+        max_length=limits.LIST_MAX_ITEMS["content_types"],
+        **kwargs,
     )
-    categories = serializers.ListField(child=TextField(max_length=200), required=False, allow_null=True, max_length=100)
-    document_ids = serializers.ListField(child=id_field(json=True), required=False, allow_null=True, max_length=500)
+
+
+def _categories_field():
+    return serializers.ListField(
+        child=TextField(max_length=limits.CATEGORY_MAX_CHARS),
+        required=False,
+        allow_null=True,
+        max_length=limits.LIST_MAX_ITEMS["categories"],
+    )
+
+
+def _document_ids_field():
+    return serializers.ListField(
+        child=id_field(json=True), required=False, allow_null=True, max_length=limits.LIST_MAX_ITEMS["document_ids"]
+    )
+
+
+class SearchFiltersSerializer(StrictSerializer):
+    """The schema of ``filters`` (``search/arguments.py`` parses it; the numbers are ``search/limits.py``'s)."""
+
+    content_types = _content_types_field()
+    categories = _categories_field()
+    document_ids = _document_ids_field()
     metadata = MetadataFilterField(
         required=False,
         allow_null=True,
@@ -63,48 +87,49 @@ class SearchFiltersSerializer(StrictSerializer):
 
 class ConversationTurnSerializer(StrictSerializer):
     role = serializers.ChoiceField(choices=["user", "assistant", "system"])
-    content = TextField(max_length=8000, allow_blank=True, trim_whitespace=False)
+    content = TextField(max_length=limits.TURN_MAX_CHARS, allow_blank=True, trim_whitespace=False)
 
 
 class SearchRequestSerializer(StrictSerializer):
-    query = TextField(max_length=MAX_QUERY_CHARS, trim_whitespace=True)
+    """The OpenAPI schema of ``POST /api/search``. Requests are parsed by
+    ``search_arguments_parse`` (one parser for every path); both read ``search/limits.py``."""
+
+    query = TextField(max_length=limits.QUERY_MAX_CHARS, trim_whitespace=True)
     chatbot_id = id_field(json=True)
-    max_results = JsonIntegerField(min_value=1, max_value=50, default=5)
-    similarity_threshold = JsonFloatField(min_value=0.0, max_value=1.0, default=0.0)
-    mode = serializers.ChoiceField(choices=MODES, default="semantic")
+    max_results = JsonIntegerField(
+        min_value=limits.MAX_RESULTS[0], max_value=limits.MAX_RESULTS[1], default=limits.DEFAULT_MAX_RESULTS
+    )
+    similarity_threshold = JsonFloatField(
+        min_value=limits.THRESHOLD[0], max_value=limits.THRESHOLD[1], default=limits.DEFAULT_THRESHOLD
+    )
+    mode = serializers.ChoiceField(choices=limits.MODES, default=limits.DEFAULT_MODE)
     semantic_weight = JsonFloatField(
-        min_value=0.0,
-        max_value=1.0,
+        min_value=limits.SEMANTIC_WEIGHT[0],
+        max_value=limits.SEMANTIC_WEIGHT[1],
         required=False,
         allow_null=True,
         help_text="Hybrid only: 1 = vectors only, 0 = keywords only; omit to let each query choose.",
     )
     filters = SearchFiltersSerializer(required=False, allow_null=True)
-    content_types = serializers.ListField(
-        child=serializers.ChoiceField(choices=Document.ContentType.choices),
-        required=False,
-        allow_null=True,
-        max_length=20,
-        help_text="Same as filters.content_types.",
-    )
-    categories = serializers.ListField(child=TextField(max_length=200), required=False, allow_null=True, max_length=100)
-    document_ids = serializers.ListField(child=id_field(json=True), required=False, allow_null=True, max_length=500)
+    content_types = _content_types_field(help_text="Same as filters.content_types.")
+    categories = _categories_field()
+    document_ids = _document_ids_field()
     metadata = MetadataFilterField(required=False, allow_null=True, help_text="Same as filters.metadata.")
     conversation = serializers.ListField(
         child=ConversationTurnSerializer(),
         required=False,
         allow_null=True,
-        max_length=MAX_CONVERSATION_TURNS,
+        max_length=limits.CONVERSATION_MAX_TURNS,
         help_text="Earlier turns, oldest first; the current message is `query`.",
     )
     user_id = TextField(
-        max_length=200,
+        max_length=limits.CALLER_ID_MAX_CHARS,
         required=False,
         allow_null=True,
         help_text="Your end user's id (any text): while an A/B test runs, one user always gets the same variant.",
     )
     conversation_id = TextField(
-        max_length=200,
+        max_length=limits.CALLER_ID_MAX_CHARS,
         required=False,
         allow_null=True,
         help_text="The conversation's id: the A/B variant's key when no user_id is given (else the query is).",
@@ -149,44 +174,14 @@ class SearchResponseSerializer(serializers.Serializer):
     )
 
 
-def hit_payload(hit, mode: str) -> dict:
-    body = {
-        "chunk_id": hit.chunk_id,
-        "document_id": hit.document_id,
-        "title": hit.title,
-        "content": hit.content,
-        "similarity_score": None if hit.score is None else round(hit.score, 6),
-        "content_type": hit.content_type,
-        "category": hit.category,
-        "metadata": hit.metadata,
-        "page": hit.page,
-        "heading": hit.heading,
-        "context": hit.context,
-    }
-    if mode == "hybrid":
-        body["fused_score"] = round(hit.ranks["fused_score"], 6)
-        body["semantic_rank"] = hit.ranks.get("semantic")
-        body["keyword_rank"] = hit.ranks.get("keyword")
-    return body
-
-
-def search_payload(result) -> dict:
-    return {
-        "results": [hit_payload(h, result.mode) for h in result.results],
-        "query_id": str(result.query_id),
-        "took_ms": result.took_ms,
-        "embedding_space": result.embedding_space,
-        "mode": result.mode,
-        "effective_query": result.effective_query,
-        "cached": result.cache_hit,
-        "semantic_weight": result.semantic_weight,
-        "variant": result.variant,
-    }
-
-
 class SearchApi(TenantApi):
+    """The DRF adapter of ``POST /api/search`` (the fast path answers most requests before Django;
+    this view answers the rest, and every error, in full). The pipeline counts the key's rate
+    limit itself, so DRF's throttle is off here."""
+
     scopes = {"post": "search"}
     parser_classes = [JSONParser]
+    throttle_classes = []
 
     @extend_schema(
         operation_id="search",
@@ -196,32 +191,17 @@ class SearchApi(TenantApi):
     )
     def post(self, request):
         args = search_arguments_parse(request.data)  # the fast path's parser too (search/arguments.py)
-        chatbot = self.get_chatbot(args.chatbot_id)
-        result = search_run(
-            tenant=self.tenant,
-            chatbot=chatbot,
-            query=args.query,
-            max_results=args.max_results,
-            similarity_threshold=args.threshold,
-            mode=args.mode,
-            semantic_weight=args.weight,
-            filters=args.filters,
-            conversation=list(args.conversation),
-            api_key=self.api_key,
-            user=None if self.api_key else request.user,
-            source="api" if self.api_key else "dashboard",
-            end_user=args.end_user,
-            conversation_id=args.conversation_id,
-        )
-        return Response(search_payload(result))
+        return Response(search_payload(search_answer(principal=self.principal, args=args)))
 
 
 class HybridSearchQuerySerializer(serializers.Serializer):
-    q = TextField(max_length=MAX_QUERY_CHARS, help_text="The question.")
-    max_results = serializers.IntegerField(min_value=1, max_value=50, default=5)
+    q = TextField(max_length=limits.QUERY_MAX_CHARS, help_text="The question.")
+    max_results = serializers.IntegerField(
+        min_value=limits.MAX_RESULTS[0], max_value=limits.MAX_RESULTS[1], default=limits.DEFAULT_MAX_RESULTS
+    )
     semantic_weight = serializers.FloatField(
-        min_value=0.0,
-        max_value=1.0,
+        min_value=limits.SEMANTIC_WEIGHT[0],
+        max_value=limits.SEMANTIC_WEIGHT[1],
         required=False,
         help_text="0–1: weight of the vector list in the fusion (1 - weight for keywords); omit to let each query "
         "choose.",
@@ -229,7 +209,11 @@ class HybridSearchQuerySerializer(serializers.Serializer):
 
 
 class SearchHybridApi(TenantApi):
+    """``GET /api/search/hybrid/{chatbot_id}?q=…``: its query string becomes the search body, parsed
+    by the one parser, answered by the one pipeline."""
+
     scopes = {"get": "search"}
+    throttle_classes = []
 
     @extend_schema(
         operation_id="search_hybrid",
@@ -241,19 +225,11 @@ class SearchHybridApi(TenantApi):
         params = HybridSearchQuerySerializer(data=query_params(request))
         params.is_valid(raise_exception=True)
         data = params.validated_data
-        chatbot = self.get_chatbot(chatbot_id)
-        result = search_run(
-            tenant=self.tenant,
-            chatbot=chatbot,
-            query=data["q"],
-            max_results=data["max_results"],
-            mode="hybrid",
-            semantic_weight=data.get("semantic_weight"),
-            api_key=self.api_key,
-            user=None if self.api_key else request.user,
-            source="api" if self.api_key else "dashboard",
-        )
-        return Response(search_payload(result))
+        body = {"query": data["q"], "chatbot_id": chatbot_id, "max_results": data["max_results"], "mode": "hybrid"}
+        if data.get("semantic_weight") is not None:
+            body["semantic_weight"] = data["semantic_weight"]
+        args = search_arguments_parse(body)
+        return Response(search_payload(search_answer(principal=self.principal, args=args)))
 
 
 class SearchFeedbackRequestSerializer(StrictSerializer):

@@ -10,15 +10,10 @@ import numpy as np
 from knowledge.embeddings import provider_for_space
 from knowledge.models import EmbeddingSpace
 from search import cache
-
-MODES = ("semantic", "keyword", "hybrid")
-
-
-MAX_QUERY_CHARS = 2000
-
-
-MAX_CONVERSATION_TURNS = 50
-
+from search.arguments import Turn
+from search.limits import CONVERSATION_MAX_TURNS as MAX_CONVERSATION_TURNS  # noqa: F401 (re-exported)
+from search.limits import MODES  # noqa: F401 (re-exported)
+from search.limits import QUERY_MAX_CHARS as MAX_QUERY_CHARS  # noqa: F401 (re-exported)
 
 # Conversation-aware search: weights of earlier user turns (most recent first) in the query
 # vector; the current question weighs 1. A short follow-up ("and how much is it?") leans on the
@@ -50,12 +45,6 @@ STOPWORDS = frozenset(
 
 
 _WORD = re.compile(r"[^\W_][\w'-]*[^\W_]|[^\W_]", re.UNICODE)
-
-
-@dataclass
-class Turn:
-    role: str
-    content: str
 
 
 @dataclass
