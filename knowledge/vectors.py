@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 import time
 
-from django.db import connection
+from django.db import connection, transaction
 
 from knowledge.models import EmbeddingSpace
+from knowledge.plans import HASH_JOINS, plan_pinned
 from tenants import dbroles
 from tenants.scoping import scope_connection
 
@@ -215,62 +216,111 @@ def chatbot_index_drop(name: str) -> None:
         owner.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {name}")
 
 
+NEAR_EXACT_MAX_PAIRS = 4_000_000  # document chunks x chatbot vectors compared exactly; past it the HNSW index
+
+
 def flag_near_duplicates(
     *, space: EmbeddingSpace, document_id: int, chatbot_id: int, threshold: float, exclude_document_id: int | None
 ) -> int:
     """Point each chunk of the document at an earlier chunk of the chatbot whose vector is within
-    ``threshold`` cosine similarity (exact duplicates are flagged separately)."""
-    vec = space_vector_expr(space, "e.embedding")
-    vec2 = space_vector_expr(space, "o.embedding")
-    with connection.cursor() as cursor:
-        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+    ``threshold`` cosine similarity (exact duplicates are flagged separately).
+
+    The document's vectors and the chatbot's are read once each with hash joins (no estimate can
+    make either a per-row rescan, ``knowledge/plans.py``); each chunk's nearest earlier neighbour
+    is then found among the materialised vectors — exactly, while the pairs compared stay under
+    ``NEAR_EXACT_MAX_PAIRS``, else through the space's HNSW index."""
+    vec = space_vector_expr(space, "m.embedding")
+    params = {
+        "space": space.pk,
+        "chatbot": chatbot_id,
+        "document": document_id,
+        "exclude": exclude_document_id,
+        "max_distance": 1.0 - threshold,
+    }
+    with transaction.atomic(), connection.cursor() as cursor:  # the planner settings are transaction-local
         cursor.execute(
-            f"""
-            WITH near AS (
-                SELECT e.chunk_id, nn.chunk_id AS other_id, nn.distance
-                FROM knowledge_chunkembedding e
-                JOIN knowledge_chunk c ON c.id = e.chunk_id
-                CROSS JOIN LATERAL (
+            """
+            SELECT (SELECT count(*) FROM knowledge_chunk WHERE document_id = %(document)s),
+                   (SELECT count(*) FROM knowledge_chunkembedding
+                    WHERE space_id = %(space)s AND chatbot_id = %(chatbot)s)
+            """,
+            params,
+        )
+        mine, others = cursor.fetchone()
+        mine_cte = f"""
+            mine AS MATERIALIZED (
+                SELECT e.chunk_id, {space_vector_expr(space, "e.embedding")} AS embedding
+                FROM knowledge_chunk c
+                JOIN knowledge_chunkembedding e ON e.chunk_id = c.id AND e.space_id = %(space)s
+                WHERE c.document_id = %(document)s AND c.duplicate_of_id IS NULL
+            )"""
+        if mine * others <= NEAR_EXACT_MAX_PAIRS:
+            vec2 = "x.embedding"
+            source = f"""
+            others AS MATERIALIZED (
+                SELECT o.chunk_id, {space_vector_expr(space, "o.embedding")} AS embedding
+                FROM knowledge_chunkembedding o
+                JOIN knowledge_chunk oc ON oc.id = o.chunk_id
+                JOIN knowledge_document od ON od.id = oc.document_id
+                WHERE o.space_id = %(space)s AND o.chatbot_id = %(chatbot)s AND oc.chatbot_id = %(chatbot)s
+                  AND od.chatbot_id = %(chatbot)s AND od.status <> 'failed'
+                  AND oc.document_id IS DISTINCT FROM %(exclude)s
+            ),"""
+            inner = f"""
+                    SELECT x.chunk_id, {vec2} <=> m.embedding AS distance FROM others x
+                    WHERE x.chunk_id < m.chunk_id ORDER BY {vec2} <=> m.embedding LIMIT 1"""
+        else:
+            vec2 = space_vector_expr(space, "o.embedding")
+            source = ""
+            inner = f"""
                     SELECT o.chunk_id, {vec2} <=> {vec} AS distance
                     FROM knowledge_chunkembedding o
                     JOIN knowledge_chunk oc ON oc.id = o.chunk_id
                     JOIN knowledge_document od ON od.id = oc.document_id
-                    WHERE o.space_id = %(space)s AND o.chatbot_id = %(chatbot)s AND o.chunk_id < e.chunk_id
+                    WHERE o.space_id = %(space)s AND o.chatbot_id = %(chatbot)s AND o.chunk_id < m.chunk_id
                       AND od.status <> 'failed' AND oc.document_id IS DISTINCT FROM %(exclude)s
                     ORDER BY {vec2} <=> {vec}
-                    LIMIT 1
-                ) nn
-                WHERE e.space_id = %(space)s AND c.document_id = %(document)s AND c.duplicate_of_id IS NULL
+                    LIMIT 1"""
+        plan_pinned(cursor, {**HASH_JOINS, "hnsw.iterative_scan": "relaxed_order"})
+        cursor.execute(
+            f"""
+            WITH {source}{mine_cte},
+            near AS (
+                SELECT m.chunk_id, nn.chunk_id AS other_id, nn.distance
+                FROM mine m CROSS JOIN LATERAL ({inner}) nn
             )
             UPDATE knowledge_chunk c SET near_duplicate_of_id = near.other_id
             FROM near WHERE c.id = near.chunk_id AND near.distance <= %(max_distance)s
             """,
-            {
-                "space": space.pk,
-                "chatbot": chatbot_id,
-                "document": document_id,
-                "exclude": exclude_document_id,
-                "max_distance": 1.0 - threshold,
-            },
+            params,
         )
         return cursor.rowcount
 
 
 def flag_exact_duplicates(*, document_id: int, exclude_document_id: int | None) -> int:
-    with connection.cursor() as cursor:
+    """Point each chunk of the document at the chatbot's first chunk with the same text hash.
+    Set-based: the document's hashes are looked up once through the ``(chatbot, content_hash)``
+    index (``= ANY``: key lookups, never a scan per chunk), the first id per hash taken by one
+    aggregate. Linear in the document's chunks and their matches, whatever the estimates."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        plan_pinned(cursor)
         cursor.execute(
             """
-            UPDATE knowledge_chunk c SET duplicate_of_id = d.first_id
-            FROM (
-                SELECT c2.id, (
-                    SELECT min(o.id) FROM knowledge_chunk o
-                    JOIN knowledge_document od ON od.id = o.document_id
-                    WHERE o.chatbot_id = c2.chatbot_id AND o.content_hash = c2.content_hash AND o.id < c2.id
-                      AND od.status <> 'failed' AND o.document_id IS DISTINCT FROM %(exclude)s
-                ) AS first_id
-                FROM knowledge_chunk c2 WHERE c2.document_id = %(document)s
-            ) d
-            WHERE c.id = d.id AND d.first_id IS NOT NULL
+            WITH mine AS MATERIALIZED (
+                SELECT id, chatbot_id, content_hash FROM knowledge_chunk WHERE document_id = %(document)s
+            ),
+            first AS MATERIALIZED (
+                SELECT o.content_hash, min(o.id) AS first_id
+                FROM knowledge_chunk o
+                JOIN knowledge_document od ON od.id = o.document_id
+                WHERE o.chatbot_id = (SELECT chatbot_id FROM knowledge_document WHERE id = %(document)s)
+                  AND o.content_hash = ANY (ARRAY(SELECT DISTINCT content_hash FROM mine))
+                  AND od.status <> 'failed' AND o.document_id IS DISTINCT FROM %(exclude)s
+                GROUP BY o.content_hash
+            )
+            UPDATE knowledge_chunk c SET duplicate_of_id = f.first_id
+            FROM mine m JOIN first f ON f.content_hash = m.content_hash
+            WHERE c.id = m.id AND f.first_id < m.id
             """,
             {"document": document_id, "exclude": exclude_document_id},
         )

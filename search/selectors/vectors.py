@@ -9,6 +9,7 @@ from django.db import connection, transaction
 
 from chatbot_training import replicas
 from knowledge.models import EmbeddingSpace
+from knowledge.plans import plan_pinned
 from knowledge.vectors import space_vector_expr
 from search.filters import SearchFilters
 from search.selectors.hits import NO_FILTERS, RESULT_COLUMNS, Hit, _hits, _literal
@@ -34,7 +35,8 @@ def candidate_count(*, space: EmbeddingSpace, chatbot_id: int, filters: SearchFi
     where, params = filters.sql()
 
     def _read(connection):
-        with connection.cursor() as cursor:
+        with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+            plan_pinned(cursor)  # all of the chatbot's rows are read: hash joins, whatever the estimates
             cursor.execute(
                 f"""
                 SELECT count(*) FROM (
@@ -141,7 +143,9 @@ def semantic_plan(
         space=space, chatbot_id=chatbot_id, vector=vector, limit=limit, filters=filters, exact=exact
     )
     with transaction.atomic(), connection.cursor() as cursor:
-        if not exact:
+        if exact:
+            plan_pinned(cursor)
+        else:
             _hnsw_settings(cursor, ef_search=100, max_scan_tuples=40000)
         cursor.execute("EXPLAIN " + sql, args)
         return "\n".join(row[0] for row in cursor.fetchall())
@@ -172,7 +176,9 @@ def semantic_hits(
 
     def _read(connection):
         with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
-            if not exact:
+            if exact:
+                plan_pinned(cursor)  # a hash semi-join over the candidates, however few the estimates say
+            else:
                 _hnsw_settings(cursor, ef_search=max(ef_search, limit), max_scan_tuples=max_scan_tuples)
             cursor.execute(sql, args)
             return _hits(cursor.fetchall())
