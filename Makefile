@@ -36,6 +36,7 @@ bench: install  ## Benchmarks and drills (some need ../shared; run alone: the dr
 	$(BIN)/python bench/training.py
 	$(BIN)/python bench/ab.py
 	$(BIN)/python bench/search.py
+	$(BIN)/python bench/new_tenant.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/scale.py
