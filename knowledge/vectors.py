@@ -30,6 +30,10 @@ def ensure_space_index(space: EmbeddingSpace) -> None:
         cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [space_index_name(space)])
         if cursor.fetchone():
             return
+        # CREATE INDEX refuses a table with pending trigger events (the deferred foreign-key checks
+        # of vectors this transaction wrote): run them now, then defer again.
+        cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        cursor.execute("SET CONSTRAINTS ALL DEFERRED")
         cursor.execute("SELECT app_space_index_ensure(%s, %s)", [int(space.pk), int(space.dimensions)])
 
 
@@ -71,7 +75,8 @@ def chunks_to_embed(
             ORDER BY c.id LIMIT %(limit)s
         """
     params = {"space": space.pk, "document": document_id, "chatbot": chatbot_id, "limit": limit, "after": after}
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        plan_pinned(cursor)  # the document's (chatbot's) chunks against their vectors: one hash join
         cursor.execute(sql, params)
         return cursor.fetchall()
 
@@ -88,7 +93,8 @@ def _chunks_of(document_id: int | None) -> str:
 
 def chunks_missing_count(*, space: EmbeddingSpace, chatbot_id: int) -> int:
     """How many chunks of the chatbot's ready documents lack a current vector in ``space``."""
-    with connection.cursor() as cursor:
+    with transaction.atomic(), connection.cursor() as cursor:
+        plan_pinned(cursor)
         cursor.execute(
             f"""
             SELECT count(*) FROM knowledge_chunk c

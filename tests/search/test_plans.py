@@ -75,3 +75,29 @@ def test_a_new_tenants_duplicate_flagging_is_linear_exact_and_bounded_near(skewe
         _bounded(near, rows=n, allowed=n * n)
         loops = [found for _, plan in near for found in skew.rescanning_loops(plan, tenant_rows=n)]
         assert all(found.startswith(("Subquery Scan", "CTE Scan")) for found in loops), loops  # the one n x n
+
+
+def test_a_new_tenants_embedding_walks_read_each_row_a_few_times(skewed):
+    """What ingestion embeds (a document's chunks without a current vector, in batches) and what a
+    re-embedding into another space walks and counts. Unpinned, one batch of the document's walk
+    examined 321,200 rows and the missing count 641,600."""
+    from knowledge.models import EmbeddingSpace
+    from knowledge.services import chatbot_space_ensure_active
+    from knowledge.vectors import chunks_missing_count, chunks_to_embed
+    from tests.conftest import as_tenant
+
+    bot = skewed.new.chatbot
+    with as_tenant(skewed.new):
+        space = chatbot_space_ensure_active(chatbot=bot).space
+        other = EmbeddingSpace.objects.get(provider="plan-test")  # the new tenant has no vectors there
+        walks = skew.plans_of(
+            lambda: (
+                chunks_to_embed(space=space, limit=64, document_id=skewed.new_document_id),
+                chunks_to_embed(space=other, limit=64, chatbot_id=bot.pk),
+                chunks_missing_count(space=other, chatbot_id=bot.pk),
+            )
+        )
+        assert len(walks) == 3
+        _bounded(walks, rows=skew.NEW_CHUNKS)
+        assert chunks_missing_count(space=other, chatbot_id=bot.pk) == skew.NEW_CHUNKS
+        assert len(chunks_to_embed(space=other, limit=64, chatbot_id=bot.pk)) == 64
