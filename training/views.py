@@ -35,6 +35,14 @@ from training.services.jobs import ADAPTER_DEFAULTS, ADAPTER_ONLY, CONFIG
 FORM_FIELDS = ("batch_size", "num_epochs", "learning_rate", "warmup_ratio", "max_pairs", "adapter_rank")
 
 
+def _serving_now(chatbot) -> str:
+    """The serving space's key, read after the page's version rows: the chatbot's content version
+    is read again so a deploy that committed while the page was being read shows on both (the
+    serving memo is keyed by that version)."""
+    chatbot.refresh_from_db(fields=["content_version"])
+    return serving_for(chatbot).space.key
+
+
 @login_required
 def training_view(request, chatbot_id: int):
     membership = dashboard_membership(request)
@@ -60,7 +68,7 @@ def training_view(request, chatbot_id: int):
             "jobs": jobs,
             "active_job": next((j for j in jobs if j["status"] in TrainingJob.ACTIVE), None),
             "versions": [version_payload(v) for v in model_versions(tenant=membership.tenant, chatbot=chatbot)],
-            "serving": serving_for(chatbot).space.key,
+            "serving": _serving_now(chatbot),
             "defaults": {name: spec[3] for name, spec in CONFIG.items()},
             "adapter_defaults": {**{name: spec[3] for name, spec in CONFIG.items()}, **ADAPTER_DEFAULTS},
             "job_types": TrainingJob.Type.choices,
@@ -227,7 +235,7 @@ def ab_test_view(request, chatbot_id: int):
             "live": ab_test_payload(live) if live else None,
             "history": [ab_test_payload(t) for t in tests if t is not live],
             "candidates": [v for v in versions if v.status in ("candidate", "previous")],
-            "serving": serving_for(chatbot).space.key,
+            "serving": _serving_now(chatbot),
             "can_write": membership.can_write,
         },
     )
