@@ -8,18 +8,11 @@ from rest_framework.views import APIView
 
 from tenants.errors import NotFound, PermissionDenied
 from tenants.models import ApiKey, Chatbot, Membership, Tenant
-from tenants.principal import SearchPrincipal, principal_for_member
+from tenants.principal import SearchPrincipal, principal_for_member, scope_refused
 from tenants.scoping import tenant_context_enter, tenant_context_exit
 from tenants.selectors import chatbot_get, chatbot_list, membership_get
 
 SESSION_TENANT_KEY = "tenant_id"
-
-
-SCOPE_NEEDED = {
-    "search": "search",
-    "read": "read content, search logs or analytics",
-    "write": "upload, reprocess or delete content",
-}
 
 
 class TenantApi(APIView):
@@ -63,12 +56,7 @@ class TenantApi(APIView):
         needed = self.required_scopes(method)
         if self.api_key is not None:
             if not any(self.api_key.allows(scope) for scope in needed):
-                wanted = " or ".join(f"'{s}'" for s in needed) or "another"
-                raise PermissionDenied(
-                    f"This API key's scopes ({self.api_key.scope_label}) do not allow this: it needs the {wanted} "
-                    f"scope to {SCOPE_NEEDED.get(needed[0], 'do this') if needed else 'do this'}. Create a key with "
-                    "that scope on the dashboard's API keys page."
-                )
+                raise scope_refused(self.api_key.scope_label, needed)
         elif needed == ("write",) and self.membership is not None and not self.membership.can_write:
             raise PermissionDenied("Your role is 'viewer': ask an owner or admin to make this change.")
 

@@ -14,6 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 ALL_SCOPES = frozenset({"search", "read", "write"})
+SCOPE_NEEDED = {
+    "search": "search",
+    "read": "read content, search logs or analytics",
+    "write": "upload, reprocess or delete content",
+}
 
 
 @dataclass(frozen=True)
@@ -68,4 +73,16 @@ def principal_for_member(membership) -> SearchPrincipal:
         plan=membership.tenant.plan,
         scopes=scopes,
         user_id=membership.user_id,
+    )
+
+
+def scope_refused(scope_label: str, needed: tuple[str, ...]):
+    """The one refusal of a key whose scopes (``scope_label``) hold none of ``needed``."""
+    from tenants.errors import PermissionDenied
+
+    wanted = " or ".join(f"'{s}'" for s in needed) or "another"
+    return PermissionDenied(
+        f"This API key's scopes ({scope_label}) do not allow this: it needs the {wanted} "
+        f"scope to {SCOPE_NEEDED.get(needed[0], 'do this') if needed else 'do this'}. Create a key with "
+        "that scope on the dashboard's API keys page."
     )

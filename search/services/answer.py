@@ -25,9 +25,9 @@ from search.services.cached import cached_search_build, search_cached
 from search.services.result import SearchResult
 from search.services.run import search_run
 from search.services.serving import assignment_key, serving_for
-from tenants.errors import NotFound, PermissionDenied, Throttled
+from tenants.errors import NotFound, Throttled
 from tenants.models import Chatbot, Tenant
-from tenants.principal import SearchPrincipal
+from tenants.principal import SearchPrincipal, scope_refused
 from tenants.ratelimit import rate_check, rate_hit
 from tenants.scoping import tenant_context
 from tenants.selectors import chatbot_get
@@ -39,10 +39,7 @@ def search_access_check(*, principal: SearchPrincipal, chatbot_id: int, chatbot:
     one the caller has read already for this principal (the fast path's access row); else it is
     read here, in the principal's tenant scope."""
     if not principal.allows("search"):
-        raise PermissionDenied(
-            f"This API key's scopes ({principal.scope_label}) do not allow this: it needs the 'search' scope to "
-            "search. Create a key with that scope on the dashboard's API keys page."
-        )
+        raise scope_refused(principal.scope_label, ("search",))
     if not principal.may_see(chatbot_id):
         raise NotFound("Chatbot not found.", field="chatbot_id")
     if chatbot is None:
@@ -68,6 +65,6 @@ def search_answer(*, principal: SearchPrincipal, args: SearchArguments, chatbot:
             if retry_after is not None:
                 raise Throttled(retry_after)
         if result is None:
-            result = search_run(chatbot=chatbot, args=args, principal=principal, serving=serving, cache_checked=True)
+            result = search_run(chatbot=chatbot, args=args, principal=principal, serving=serving, checked=request)
         api_key_touch(principal=principal)
     return result

@@ -15,7 +15,7 @@ from chatbot_training import replicas
 from search import cache
 from search.arguments import SearchArguments
 from search.selectors import Hit, chunk_cosines, content_caught_up, keyword_hits, query_lexemes
-from search.services.cached import cached_search_build, search_cached
+from search.services.cached import CachedSearch, cached_search_build, search_cached
 from search.services.logs import search_logged
 from search.services.planning import query_vector
 from search.services.ranking import _semantic_search, _term_statistics, auto_semantic_weight, fuse, top_cosine
@@ -34,13 +34,14 @@ def search_run(
     serving: Serving | None = None,
     log: bool = True,
     use_cache: bool = True,
-    cache_checked: bool = False,
+    checked: CachedSearch | None = None,
 ) -> SearchResult:
     """Runs one search and logs it, in the chatbot's tenant scope. ``args.weight`` (hybrid only):
     0 = keyword only, 1 = vectors only, ``None`` = chosen per query (``auto_semantic_weight``).
     ``principal``: who asked (the log row's key or user; None for internal callers);
     ``serving``: what ``serving_for`` said (the caller asked already, with the same assignment);
-    ``cache_checked``: the caller found no cached answer a moment ago, so it is not read again."""
+    ``checked``: the search as the caller built it and found no cached answer for a moment ago
+    (``search_answer``), so it is neither built nor read again."""
     if principal is not None and chatbot.tenant_id != principal.tenant_id:
         raise NotFound("Chatbot not found.", field="chatbot_id")
     began = time.perf_counter()
@@ -48,8 +49,8 @@ def search_run(
         chatbot,
         assignment=assignment_key(query=args.query, user_id=args.end_user, conversation_id=args.conversation_id),
     )
-    request = cached_search_build(chatbot=chatbot, args=args, serving=serving, principal=principal)
-    if use_cache and not cache_checked:
+    request = checked or cached_search_build(chatbot=chatbot, args=args, serving=serving, principal=principal)
+    if use_cache and checked is None:
         cached, _ = search_cached(request, began=began, log=log)
         if cached is not None:
             return cached
