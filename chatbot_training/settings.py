@@ -333,6 +333,9 @@ TRAINING_MIN_HELDOUT = env.int("TRAINING_MIN_HELDOUT", default=10)  # held-out q
 TRAINING_MIN_GAIN = env.float("TRAINING_MIN_GAIN", default=0.005)
 TRAINING_MAX_SOURCE_LOSS = env.float("TRAINING_MAX_SOURCE_LOSS", default=0.02)
 TRAINING_DEVICE = env.str("TRAINING_DEVICE", default="auto")  # auto: CUDA when present, else CPU
+# bf16 autocast of the query-encoder job: auto = on CUDA devices that have bf16, off on CPU (on this
+# project's AVX-512 BF16 CPU it measured slower than fp32: bench/training.py); on / off force it
+TRAINING_BF16 = env.str("TRAINING_BF16", default="auto")
 TRAINING_HEARTBEAT_SECONDS = env.float("TRAINING_HEARTBEAT_SECONDS", default=10)
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=300)
 TRAINING_MAX_ATTEMPTS = env.int("TRAINING_MAX_ATTEMPTS", default=3)

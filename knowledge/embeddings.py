@@ -16,6 +16,7 @@ from typing import Protocol
 
 from django.conf import settings
 
+from knowledge.adapters import QueryAdapter, is_adapter
 from knowledge.artifacts import ArtifactMissing, artifact_local
 from knowledge.tokens import local_model_path, wordpiece_count
 
@@ -258,8 +259,9 @@ def provider_for_space(space) -> EmbeddingProvider:
     """The provider that produces ``space``'s vectors: the one registry every embedding goes
     through (ingestion, re-embedding, queries on both search paths). A space without an artifact
     is its built-in model; a space with one loads that artifact's weights (and its own ONNX query
-    graph), so version 2 of a model never runs version 1's weights; an adapter space (one with
-    ``vectors_from``) embeds queries only: its store's provider, then its transform."""
+    graph), so version 2 of a model never runs version 1's weights. A space with ``vectors_from``
+    embeds queries only (its documents keep the store's vectors): through its store's provider and
+    a learned transform (a query adapter), or through weights of its own (a tuned query encoder)."""
     artifact = getattr(space, "artifact", "") or ""
     if not artifact:
         return provider_for(space.model_key)
@@ -270,9 +272,7 @@ def provider_for_space(space) -> EmbeddingProvider:
             _versions.move_to_end(key)
             return found
     path = artifact_path(artifact)
-    if space.vectors_from_id:  # a query adapter over its store's vectors
-        from knowledge.adapters import QueryAdapter
-
+    if space.vectors_from_id and is_adapter(path):  # a query adapter over its store's vectors
         try:
             adapter = QueryAdapter.load(path)
         except (OSError, ValueError, KeyError) as exc:

@@ -24,7 +24,7 @@ def test_settings_are_read_and_changed_through_the_api_and_the_dashboard(trained
     api = api_for(bundle)
     url = f"/api/models/{bundle.chatbot.pk}/continuous-learning"
     first = api.get(url).json()
-    assert first["enabled"] is False and first["min_new_pairs"] == 50 and first["job_type"] == "incremental"
+    assert first["enabled"] is False and first["min_new_pairs"] == 50 and first["job_type"] == "query_encoder"
     assert first["auto_deploy"] is True and first["auto_ab_percent"] == 0 and first["last_outcome"] == ""
     for body, field in [
         ({"min_new_pairs": 0}, "min_new_pairs"),

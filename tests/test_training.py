@@ -306,6 +306,9 @@ def test_cancel_while_running_stops_within_a_step_and_makes_no_version(trained_b
         ("adapter", "mining"),
         ("adapter", "evaluating"),
         ("adapter", "saving"),
+        ("query_encoder", "mining"),
+        ("query_encoder", "training"),
+        ("query_encoder", "saving"),
     ],
 )
 def test_cancel_in_each_stage_ends_the_job_cancelled_with_no_version_left(

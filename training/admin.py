@@ -38,7 +38,7 @@ class ModelVersionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Kind")
     def kind(self, version):
-        return "adapter" if version.space.vectors_from_id else "fine-tuned"
+        return version.kind.replace("_", " ")
 
     @admin.display(description="nDCG@10 gain")
     def gain(self, version):

@@ -54,6 +54,7 @@ class TrainingJob(TenantOwned):
         INITIAL = "initial_training", "Initial training"
         INCREMENTAL = "incremental", "Incremental"
         ADAPTER = "adapter", "Query adapter"
+        QUERY_ENCODER = "query_encoder", "Query encoder"
 
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
@@ -69,6 +70,7 @@ class TrainingJob(TenantOwned):
         TRAINING = "training", "Training"
         EVALUATING = "evaluating", "Evaluating"
         SAVING = "saving", "Saving"
+        DEPLOYING = "deploying", "Deploying"
         DONE = "done", "Done"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)
@@ -83,6 +85,9 @@ class TrainingJob(TenantOwned):
     total_steps = models.PositiveIntegerField(default=0)
     epoch = models.FloatField(default=0.0)
     loss = models.JSONField(default=list, blank=True, help_text="[[step, loss], ...] as training logged it.")
+    stage_seconds = models.JSONField(
+        default=dict, blank=True, help_text="Seconds each stage took: collect, mine, train, evaluate, save, deploy."
+    )
     eta_seconds = models.PositiveIntegerField(null=True, blank=True)
     data_summary = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
@@ -133,6 +138,14 @@ class ModelVersion(TenantOwned):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now)
     deployed_at = models.DateTimeField(null=True, blank=True)
+
+    @property
+    def kind(self) -> str:
+        """fine_tuned (own weights for documents and queries), query_encoder (own query weights over
+        its store's vectors) or adapter (a query transform over its store's vectors)."""
+        if "query_encoder" in (self.metrics or {}):
+            return "query_encoder"
+        return "adapter" if self.space.vectors_from_id else "fine_tuned"
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["chatbot", "number"], name="modelversion_unique_number")]
@@ -195,8 +208,12 @@ class ContinuousLearning(TenantOwned):
     enabled = models.BooleanField(default=False)
     job_type = models.CharField(
         max_length=20,
-        choices=[(TrainingJob.Type.INCREMENTAL, "Incremental fine-tune"), (TrainingJob.Type.ADAPTER, "Query adapter")],
-        default=TrainingJob.Type.INCREMENTAL,
+        choices=[
+            (TrainingJob.Type.QUERY_ENCODER, "Query encoder"),
+            (TrainingJob.Type.INCREMENTAL, "Incremental fine-tune"),
+            (TrainingJob.Type.ADAPTER, "Query adapter"),
+        ],
+        default=TrainingJob.Type.QUERY_ENCODER,
         help_text="A hosted model always gets an adapter (it cannot be fine-tuned).",
     )
     min_new_pairs = models.PositiveIntegerField(default=50, help_text="New training pairs since the last version.")

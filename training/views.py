@@ -30,9 +30,19 @@ from training.services import (
     training_pairs_from_gap,
     training_pairs_upload,
 )
-from training.services.jobs import ADAPTER_DEFAULTS, ADAPTER_ONLY, CONFIG
+from training.services.jobs import ADAPTER_ONLY, CONFIG, STAGE_NAMES, TYPE_DEFAULTS, default_job_type
 
 FORM_FIELDS = ("batch_size", "num_epochs", "learning_rate", "warmup_ratio", "max_pairs", "adapter_rank")
+
+
+def _stage_bars(seconds: dict) -> list[dict]:
+    """A job's stage timings as the segments of one bar (percent of its total), in stage order."""
+    total = sum(seconds.values()) or 1.0
+    return [
+        {"name": name, "seconds": seconds[name], "percent": round(100 * seconds[name] / total, 1)}
+        for name in STAGE_NAMES.values()
+        if name in seconds
+    ]
 
 
 def _serving_now(chatbot) -> str:
@@ -58,6 +68,9 @@ def training_view(request, chatbot_id: int):
         for value, label in TrainingPair.Source.choices
     ]
     jobs = [job_payload(j) for j in training_jobs(tenant=membership.tenant, chatbot=chatbot, limit=20)]
+    for job in jobs:
+        job["stage_bars"] = _stage_bars(job["stage_seconds"])
+    default_type = default_job_type(chatbot)
     return render(
         request,
         "dashboard/training.html",
@@ -69,9 +82,12 @@ def training_view(request, chatbot_id: int):
             "active_job": next((j for j in jobs if j["status"] in TrainingJob.ACTIVE), None),
             "versions": [version_payload(v) for v in model_versions(tenant=membership.tenant, chatbot=chatbot)],
             "serving": _serving_now(chatbot),
-            "defaults": {name: spec[3] for name, spec in CONFIG.items()},
-            "adapter_defaults": {**{name: spec[3] for name, spec in CONFIG.items()}, **ADAPTER_DEFAULTS},
-            "job_types": TrainingJob.Type.choices,
+            "defaults": {**{name: spec[3] for name, spec in CONFIG.items()}, **TYPE_DEFAULTS.get(default_type, {})},
+            "type_defaults": [
+                (label, {**{name: spec[3] for name, spec in CONFIG.items()}, **TYPE_DEFAULTS.get(value, {})})
+                for value, label in TrainingJob.Type.choices
+            ],
+            "job_types": [("", f"Default: {TrainingJob.Type(default_type).label.lower()}"), *TrainingJob.Type.choices],
             "can_write": membership.can_write,
             "continuous": continuous_payload(continuous_learning_get(chatbot=chatbot)),
             "history": model_history(tenant=membership.tenant, chatbot=chatbot),
@@ -118,7 +134,7 @@ def training_start_view(request, chatbot_id: int):
     if not require_write(request, membership):
         return redirect("dashboard-training", chatbot_id=chatbot.pk)
     try:
-        job_type = request.POST.get("job_type", TrainingJob.Type.INITIAL)
+        job_type = request.POST.get("job_type") or None  # empty: the chatbot's default job
         config = {
             name: _number(request.POST[name], name)
             for name in FORM_FIELDS

@@ -35,7 +35,9 @@ def continuous_payload(settings: ContinuousLearning) -> dict:
 class ContinuousLearningRequestSerializer(StrictSerializer):
     enabled = JsonBooleanField(required=False)
     job_type = serializers.ChoiceField(
-        choices=["incremental", "adapter"], required=False, help_text="What a run trains (hosted models: adapter)."
+        choices=["query_encoder", "incremental", "adapter"],
+        required=False,
+        help_text="What a run trains (hosted models: adapter).",
     )
     min_new_pairs = JsonIntegerField(min_value=1, max_value=1_000_000, required=False)
     min_days_between = JsonFloatField(min_value=0, max_value=365, required=False)

@@ -33,6 +33,7 @@ def job_payload(job: TrainingJob) -> dict:
         "total_steps": job.total_steps,
         "epoch": job.epoch,
         "loss": job.loss,
+        "stage_seconds": job.stage_seconds,
         "eta_seconds": job.eta_seconds,
         "config": job.config,
         "data_summary": job.data_summary,
@@ -54,7 +55,7 @@ def version_payload(version: ModelVersion) -> dict:
         "number": version.number,
         "status": version.status,
         "embedding_space": version.space.key,
-        "kind": "adapter" if version.space.vectors_from_id else "fine_tuned",
+        "kind": version.kind,
         "vectors_of": version.space.store.key,
         "job_id": version.job_id,
         "metrics": version.metrics,
@@ -81,6 +82,11 @@ class TrainingJobSerializer(serializers.Serializer):
     loss = serializers.ListField(
         child=serializers.ListField(child=serializers.FloatField()), help_text="[[step, loss]]"
     )
+    stage_seconds = serializers.DictField(
+        child=serializers.FloatField(),
+        help_text="Seconds each finished stage took: collect, mine, train, evaluate, save, and deploy once "
+        "the version serves.",
+    )
     eta_seconds = serializers.IntegerField(allow_null=True)
     config = serializers.JSONField()
     data_summary = serializers.JSONField()
@@ -101,9 +107,10 @@ class ModelVersionSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=ModelVersion.Status.choices)
     embedding_space = serializers.CharField()
     kind = serializers.ChoiceField(
-        choices=["fine_tuned", "adapter"],
-        help_text="fine_tuned: own weights, deploy re-embeds every chunk; adapter: a query transform over "
-        "vectors_of's stored vectors, deploy re-embeds nothing.",
+        choices=["fine_tuned", "query_encoder", "adapter"],
+        help_text="fine_tuned: own weights, deploy re-embeds every chunk; query_encoder: a tuned query "
+        "encoder over vectors_of's stored vectors; adapter: a query transform over them (both deploy "
+        "without re-embedding anything).",
     )
     vectors_of = serializers.CharField(help_text="The space whose stored vectors this version searches.")
     job_id = serializers.IntegerField(allow_null=True)
@@ -119,13 +126,19 @@ class ModelVersionSerializer(serializers.Serializer):
 
 class TrainingStartRequestSerializer(StrictSerializer):
     chatbot_id = id_field(json=True)
-    job_type = serializers.ChoiceField(choices=TrainingJob.Type.choices, default=TrainingJob.Type.INITIAL)
+    job_type = serializers.ChoiceField(
+        choices=TrainingJob.Type.choices,
+        required=False,
+        help_text="Default: query_encoder for a local model (the query side tuned over the stored vectors: "
+        "fastest, deploys without re-embedding), adapter for a hosted one.",
+    )
     config = JsonObjectField(
         required=False,
         allow_null=True,
         help_text="batch_size (2-512), num_epochs (0.1-50), learning_rate (up to 0.1), warmup_ratio (0-0.5), "
         "max_pairs, hard_negatives, sources, auto_deploy, seed; adapter jobs also adapter_rank (1-256). "
-        "Defaults: batch 16, 1 epoch, lr 2e-5 (fine-tune); batch 64, 10 epochs, lr 1e-3, rank 32 (adapter).",
+        "Defaults: batch 32, 1 epoch, lr 1e-4 (query_encoder); batch 16, 1 epoch, lr 2e-5 (fine-tune); "
+        "batch 64, 10 epochs, lr 1e-3, rank 32 (adapter).",
     )
 
 
@@ -142,7 +155,7 @@ class TrainingStartApi(TenantApi):
         job = training_job_start(
             tenant=self.tenant,
             chatbot=self.get_chatbot(data["chatbot_id"]),
-            job_type=data["job_type"],
+            job_type=data.get("job_type"),
             config=request.data.get("config"),  # validated field by field by the service
             requested_by=str(self.api_key or request.user),
         )
@@ -252,7 +265,7 @@ def model_history(*, tenant, chatbot) -> list[dict]:
             {
                 "version_id": version.pk,
                 "number": version.number,
-                "kind": "adapter" if version.space.vectors_from_id else "fine_tuned",
+                "kind": version.kind,
                 "status": version.status,
                 "created_at": version.created_at,
                 "deployed_at": version.deployed_at,

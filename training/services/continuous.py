@@ -59,8 +59,9 @@ def continuous_learning_update(*, tenant: Tenant, chatbot: Chatbot, changes, use
         for name, value in changes.items():
             kind, low, high = FIELDS[name]
             if kind is str:
-                if value not in (TrainingJob.Type.INCREMENTAL, TrainingJob.Type.ADAPTER):
-                    raise DomainError(f"{name} must be incremental or adapter.", field=name)
+                allowed = (TrainingJob.Type.QUERY_ENCODER, TrainingJob.Type.INCREMENTAL, TrainingJob.Type.ADAPTER)
+                if value not in allowed:
+                    raise DomainError(f"{name} must be query_encoder, incremental or adapter.", field=name)
             elif kind is bool:
                 if not isinstance(value, bool):
                     raise DomainError(f"{name} must be true or false.", field=name)

@@ -16,7 +16,7 @@ from tenants.models import Chatbot
 from training.models import Evaluation, ModelVersion
 from training.services import trainer
 from training.services.data import pair_texts
-from training.services.runs import _corpus, _heldout_queries, _stored_vectors
+from training.services.runs.common import corpus_of, heldout_queries, stored_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -29,9 +29,9 @@ def evaluation_run(*, chatbot: Chatbot) -> Evaluation:
     version = ModelVersion.objects.filter(chatbot=chatbot, space=space).first()
     record = Evaluation(tenant_id=chatbot.tenant_id, chatbot=chatbot, version=version, space_key=space.key)
     try:
-        held = _heldout_queries(pair_texts(chatbot=chatbot, split="heldout"))
-        corpus_ids, _ = _corpus(chatbot)
-        corpus = _stored_vectors(chatbot, space, corpus_ids)
+        held = heldout_queries(pair_texts(chatbot=chatbot, split="heldout"))
+        corpus_ids, _ = corpus_of(chatbot)
+        corpus = stored_vectors(chatbot, space, corpus_ids)
         if corpus is None:
             raise DomainError("Some chunks have no vector in the serving space yet; measured next time.")
         queries = np.asarray(provider_for_space(space).embed(held.texts), dtype=np.float32)

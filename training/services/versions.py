@@ -14,6 +14,7 @@ rolled back at once, retired past the last two.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from django.conf import settings
@@ -175,7 +176,13 @@ def model_version_deploy_run(*, version_id: int) -> str:
     def progress(percent: int) -> None:
         ModelVersion.objects.filter(pk=version.pk).update(deploy_progress=percent)
 
+    began = time.monotonic()
     failed = model_version_embed(version, progress=progress, then=lambda: _switch(version.chatbot, version))
+    if version.job_id:  # the job's stage timings end with its version serving
+        job = TrainingJob.objects.filter(pk=version.job_id).first()
+        if job is not None:
+            job.stage_seconds = {**job.stage_seconds, "deploy": round(time.monotonic() - began, 2)}
+            job.save(update_fields=["stage_seconds"])
     return "failed" if failed else "active"
 
 

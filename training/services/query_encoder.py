@@ -1,0 +1,113 @@
+"""Fine-tuning the query side only: the serving model's query encoder against the chatbot's
+stored document vectors, which stay frozen.
+
+Queries are short and no document passes through the model with gradients, so a step costs one
+forward and backward pass over a batch of queries; and since the documents keep their vectors,
+deploying the version re-embeds nothing (its space reads its store's vectors, like a query
+adapter, but the whole encoder learns). The objective is MultipleNegativesRankingLoss' softmax
+over scaled cosines, taken over *every* stored chunk vector instead of the batch's positives (a
+matrix product of the batch with the corpus: cheap next to the encoder), so every chunk of the
+corpus is a negative of every query and no mining pass is needed; the pair's other answers (the
+same question's other positives, and chunks with the positive's exact text) are masked, not
+counted as negatives. Seeded, AdamW with a linear warm-up and decay, on CUDA when present; bf16
+autocast per ``TRAINING_BF16``; ``on_progress`` after every step can stop it (cancel).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+
+import numpy as np
+from django.conf import settings
+
+from training.services.trainer import Cancelled, Progress, training_device
+
+SCALE = 20.0  # as MultipleNegativesRankingLoss: cosine similarities times 20
+
+
+def autocast_dtype(device: str):
+    """bf16 where ``TRAINING_BF16`` and the device allow it, else None (fp32)."""
+    import torch
+
+    wanted = settings.TRAINING_BF16
+    if wanted == "off":
+        return None
+    if device.startswith("cuda"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if wanted == "on" else None
+
+
+def train_query_encoder(
+    model,
+    *,
+    anchors: list[str],
+    candidates: np.ndarray,
+    targets: list[int],
+    masked: list[list[int]],
+    batch_size: int,
+    epochs: float,
+    learning_rate: float,
+    warmup_ratio: float,
+    seed: int,
+    on_progress: Callable[[Progress], bool],
+):
+    """Train ``model`` (a SentenceTransformer) in place so that ``anchors[i]`` ranks
+    ``candidates[targets[i]]`` first among all ``candidates`` (unit vectors, frozen), ignoring the
+    rows ``masked[i]``."""
+    import torch
+
+    device = training_device()
+    model.to(device)
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    corpus = torch.from_numpy(np.ascontiguousarray(candidates, dtype=np.float32)).to(device)
+    target = torch.tensor(targets, device=device)
+    n = len(anchors)
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total = max(1, math.ceil(per_epoch * epochs))
+    warmup = int(total * warmup_ratio)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    dtype = autocast_dtype(device)
+    cast = (
+        torch.autocast(device_type=device.split(":")[0], dtype=dtype) if dtype is not None else contextlib.nullcontext()
+    )
+    model.train()
+    step, cursor = 0, n
+    order = torch.randperm(n, generator=generator)
+    try:
+        while step < total:
+            if cursor >= n:
+                order, cursor = torch.randperm(n, generator=generator), 0
+            batch = order[cursor : cursor + batch_size].tolist()
+            cursor += batch_size
+            features = model.preprocess([anchors[i] for i in batch])
+            features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
+            with cast:
+                embedded = model(features)["sentence_embedding"]
+            queries = torch.nn.functional.normalize(embedded.float(), dim=1)
+            scores = SCALE * queries @ corpus.T
+            rows = [r for row, i in enumerate(batch) for r in [row] * len(masked[i])]
+            cols = [c for i in batch for c in masked[i]]
+            if cols:
+                scores[rows, cols] = float("-inf")
+            loss = torch.nn.functional.cross_entropy(scores, target[batch])
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+            step += 1
+            if not on_progress(Progress(step=step, total=total, epoch=step / per_epoch, loss=float(loss.detach()))):
+                raise Cancelled()
+    finally:
+        model.eval()
+    return model
