@@ -1,7 +1,8 @@
 """The evaluation gate on real customer-support queries: BANKING77 from ../shared/datasets/faq
 (skipped in a clone without it). A bank's FAQ of 77 articles, one per intent; real customer
 queries uploaded as training pairs (the product holds a seeded fifth of them out). A real
-fine-tune of the local model and a query adapter both beat the base model on the held-out
+fine-tune of the local model, the default job (the query encoder over the stored vectors, at
+least as good as the fine-tune) and a query adapter all beat the base model on the held-out
 queries and pass the gate; an adapter trained on shuffled pairs is refused.
 
 Jobs run as production runs them, in-process: Celery is eager in the suite, so a job's task
@@ -75,10 +76,11 @@ def upload_pairs(bundle, pairs: list[tuple[str, int]]) -> dict:
     return answer.json()
 
 
-def run_job(api, chatbot_id: int, job_type: str, config: dict, capture) -> dict:
+def run_job(api, chatbot_id: int, job_type: str | None, config: dict, capture) -> dict:
+    """A job through the API (``job_type`` None: the default job), run by the eager task."""
+    body = {"chatbot_id": chatbot_id, "config": config} | ({"job_type": job_type} if job_type else {})
     with capture(execute=True):
-        started = api.post("/api/training/start", {"chatbot_id": chatbot_id, "job_type": job_type,
-                                                   "config": config}, format="json")  # fmt: skip
+        started = api.post("/api/training/start", body, format="json")
     assert started.status_code == 202, started.json()
     status = api.get(started.json()["status_url"]).json()
     assert status["status"] == "succeeded", status
@@ -103,20 +105,27 @@ def test_a_real_fine_tune_and_an_adapter_pass_the_gate_and_shuffled_pairs_are_re
 
     config = {"batch_size": 32, "num_epochs": 1, "learning_rate": 5e-5}
     tuned = run_job(api, bundle.chatbot.pk, "initial_training", config, django_capture_on_commit_callbacks)
+    default = run_job(api, bundle.chatbot.pk, None, {}, django_capture_on_commit_callbacks)  # the query encoder
+    assert default["job_type"] == "query_encoder"
     adapted = run_job(api, bundle.chatbot.pk, "adapter", {"auto_deploy": True}, django_capture_on_commit_callbacks)
-    for status in (tuned, adapted):
+    for status in (tuned, default, adapted):
         metrics = status["metrics"]
         assert metrics["candidate"]["queries"] == metrics["active"]["queries"] >= 100  # ~a fifth of 847 queries
         assert metrics["bootstrap"]["low"] > 0, metrics  # a certain gain on real held-out queries
         assert metrics["candidate"]["ndcg_10"] >= metrics["active"]["ndcg_10"] + 0.03, metrics
+    # the default job learns at least what the two-tower fine-tune does, on the same held-out queries
+    assert default["metrics"]["candidate"]["ndcg_10"] >= tuned["metrics"]["candidate"]["ndcg_10"], (
+        default["metrics"]["candidate"], tuned["metrics"]["candidate"])  # fmt: skip
     versions = {v["number"]: v for v in api.get(f"/api/models/{bundle.chatbot.pk}").json()["versions"]}
+    assert versions[2]["kind"] == "query_encoder" and versions[2]["gate"]["passed"], versions[2]["gate"]
+    assert versions[2]["status"] == "candidate"
     assert versions[1]["gate"]["passed"] and versions[1]["kind"] == "fine_tuned", versions[1]["gate"]
     assert versions[1]["status"] == "candidate"  # not auto-deployed: it was not asked
-    assert versions[2]["gate"]["passed"] and versions[2]["kind"] == "adapter", versions[2]["gate"]
-    assert versions[2]["status"] == "active"  # auto_deploy: what passes serves
+    assert versions[3]["gate"]["passed"] and versions[3]["kind"] == "adapter", versions[3]["gate"]
+    assert versions[3]["status"] == "active"  # auto_deploy: what passes serves
     held = next(q for q in intents["lost_or_stolen_card"][1 + PER_INTENT :])  # a query no job saw
     served = api.post("/api/search", {"chatbot_id": bundle.chatbot.pk, "query": held}, format="json").json()
-    assert served["embedding_space"] == versions[2]["embedding_space"] and served["results"]
+    assert served["embedding_space"] == versions[3]["embedding_space"] and served["results"]
 
     # the training queries with shuffled answers (the held-out ones kept right): the adapter
     # learns noise, the base model does better on the held-out queries, the gate refuses
