@@ -11,7 +11,11 @@ their vectors are the sentences' real all-MiniLM-L6-v2 embeddings plus a little 
   metadata filter (the planner picks exact search for small candidate sets, HNSW otherwise);
 - the raw ceiling, in-process: query embedding + the vector SQL alone, one client and one per core;
 - over HTTP (granian, one worker per core): one client and 8 concurrent clients, uncached
-  (every query new) and cached (repeated queries): p50/p95 latency and searches/s.
+  (every query new) and cached (repeated queries): p50/p95 latency and searches/s;
+- a new tenant's first searches over HTTP, before any ANALYZE has seen its rows, and the same
+  chatbots' after ANALYZE (one client, uncached): one of 800 chunks (searched exactly) and one
+  of 3,000 (HNSW, on the space-wide index: its own is not built yet), written as the app role
+  after the statistics were taken and removed at the end.
 Prints JSON.
 """
 
@@ -233,6 +237,49 @@ def raw_ceiling(bots, texts, processes: int) -> dict:
     return summary(latencies, len(texts), elapsed)
 
 
+NEW_TENANT_SIZES = (800, 3000)
+
+
+def new_tenants(texts, vectors) -> list[dict]:
+    """Tenants that arrive after the statistics were taken: each a chatbot whose chunks (pool
+    texts, noisy pool vectors) are written in the tenant's scope as the app role; no ANALYZE."""
+    import numpy as np
+
+    from tenants.services import tenant_bootstrap
+    from tests.conftest import insert_vectors
+
+    rng = np.random.default_rng(11)
+    out = []
+    for size in NEW_TENANT_SIZES:
+        stamp = time.time_ns()
+        bundle = tenant_bootstrap(name=f"Bench new tenant {stamp}", chatbot_name=f"new-{size}",
+                                  username=f"bench-new-{stamp}", password=f"pw-{stamp}")  # fmt: skip
+        picks = rng.integers(0, len(texts), size)
+        noisy = vectors[picks] + rng.normal(0, NOISE, (size, vectors.shape[1])).astype(np.float32)
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        insert_vectors(bundle.chatbot, noisy, texts=[texts[p] for p in picks], title=f"new-{size}")
+        out.append({"chatbot_id": bundle.chatbot.pk, "tenant_id": bundle.tenant.pk, "size": size,
+                    "api_key": bundle.api_key, "username": bundle.username})  # fmt: skip
+    return out
+
+
+def new_tenant_run(port: int, fresh: list[dict], texts: list[str]) -> dict:
+    """Each new chatbot's first uncached searches (one client), then ANALYZE of the tables its
+    rows are in, then the same chatbot again with other queries."""
+    from tenants import dbroles
+
+    half = len(texts) // 2
+    out = {}
+    for stage, queries in (("before ANALYZE", texts[:half]), ("after ANALYZE", texts[half:])):
+        if stage == "after ANALYZE":
+            with dbroles.owner_connect() as owner:
+                for table in ("knowledge_chunk", "knowledge_chunkembedding", "knowledge_document"):
+                    owner.execute(f"ANALYZE {table}")
+        for bot in fresh:
+            out.setdefault(f"{bot['size']} chunks", {})[stage] = http_run(port, [bot], queries, 1)
+    return out
+
+
 def summary(latencies: list[float], count: int, seconds: float) -> dict:
     ordered = sorted(latencies)
     return {
@@ -417,6 +464,8 @@ def _main() -> None:
         f"{CORES}_processes": raw_ceiling(bots, uncached[: args.queries], CORES),
     }
 
+    fresh = new_tenants(texts, vectors)  # before the server starts: no ANALYZE knows them
+
     from chatbot_training.processes import web_command, web_env
 
     env = {
@@ -453,9 +502,16 @@ def _main() -> None:
         }
         # What this server and client pair can do at all: GET /healthz (no database, no Redis).
         report["http_floor_healthz_8_clients"] = http_run(args.port, bots, [None] * 4000, 8)
+        # Beside http_uncached.one_client (chatbots the statistics know): a new tenant's first searches.
+        report["http_new_tenant_one_client"] = new_tenant_run(
+            args.port, fresh, query_texts(2 * (args.queries // 4), skip=len(uncached) + 40)
+        )
     finally:
         server.terminate()
         server.wait(30)
+        from tests.search.skewed import tenants_remove
+
+        tenants_remove([bot["tenant_id"] for bot in fresh], [bot["username"] for bot in fresh])
     ceiling = report["raw_ceiling"][f"{CORES}_processes"]["searches_per_s"]
     report["uncached_throughput_vs_raw_ceiling"] = round(
         report["http_uncached"]["8_clients"]["searches_per_s"] / ceiling, 3

@@ -99,6 +99,8 @@ class ChatbotSpace(TenantOwned):
 
 
 class Document(TenantOwned):
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, db_index=False)  # see Chunk.tenant
+
     class ContentType(models.TextChoices):
         FAQ = "faq", "FAQ"
         DOCUMENT = "document", "Document"
@@ -146,6 +148,7 @@ class Document(TenantOwned):
         indexes = [
             models.Index(fields=["chatbot", "status"]),
             models.Index(fields=["chatbot", "title"]),
+            models.Index(fields=["tenant", "id"], name="document_tenant_key"),  # see Chunk.tenant
         ]
         constraints = [
             models.UniqueConstraint(fields=["chatbot", "content_hash"], name="document_unique_content"),
@@ -198,6 +201,11 @@ class IngestionJob(TenantOwned):
 
 
 class Chunk(TenantOwned):
+    # Row-level security adds ``tenant_id = <scope>`` to every statement. Until ANALYZE knows a new
+    # tenant, the planner estimates one row for that condition, and a single-column tenant index
+    # then wins every tie against the primary key: a lookup by id scanned all of the tenant's rows.
+    # ``(tenant, id)`` serves the tenant condition and the key together (knowledge/plans.py).
+    tenant = models.ForeignKey("tenants.Tenant", on_delete=models.CASCADE, db_index=False)
     chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="chunks")
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     position = models.PositiveIntegerField()
@@ -247,6 +255,7 @@ class Chunk(TenantOwned):
             # Trigram fallback for misspelled keyword queries (search.selectors.keyword_hits).
             GinIndex(fields=["text"], name="chunk_text_trgm", opclasses=["gin_trgm_ops"]),
             models.Index(fields=["chatbot", "content_hash"]),
+            models.Index(fields=["tenant", "id"], name="chunk_tenant_key"),
         ]
 
 
@@ -256,8 +265,11 @@ class ChunkEmbedding(TenantOwned):
     ``embedding::vector(dims)`` (created by ``embedding_space_ensure_index``)."""
 
     chatbot = models.ForeignKey("tenants.Chatbot", on_delete=models.CASCADE, related_name="+")
-    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings")
-    space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT)
+    # No single-column indexes on chunk or space: the unique (chunk, space) and the (space, chatbot)
+    # index lead with them, and a lone space index (one row estimated for a space the statistics
+    # have not seen) was picked over both, reading every tenant's vectors in the space.
+    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="embeddings", db_index=False)
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT, db_index=False)
     embedding = VectorField()
     input_hash = models.CharField(
         max_length=16,

@@ -6,7 +6,8 @@ app role under row-level security.
 
 The big tenant's rows are written by the owner in bulk SQL (the fixture's setup, not code under
 test) into an embedding space of their own without an HNSW index, so building them costs seconds;
-the new tenant's rows go in as the app role in the tenant's scope, in the built-in space."""
+the new tenant's rows go in as the app role in the tenant's scope, in the built-in space. Both
+have search logs (50,000 analysed, 400 not), every seventh with a query vector (a gap)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ import numpy as np
 BIG_CHUNKS = 60_000
 BIG_DOCUMENTS = 300
 NEW_CHUNKS = 800
+BIG_SEARCHES = 50_000
+NEW_SEARCHES = 400
+NEW_DOCUMENTS = 60  # beside the one holding its chunks: a document lookup that scans the tenant's is seen
 TABLES = ("knowledge_chunk", "knowledge_chunkembedding", "knowledge_document", "search_searchlog")
 WORDS = (
     "account password reset invoice payment refund shipping order delivery router printer login billing "
@@ -32,6 +36,19 @@ class Skewed:
     new_document_id: int
     new_chunk_ids: list[int]
     vectors: np.ndarray  # the new tenant's chunk vectors, row i = chunk i
+    twin: object | None = None  # with ``build(twin=True)``: a tenant like the new one whose rows ANALYZE saw
+
+
+# Search logs of a chatbot over the last 29 days (the fixture's bulk setup, as the owner).
+LOG_SQL = """
+INSERT INTO search_searchlog (tenant_id, query_id, chatbot_id, source, query, effective_query, mode, filters,
+    parameters, conversation_turns, result_count, result_chunk_ids, result_ranks, top_score, took_ms, cache_hit,
+    embedding_space, variant, strategy, query_embedding, created_at)
+SELECT t.tenant_id, gen_random_uuid(), t.id, 'api', 'query ' || (g %% 300), '', 'hybrid', '{}', '{}', 0, g %% 7,
+    '[]', '[]', (g %% 100) / 100.0, 5 + g %% 20, g %% 3 = 0, 'local', '', 'exact',
+    CASE WHEN g %% 7 = 0 THEN array_fill(0.05, ARRAY[384])::vector END, now() - (g %% 29) * interval '1 day'
+FROM tenants_chatbot t CROSS JOIN generate_series(1, %(count)s) g WHERE t.id = %(chatbot)s
+"""
 
 
 def _texts(count: int, seed: int) -> list[str]:
@@ -39,11 +56,14 @@ def _texts(count: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(WORDS, size=12)) + f" item {i}" for i in range(count)]
 
 
-def build() -> Skewed:
+def build(*, twin: bool = False) -> Skewed:
+    """The skewed database; ``twin`` adds a tenant shaped like the new one (800 chunks in one
+    document, the built-in space) written before the statistics were taken: benchmarks time the
+    two side by side, interleaved, instead of before and after an ANALYZE under another load."""
     from knowledge.models import Document
     from tenants import dbroles
     from tenants.services import tenant_bootstrap
-    from tests.conftest import as_tenant, insert_vectors
+    from tests.conftest import as_tenant
 
     big = tenant_bootstrap(name="Big Co", chatbot_name="Big support", username="big-owner", password="pw-big-123")
     with as_tenant(big):
@@ -81,23 +101,62 @@ def build() -> Skewed:
             """,
             {"s": space_id, "c": big.chatbot.pk, "vectors": [json.dumps(v.round(5).tolist()) for v in base]},
         )
+        owner.execute(LOG_SQL, {"chatbot": big.chatbot.pk, "count": BIG_SEARCHES})
+    analysed = None
+    if twin:
+        analysed = tenant_bootstrap(name="Twin Co", chatbot_name="Twin support", username="twin-owner",
+                                    password="pw-twin-123")  # fmt: skip
+        twin_vectors = np.random.default_rng(4).normal(size=(NEW_CHUNKS, 384)).astype(np.float32)
+        twin_vectors /= np.linalg.norm(twin_vectors, axis=1, keepdims=True)
+        _small_tenant_rows(analysed, twin_vectors, seed=5)
+    with dbroles.owner_connect() as owner:
         for table in TABLES:
             owner.execute(f"ANALYZE {table}")
     new = tenant_bootstrap(name="New Co", chatbot_name="New support", username="new-owner", password="pw-new-123")
     vectors = rng.normal(size=(NEW_CHUNKS, 384)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    document_id, chunk_ids = insert_vectors(new.chatbot, vectors, texts=_texts(NEW_CHUNKS, 3), title="faq")
-    return Skewed(big=big, new=new, new_document_id=document_id, new_chunk_ids=chunk_ids, vectors=vectors)
+    document_id, chunk_ids = _small_tenant_rows(new, vectors, seed=3)
+    with dbroles.owner_connect() as owner:
+        owner.execute(LOG_SQL, {"chatbot": new.chatbot.pk, "count": NEW_SEARCHES})
+    return Skewed(big=big, new=new, new_document_id=document_id, new_chunk_ids=chunk_ids, vectors=vectors,
+                  twin=analysed)  # fmt: skip
+
+
+def _small_tenant_rows(bundle, vectors, *, seed: int) -> tuple[int, list[int]]:
+    """A new-sized tenant's rows, as the app role in its scope: one document holding a chunk per
+    vector, and ``NEW_DOCUMENTS`` more without chunks."""
+    from knowledge.models import Document
+    from tests.conftest import as_tenant, insert_vectors
+
+    found = insert_vectors(bundle.chatbot, vectors, texts=_texts(len(vectors), seed), title="faq")
+    with as_tenant(bundle):
+        Document.objects.bulk_create(
+            Document(tenant_id=bundle.tenant.pk, chatbot=bundle.chatbot, title=f"page {i}", status="ready",
+                     content_hash=f"page-{i}", original_filename=f"page{i}.txt", content_type="document")
+            for i in range(NEW_DOCUMENTS)
+        )  # fmt: skip
+    return found
 
 
 def teardown(skewed: Skewed) -> None:
-    """Every row of both tenants, as the owner: tables referenced by others go last (tried in
-    rounds until each table's rows are gone), then the space and the autovacuum setting."""
+    """Every row of both tenants (``tenants_remove``), then the space and the autovacuum setting."""
+    from tenants import dbroles
+
+    bundles = [b for b in (skewed.big, skewed.new, skewed.twin) if b is not None]
+    tenants_remove([b.tenant.pk for b in bundles], [b.username for b in bundles])
+    with dbroles.owner_connect() as owner:
+        owner.execute("DELETE FROM knowledge_embeddingspace WHERE provider = 'plan-test'")
+        for table in TABLES:
+            owner.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+
+
+def tenants_remove(ids: list[int], usernames: list[str]) -> None:
+    """Every row of these tenants, as the owner: tables referenced by others go last (tried in
+    rounds until each table's rows are gone), then the tenants and their users."""
     import psycopg
 
     from tenants import dbroles
 
-    ids = [skewed.big.tenant.pk, skewed.new.tenant.pk]
     with dbroles.owner_connect() as owner:
         tables = [row[0] for row in owner.execute(
             "SELECT table_name FROM information_schema.columns WHERE table_schema = 'public' "
@@ -115,10 +174,7 @@ def teardown(skewed: Skewed) -> None:
             if not tables:
                 break
         owner.execute("DELETE FROM tenants_tenant WHERE id = ANY(%s)", [ids])
-        owner.execute("DELETE FROM auth_user WHERE username = ANY(%s)", [[skewed.big.username, skewed.new.username]])
-        owner.execute("DELETE FROM knowledge_embeddingspace WHERE provider = 'plan-test'")
-        for table in TABLES:
-            owner.execute(f"ALTER TABLE {table} RESET (autovacuum_enabled)")
+        owner.execute("DELETE FROM auth_user WHERE username = ANY(%s)", [usernames])
 
 
 def explain(sql: str, params, *, settings_sql: str | None = None) -> dict:

@@ -101,3 +101,130 @@ def test_a_new_tenants_embedding_walks_read_each_row_a_few_times(skewed):
         _bounded(walks, rows=skew.NEW_CHUNKS)
         assert chunks_missing_count(space=other, chatbot_id=bot.pk) == skew.NEW_CHUNKS
         assert len(chunks_to_embed(space=other, limit=64, chatbot_id=bot.pk)) == 64
+
+
+def _uses_index(plans, prefix: str) -> bool:
+    return any((node.get("Index Name") or "").startswith(prefix) for _, plan in plans for node in skew.nodes(plan))
+
+
+@pytest.mark.parametrize("mode", ["semantic", "hybrid"])
+def test_a_big_new_tenants_hnsw_walk_looks_each_hit_up_by_key(skewed, settings, mode):
+    """A new tenant above the exact-search size (the threshold lowered to 100 instead of writing
+    thousands of rows: the estimates, one row for any new chatbot, are what shape the plan, not
+    its size). The walk drives; each hit's chunk and document are key lookups. As plain joins
+    the planner scanned the chatbot's chunks per hit (32,980 rows for 40 hits); now a few
+    rows per hit."""
+    from search.arguments import SearchArguments
+    from search.services import search_run
+    from tests.conftest import as_tenant
+
+    settings.SEARCH_EXACT_MAX = 100
+    bot = skewed.new.chatbot
+    args = SearchArguments(query="reset my password for the router", chatbot_id=bot.pk, mode=mode, max_results=10)
+    with as_tenant(skewed.new):
+        plans = skew.plans_of(lambda: search_run(chatbot=bot, args=args, log=False, use_cache=False))
+        result = search_run(chatbot=bot, args=args, log=False, use_cache=False)
+    assert len(result.results) == 10
+    assert _uses_index(plans, "chunkemb_hnsw_space_")  # the HNSW statement is among those looked at
+    _bounded(plans, rows=skew.NEW_CHUNKS)
+    walk = [plan for sql, plan in plans if "hnsw" not in sql and _uses_index([(sql, plan)], "chunkemb_hnsw")]
+    assert walk and all(skew.rows_examined(plan) <= 400 for plan in walk)  # ~ef_search, not the chatbot's rows
+
+
+def test_a_new_tenants_ingestion_reads_and_backfill_walks_are_bounded(skewed):
+    """What a document's ingestion counts before embedding (its chunks with a current vector: was a
+    nested loop re-reading every vector per chunk, 640,800 rows), the refresh's walk of vectors
+    made before inputs were recorded, and a later batch of a re-embedding's backfill walk."""
+    from knowledge.models import Chunk, EmbeddingSpace
+    from knowledge.services import chatbot_space_ensure_active
+    from knowledge.vectors import chunks_to_embed, embeddings_current
+    from tests.conftest import as_tenant
+
+    bot = skewed.new.chatbot
+    with as_tenant(skewed.new):
+        space = chatbot_space_ensure_active(chatbot=bot).space
+        other = EmbeddingSpace.objects.get(provider="plan-test")
+        middle = sorted(Chunk.objects.filter(chatbot=bot).values_list("id", flat=True))[skew.NEW_CHUNKS // 2]
+        plans = skew.plans_of(
+            lambda: (
+                embeddings_current(space=space, document_id=skewed.new_document_id),
+                chunks_to_embed(space=space, limit=64, chatbot_id=bot.pk, unknown_input_only=True, after=middle),
+                chunks_to_embed(space=other, limit=64, chatbot_id=bot.pk, after=middle),
+            )
+        )
+        assert len(plans) == 3
+        _bounded(plans, rows=skew.NEW_CHUNKS)
+        assert embeddings_current(space=space, document_id=skewed.new_document_id) == 0  # vectors made without inputs
+        assert len(chunks_to_embed(space=other, limit=64, chatbot_id=bot.pk, after=middle)) == 64
+
+
+def test_a_new_tenants_analytics_optimizer_and_analysis_reads_are_bounded(skewed):
+    """Search analytics and knowledge gaps over the search log (the big tenant's 50,000 analysed
+    rows beside the new tenant's 400), the optimizer's sample and count, the analysis's count and
+    vectors (were 322,000 rows each, a nested loop over the chatbot's chunks per vector)."""
+    from knowledge.services import chatbot_space_ensure_active
+    from search.selectors.analysis import chunk_vector_count, chunk_vectors
+    from search.selectors.analytics import gap_query_vectors, knowledge_gaps, search_analytics
+    from search.selectors.optimize import chunk_vectors_sample, vector_count
+    from tests.conftest import as_tenant
+
+    bot, tenant = skewed.new.chatbot, skewed.new.tenant
+    with as_tenant(skewed.new):
+        space = chatbot_space_ensure_active(chatbot=bot).space
+        analytics = skew.plans_of(
+            lambda: (
+                search_analytics(tenant=tenant, chatbot_id=bot.pk, days=30, low_score=0.35),
+                knowledge_gaps(tenant=tenant, chatbot_id=bot.pk, days=30, low_score=0.35),
+                gap_query_vectors(tenant=tenant, chatbot_id=bot.pk, space_key="local", days=30, low_score=0.35),
+            )
+        )
+        _bounded(analytics, rows=skew.NEW_SEARCHES)
+        vectors = skew.plans_of(
+            lambda: (
+                chunk_vectors_sample(space=space, chatbot_id=bot.pk, count=50),
+                vector_count(space=space, chatbot_id=bot.pk),
+                chunk_vector_count(space=space, chatbot_id=bot.pk),
+                chunk_vectors(space=space, chatbot_id=bot.pk, limit=300),
+            )
+        )
+        assert len(vectors) == 4
+        _bounded(vectors, rows=skew.NEW_CHUNKS)
+        assert search_analytics(tenant=tenant, chatbot_id=bot.pk, days=30, low_score=0.35)["searches"] == 400
+        assert chunk_vector_count(space=space, chatbot_id=bot.pk) == skew.NEW_CHUNKS
+
+
+def test_a_new_tenants_training_data_reads_are_bounded(skewed, settings):
+    """Training-data collection (the chatbot's FAQ rows, feedback and chunks read), the pairs' texts, the
+    size check, and the corpus and stored vectors that hard-negative mining and evaluation read
+    (``training_corpus`` and ``training_corpus_vectors``: one hash join, one read of the
+    chatbot's vectors, where the ORM forms joined each chunk to its document by a scan of the
+    tenant's documents and sent every chunk id as ``IN (...)``)."""
+    from knowledge.services import chatbot_space_ensure_active
+    from tenants.errors import DomainError
+    from tests.conftest import as_tenant
+    from training.selectors import training_corpus, training_corpus_vectors
+    from training.services.data import ensure_enough_pairs, pair_texts, training_pairs_collect
+
+    settings.TRAINING_MIN_PAIRS = 10**6
+    bot = skewed.new.chatbot
+    with as_tenant(skewed.new):
+        space = chatbot_space_ensure_active(chatbot=bot).space
+
+        def work():
+            training_pairs_collect(chatbot=bot, llm=False)
+            pair_texts(chatbot=bot, split="train")
+            with pytest.raises(DomainError):
+                ensure_enough_pairs(chatbot=bot)
+            ids, _ = training_corpus(chatbot=bot)
+            training_corpus_vectors(chatbot=bot, space=space, ids=ids)
+
+        plans = skew.plans_of(work)
+        assert any("training_trainingpair" in sql for sql, _ in plans)
+        assert any("knowledge_chunkembedding" in sql for sql, _ in plans)
+        _bounded(plans, rows=skew.NEW_CHUNKS)
+        ids, texts = training_corpus(chatbot=bot)
+        assert ids == sorted(skewed.new_chunk_ids) and len(texts) == skew.NEW_CHUNKS
+        vectors = training_corpus_vectors(chatbot=bot, space=space, ids=ids)
+        assert vectors.shape == (skew.NEW_CHUNKS, 384)
+        assert abs(float(vectors[0] @ skewed.vectors[0]) - 1.0) < 1e-3  # row i is chunk i's vector
+        assert training_corpus_vectors(chatbot=bot, space=space, ids=[*ids, -1]) is None
