@@ -336,6 +336,9 @@ TRAINING_DEVICE = env.str("TRAINING_DEVICE", default="auto")  # auto: CUDA when 
 # bf16 autocast of the query-encoder job: auto = on CUDA devices that have bf16, off on CPU (on this
 # project's AVX-512 BF16 CPU it measured slower than fp32: bench/training.py); on / off force it
 TRAINING_BF16 = env.str("TRAINING_BF16", default="auto")
+# The query encoder ranks each query against every stored chunk vector; past this many it takes a
+# fresh random sample of this size a step (plus the batch's answers): the product stays cheap.
+TRAINING_QUERY_ENCODER_MAX_NEGATIVES = env.int("TRAINING_QUERY_ENCODER_MAX_NEGATIVES", default=100_000)
 TRAINING_HEARTBEAT_SECONDS = env.float("TRAINING_HEARTBEAT_SECONDS", default=10)
 TRAINING_STALE_AFTER_SECONDS = env.int("TRAINING_STALE_AFTER_SECONDS", default=300)
 TRAINING_MAX_ATTEMPTS = env.int("TRAINING_MAX_ATTEMPTS", default=3)

@@ -129,6 +129,7 @@ def test_start_training_from_the_dashboard_watch_it_finish_and_deploy(browser_pa
         page.click("text=Training & model versions")
         page.click("button[name=collect]")
         page.wait_for_selector("text=Collected 80 new pairs")
+        page.select_option("select[name=job_type]", "initial_training")  # minutes, not seconds: time to watch it
         page.fill("input[name=num_epochs]", "2")
         page.fill("input[name=batch_size]", "8")
         page.click("#start-training")

@@ -12,15 +12,22 @@ import json
 import numpy as np
 import pytest
 
+from tests import test_training, test_training_adapter
 from tests.conftest import as_tenant, make_upload
-from tests.test_training import MIN_HELDOUT, PRODUCTS, api_for, chunk_ids_by_question, trained_bot  # noqa: F401,F811
-from tests.test_training_adapter import hosted, hosted_bot  # noqa: F401,F811 (fixtures)
+from tests.test_training import MIN_HELDOUT, PRODUCTS, api_for, chunk_ids_by_question
+
+# the fixtures of those modules: an 80-row FAQ chatbot on the local model, one on a hosted model
+trained_bot = test_training.trained_bot
+hosted, hosted_bot = test_training_adapter.hosted, test_training_adapter.hosted_bot
 
 BASE = "local:all-MiniLM-L6-v2@1"
 
 
 def test_the_default_job_tunes_the_query_encoder_and_deploys_without_re_embedding(
-    trained_bot, other_bundle, settings, django_capture_on_commit_callbacks  # noqa: F811
+    trained_bot,
+    other_bundle,
+    settings,
+    django_capture_on_commit_callbacks,
 ):
     from django.test import override_settings
     from sentence_transformers import SentenceTransformer
@@ -98,7 +105,9 @@ def test_the_default_job_tunes_the_query_encoder_and_deploys_without_re_embeddin
 
 
 def test_the_training_tab_starts_the_default_job_and_draws_its_stage_timings(
-    trained_bot, client, django_capture_on_commit_callbacks  # noqa: F811
+    trained_bot,
+    client,
+    django_capture_on_commit_callbacks,
 ):
     from training.models import TrainingJob
 
@@ -106,8 +115,12 @@ def test_the_training_tab_starts_the_default_job_and_draws_its_stage_timings(
     assert client.login(username=bundle.username, password=bundle.password)
     url = f"/chatbots/{bundle.chatbot.pk}/training/"
     page = client.get(url).content.decode()
-    assert '<option value="">Default: query encoder</option>' in page
-    assert 'placeholder="0.0001"' in page  # the default job's learning rate
+    assert (
+        '<option value="" data-batch_size="32" data-num_epochs="1" data-learning_rate="0.0001">Default: query encoder'
+        in page
+    )
+    assert 'value="initial_training" data-batch_size="16" data-num_epochs="1" data-learning_rate="2e-05"' in page
+    assert 'placeholder="0.0001"' in page  # the default job's learning rate, until another type is chosen
     client.post(f"{url}pairs", {"collect": "1"})
     with django_capture_on_commit_callbacks(execute=True):
         client.post(f"{url}start", {"job_type": "", "num_epochs": "1"})
@@ -120,7 +133,7 @@ def test_the_training_tab_starts_the_default_job_and_draws_its_stage_timings(
         assert f'class="stage-{stage}"' in page and f"{stage} {job.stage_seconds[stage]} s" in page
 
 
-def test_a_hosted_models_default_job_is_the_adapter(hosted_bot):  # noqa: F811
+def test_a_hosted_models_default_job_is_the_adapter(hosted_bot):
     from training.models import TrainingJob
 
     started = api_for(hosted_bot).post("/api/training/start", {"chatbot_id": hosted_bot.chatbot.pk}, format="json")
@@ -158,3 +171,19 @@ def test_each_query_is_contrasted_with_the_corpus_minus_its_other_answers():
     assert masked[0] == [1, 2]  # the question's other answer, and the copy of its own answer
     assert masked[1] == [0, 2]
     assert masked[2] == [] and masked[3] == []
+
+
+def test_past_the_cap_a_step_ranks_against_a_sample_that_keeps_each_answer_and_its_masks():
+    import torch
+
+    from training.services.query_encoder import _negatives
+
+    corpus = torch.arange(1000, dtype=torch.float32)[:, None].repeat(1, 2)
+    targets = torch.tensor([5, 999])
+    masked = [[6, 7], []]
+    whole, wanted, drop = _negatives(corpus, targets, masked, cap=5000, generator=torch.Generator().manual_seed(1))
+    assert whole.shape[0] == 1000 and wanted.tolist() == [5, 999] and drop == ([0, 0], [6, 7])
+    sample, wanted, drop = _negatives(corpus, targets, masked, cap=50, generator=torch.Generator().manual_seed(1))
+    assert 50 <= sample.shape[0] <= 52
+    assert sample[wanted, 0].tolist() == [5.0, 999.0]  # each query's answer is in the sample, where it says
+    assert all(sample[c, 0].item() in (6.0, 7.0) and r == 0 for r, c in zip(*drop))  # masks follow their rows

@@ -70,7 +70,6 @@ class TrainingJob(TenantOwned):
         TRAINING = "training", "Training"
         EVALUATING = "evaluating", "Evaluating"
         SAVING = "saving", "Saving"
-        DEPLOYING = "deploying", "Deploying"
         DONE = "done", "Done"
 
     ACTIVE = (Status.QUEUED, Status.RUNNING)

@@ -30,9 +30,13 @@ from training.services import (
     training_pairs_from_gap,
     training_pairs_upload,
 )
-from training.services.jobs import ADAPTER_ONLY, CONFIG, STAGE_NAMES, TYPE_DEFAULTS, default_job_type
+from training.services.jobs import ADAPTER_ONLY, CONFIG, STAGE_ORDER, TYPE_DEFAULTS, default_job_type
 
 FORM_FIELDS = ("batch_size", "num_epochs", "learning_rate", "warmup_ratio", "max_pairs", "adapter_rank")
+
+
+def _type_defaults(job_type: str) -> dict:
+    return {**{name: spec[3] for name, spec in CONFIG.items()}, **TYPE_DEFAULTS.get(job_type, {})}
 
 
 def _stage_bars(seconds: dict) -> list[dict]:
@@ -40,7 +44,7 @@ def _stage_bars(seconds: dict) -> list[dict]:
     total = sum(seconds.values()) or 1.0
     return [
         {"name": name, "seconds": seconds[name], "percent": round(100 * seconds[name] / total, 1)}
-        for name in STAGE_NAMES.values()
+        for name in STAGE_ORDER
         if name in seconds
     ]
 
@@ -82,12 +86,12 @@ def training_view(request, chatbot_id: int):
             "active_job": next((j for j in jobs if j["status"] in TrainingJob.ACTIVE), None),
             "versions": [version_payload(v) for v in model_versions(tenant=membership.tenant, chatbot=chatbot)],
             "serving": _serving_now(chatbot),
-            "defaults": {**{name: spec[3] for name, spec in CONFIG.items()}, **TYPE_DEFAULTS.get(default_type, {})},
-            "type_defaults": [
-                (label, {**{name: spec[3] for name, spec in CONFIG.items()}, **TYPE_DEFAULTS.get(value, {})})
-                for value, label in TrainingJob.Type.choices
+            "defaults": _type_defaults(default_type),
+            # each option carries its type's defaults: the form's placeholders follow the choice
+            "job_types": [
+                ("", f"Default: {TrainingJob.Type(default_type).label.lower()}", _type_defaults(default_type)),
+                *((value, label, _type_defaults(value)) for value, label in TrainingJob.Type.choices),
             ],
-            "job_types": [("", f"Default: {TrainingJob.Type(default_type).label.lower()}"), *TrainingJob.Type.choices],
             "can_write": membership.can_write,
             "continuous": continuous_payload(continuous_learning_get(chatbot=chatbot)),
             "history": model_history(tenant=membership.tenant, chatbot=chatbot),
@@ -134,7 +138,7 @@ def training_start_view(request, chatbot_id: int):
     if not require_write(request, membership):
         return redirect("dashboard-training", chatbot_id=chatbot.pk)
     try:
-        job_type = request.POST.get("job_type") or None  # empty: the chatbot's default job
+        job_type = request.POST.get("job_type") or default_job_type(chatbot)  # empty: the chatbot's default
         config = {
             name: _number(request.POST[name], name)
             for name in FORM_FIELDS
@@ -216,6 +220,10 @@ def model_deploy_view(request, version_id: int):
 
     def deploy():
         model_version_deploy(tenant=membership.tenant, version=version, force=request.POST.get("force") == "on")
+        if version.space.vectors_from_id:
+            return (
+                f"Version {version.number} is being deployed: it searches the stored vectors, nothing is re-embedded."
+            )
         return f"Version {version.number} is being deployed: every chunk is re-embedded first."
 
     return _act(request, membership, version.chatbot_id, deploy)

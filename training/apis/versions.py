@@ -17,6 +17,7 @@ from training.services import (
     training_job_start,
     training_pairs_upload,
 )
+from training.services.jobs import STAGE_ORDER
 
 MAX_PAIRS_FILE = 50 * 1024 * 1024
 
@@ -33,7 +34,7 @@ def job_payload(job: TrainingJob) -> dict:
         "total_steps": job.total_steps,
         "epoch": job.epoch,
         "loss": job.loss,
-        "stage_seconds": job.stage_seconds,
+        "stage_seconds": {name: job.stage_seconds[name] for name in STAGE_ORDER if name in job.stage_seconds},
         "eta_seconds": job.eta_seconds,
         "config": job.config,
         "data_summary": job.data_summary,

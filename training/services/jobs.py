@@ -208,8 +208,8 @@ STAGE_NAMES = {
     Stage.TRAINING: "train",
     Stage.EVALUATING: "evaluate",
     Stage.SAVING: "save",
-    Stage.DEPLOYING: "deploy",
-}
+}  # and "deploy", written by the deploy when the version first serves (versions.model_version_deploy_run)
+STAGE_ORDER = [*STAGE_NAMES.values(), "deploy"]
 
 
 def _timed(job: TrainingJob, fields: dict) -> None:

@@ -39,6 +39,24 @@ def autocast_dtype(device: str):
     return torch.bfloat16 if wanted == "on" else None
 
 
+def _negatives(corpus, targets, masked: list[list[int]], cap: int, generator):
+    """What a batch is ranked against: every candidate row, or past ``cap`` rows a fresh random
+    ``cap`` of them plus the batch's targets (a big corpus would make the product with every row
+    cost more than the encoder). Returns those rows, each query's target among them, and the
+    (rows, columns) to mask."""
+    import torch
+
+    total = corpus.shape[0]
+    if total <= cap:
+        rows = [r for r, cols in enumerate(masked) for _ in cols]
+        return corpus, targets, (rows, [c for cols in masked for c in cols])
+    picked = torch.unique(torch.cat([torch.randperm(total, generator=generator)[:cap].to(targets.device), targets]))
+    position = {int(row): i for i, row in enumerate(picked.tolist())}
+    drop = [(r, position[c]) for r, cols in enumerate(masked) for c in cols if c in position]
+    wanted = torch.tensor([position[int(t)] for t in targets.tolist()], device=targets.device)
+    return corpus[picked], wanted, ([r for r, _ in drop], [c for _, c in drop])
+
+
 def train_query_encoder(
     model,
     *,
@@ -77,10 +95,12 @@ def train_query_encoder(
         return max(0.0, (total - step) / max(total - warmup, 1))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    cap = settings.TRAINING_QUERY_ENCODER_MAX_NEGATIVES
     dtype = autocast_dtype(device)
     cast = (
         torch.autocast(device_type=device.split(":")[0], dtype=dtype) if dtype is not None else contextlib.nullcontext()
     )
+    preprocess = getattr(model, "preprocess", None) or model.tokenize  # (tokenize before sentence-transformers 6)
     model.train()
     step, cursor = 0, n
     order = torch.randperm(n, generator=generator)
@@ -90,17 +110,16 @@ def train_query_encoder(
                 order, cursor = torch.randperm(n, generator=generator), 0
             batch = order[cursor : cursor + batch_size].tolist()
             cursor += batch_size
-            features = model.preprocess([anchors[i] for i in batch])
+            features = preprocess([anchors[i] for i in batch])
             features = {k: v.to(device) if hasattr(v, "to") else v for k, v in features.items()}
             with cast:
                 embedded = model(features)["sentence_embedding"]
             queries = torch.nn.functional.normalize(embedded.float(), dim=1)
-            scores = SCALE * queries @ corpus.T
-            rows = [r for row, i in enumerate(batch) for r in [row] * len(masked[i])]
-            cols = [c for i in batch for c in masked[i]]
-            if cols:
-                scores[rows, cols] = float("-inf")
-            loss = torch.nn.functional.cross_entropy(scores, target[batch])
+            against, wanted, drop = _negatives(corpus, target[batch], [masked[i] for i in batch], cap, generator)
+            scores = SCALE * queries @ against.T
+            if drop[0]:
+                scores[drop] = float("-inf")
+            loss = torch.nn.functional.cross_entropy(scores, wanted)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()

@@ -20,6 +20,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 from django.db.models import Max
+from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from knowledge.artifacts import artifact_delete, artifact_publish
@@ -178,11 +179,12 @@ def model_version_deploy_run(*, version_id: int) -> str:
 
     began = time.monotonic()
     failed = model_version_embed(version, progress=progress, then=lambda: _switch(version.chatbot, version))
-    if version.job_id:  # the job's stage timings end with its version serving
-        job = TrainingJob.objects.filter(pk=version.job_id).first()
-        if job is not None:
-            job.stage_seconds = {**job.stage_seconds, "deploy": round(time.monotonic() - began, 2)}
-            job.save(update_fields=["stage_seconds"])
+    if not failed and version.job_id:  # the job's stage timings end with its version's first serving
+        TrainingJob.objects.filter(pk=version.job_id).exclude(stage_seconds__has_key="deploy").update(
+            stage_seconds=RawSQL(
+                "stage_seconds || jsonb_build_object('deploy', %s::float)", [round(time.monotonic() - began, 2)]
+            )  # fmt: skip
+        )
     return "failed" if failed else "active"
 
 

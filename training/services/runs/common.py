@@ -13,11 +13,10 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
-from knowledge.chunking import embedding_text
-from knowledge.models import Chunk, ChunkEmbedding, Document
 from tenants.errors import DomainError
 from tenants.models import Chatbot
 from training.models import ModelVersion, TrainingJob
+from training.selectors import training_corpus, training_corpus_vectors
 from training.services import trainer
 from training.services.data import PairSet
 
@@ -184,26 +183,13 @@ def previous_version(chatbot: Chatbot) -> ModelVersion | None:
 
 
 def corpus_of(chatbot: Chatbot) -> tuple[list[int], list[str]]:
-    rows = (
-        Chunk.objects.filter(chatbot=chatbot, document__status=Document.Status.READY)
-        .order_by("id")
-        .values_list("id", "text", "context")
-    )
-    ids, texts = [], []
-    for chunk_id, text, context in rows:
-        ids.append(chunk_id)
-        texts.append(embedding_text(text, context))
-    return ids, texts
+    """(chunk ids, texts as the index embeds them) of the chatbot's ready chunks, in id order."""
+    return training_corpus(chatbot=chatbot)
 
 
 def stored_vectors(chatbot: Chatbot, space, ids: list[int]) -> np.ndarray | None:
     """The stored vectors of ``ids`` in ``space`` (its store), in order; None if any is missing."""
-    found = dict(
-        ChunkEmbedding.objects.filter(chatbot=chatbot, space=space.store, chunk_id__in=ids).values_list(
-            "chunk_id", "embedding"
-        )
-    )
-    return np.asarray([found[i] for i in ids], dtype=np.float32) if len(found) == len(ids) else None
+    return training_corpus_vectors(chatbot=chatbot, space=space, ids=ids)
 
 
 def scratch_dir() -> str:

@@ -43,8 +43,11 @@ def fine_tune_run(job: TrainingJob, config: dict, control: Control) -> Outcome:
     if not isinstance(weights, LocalProvider):
         raise DomainError(f"{active_space.key} cannot be fine-tuned; an adapter job can tune its queries.")
     control.beat(stage=Stage.MINING, progress=5)
-    # initial training starts from the base model, incremental from the weights serving now
-    start = weights if job.job_type == TrainingJob.Type.INCREMENTAL else provider_for(active_space.model_key)
+    # initial training starts from the base model, incremental from the weights serving now: a
+    # query encoder's own weights when one serves (it is the model that was tuned last), else the
+    # store's (under an adapter, the weights it adapts)
+    serving_weights = active_provider if isinstance(active_provider, LocalProvider) else weights
+    start = serving_weights if job.job_type == TrainingJob.Type.INCREMENTAL else provider_for(active_space.model_key)
     model = trainer.load_model(str(start.weights))
     corpus_ids, corpus_texts = corpus_of(chatbot)
     negatives = list(train.negatives)
