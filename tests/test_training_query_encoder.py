@@ -52,7 +52,7 @@ def test_the_default_job_tunes_the_query_encoder_and_deploys_without_re_embeddin
                            format="json")  # fmt: skip
     assert started.status_code == 202, started.json()
     assert started.json()["job_type"] == "query_encoder"
-    assert started.json()["config"]["learning_rate"] == 1e-4 and started.json()["config"]["batch_size"] == 32
+    assert started.json()["config"]["learning_rate"] == 2e-4 and started.json()["config"]["batch_size"] == 32
     status = api.get(started.json()["status_url"]).json()
     assert status["status"] == "succeeded", status
     assert status["percent"] == 100 and status["stage"] == "done" and status["step"] == status["total_steps"]
@@ -116,11 +116,11 @@ def test_the_training_tab_starts_the_default_job_and_draws_its_stage_timings(
     url = f"/chatbots/{bundle.chatbot.pk}/training/"
     page = client.get(url).content.decode()
     assert (
-        '<option value="" data-batch_size="32" data-num_epochs="1" data-learning_rate="0.0001">Default: query encoder'
+        '<option value="" data-batch_size="32" data-num_epochs="2" data-learning_rate="0.0002">Default: query encoder'
         in page
     )
-    assert 'value="initial_training" data-batch_size="16" data-num_epochs="1" data-learning_rate="2e-05"' in page
-    assert 'placeholder="0.0001"' in page  # the default job's learning rate, until another type is chosen
+    assert 'value="initial_training" data-batch_size="16" data-num_epochs="1" data-learning_rate="0.00002"' in page
+    assert 'placeholder="0.0002"' in page  # the default job's learning rate, until another type is chosen
     client.post(f"{url}pairs", {"collect": "1"})
     with django_capture_on_commit_callbacks(execute=True):
         client.post(f"{url}start", {"job_type": "", "num_epochs": "1"})

@@ -138,7 +138,7 @@ class TrainingStartRequestSerializer(StrictSerializer):
         allow_null=True,
         help_text="batch_size (2-512), num_epochs (0.1-50), learning_rate (up to 0.1), warmup_ratio (0-0.5), "
         "max_pairs, hard_negatives, sources, auto_deploy, seed; adapter jobs also adapter_rank (1-256). "
-        "Defaults: batch 32, 1 epoch, lr 1e-4 (query_encoder); batch 16, 1 epoch, lr 2e-5 (fine-tune); "
+        "Defaults: batch 32, 2 epochs, lr 2e-4 (query_encoder); batch 16, 1 epoch, lr 2e-5 (fine-tune); "
         "batch 64, 10 epochs, lr 1e-3, rank 32 (adapter).",
     )
 
