@@ -17,7 +17,7 @@ from collections.abc import Callable
 import numpy as np
 
 from knowledge.adapters import QueryAdapter
-from training.services.trainer import Cancelled, Progress, training_device
+from training.services.trainer import Cancelled, Progress, linear_schedule, training_device
 
 SCALE = 20.0  # as MultipleNegativesRankingLoss: cosine similarities times 20
 
@@ -91,12 +91,7 @@ def train_adapter(
     total = max(1, math.ceil(per_epoch * epochs))
     warmup = int(total * warmup_ratio)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(total - warmup, 1))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    schedule = linear_schedule(optimiser, total=total, warmup=warmup)
     step = 0
     order = torch.randperm(n, generator=generator)
     cursor = 0

@@ -22,7 +22,7 @@ from collections.abc import Callable
 import numpy as np
 from django.conf import settings
 
-from training.services.trainer import Cancelled, Progress, training_device
+from training.services.trainer import Cancelled, Progress, linear_schedule, training_device
 
 SCALE = 20.0  # as MultipleNegativesRankingLoss: cosine similarities times 20
 
@@ -89,12 +89,7 @@ def train_query_encoder(
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        return max(0.0, (total - step) / max(total - warmup, 1))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+    schedule = linear_schedule(optimiser, total=total, warmup=warmup)
     cap = settings.TRAINING_QUERY_ENCODER_MAX_NEGATIVES
     dtype = autocast_dtype(device)
     cast = (

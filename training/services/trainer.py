@@ -76,6 +76,19 @@ def hard_negatives_mine(model, *, anchors: list[str], positives: list[str], corp
     return [found.get((a, p)) for a, p in zip(anchors, positives)]
 
 
+def linear_schedule(optimiser, *, total: int, warmup: int):
+    """Linear warm-up over ``warmup`` steps, then linear decay to zero at ``total`` (as the
+    transformers trainer's default): the schedule of the loops written here (adapter, query encoder)."""
+    import torch
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        return max(0.0, (total - step) / max(total - warmup, 1))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+
 @dataclass
 class Progress:
     step: int

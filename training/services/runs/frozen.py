@@ -83,6 +83,17 @@ def _frozen(job: TrainingJob, config: dict, kind: str) -> _Inputs:
                    row_of)  # fmt: skip
 
 
+def _optimisation(config: dict) -> dict:
+    """The job's optimisation settings as both trainers over frozen vectors take them."""
+    return {
+        "batch_size": config["batch_size"],
+        "epochs": config["num_epochs"],
+        "learning_rate": config["learning_rate"],
+        "warmup_ratio": config["warmup_ratio"],
+        "seed": config["seed"],
+    }
+
+
 def _save(job: TrainingJob, metrics: dict, save, store: EmbeddingSpace, prefix: str):
     workdir = Path(tempfile.mkdtemp(prefix=f"{prefix}-{job.pk}-", dir=scratch_dir()))
     try:
@@ -116,12 +127,8 @@ def query_encoder_run(job: TrainingJob, config: dict, control: Control) -> Outco
         candidates=candidates,
         targets=targets,
         masked=masked,
-        batch_size=config["batch_size"],
-        epochs=config["num_epochs"],
-        learning_rate=config["learning_rate"],
-        warmup_ratio=config["warmup_ratio"],
-        seed=config["seed"],
         on_progress=report,
+        **_optimisation(config),
     )
     seconds = time.monotonic() - report.began
     control.beat(stage=Stage.EVALUATING, progress=82, loss=list(report.losses))
@@ -189,12 +196,8 @@ def adapter_run(job: TrainingJob, config: dict, control: Control) -> Outcome:
         negatives=negatives,
         positive_keys=[f"chunk:{c}" if c is not None else t for c, t in zip(train.chunk_ids, train.positives)],
         rank=config["adapter_rank"],
-        batch_size=config["batch_size"],
-        epochs=config["num_epochs"],
-        learning_rate=config["learning_rate"],
-        warmup_ratio=config["warmup_ratio"],
-        seed=config["seed"],
         on_progress=report,
+        **_optimisation(config),
     )
     seconds = time.monotonic() - report.began
     control.beat(stage=Stage.EVALUATING, progress=82, loss=list(report.losses))
