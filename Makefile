@@ -18,6 +18,12 @@ $(BIN)/.installed: requirements.txt
 
 install: $(BIN)/.installed  ## Create .venv and install the requirements
 
+# bench/peers.py's own environment: LangChain and LlamaIndex pin an older pgvector than the app
+var/peers-venv/.installed: requirements-peers.txt
+	$(PYTHON) -m venv var/peers-venv
+	var/peers-venv/bin/pip install --quiet --disable-pip-version-check -r requirements-peers.txt
+	touch $@
+
 run: install  ## Migrate, create the demo tenant, serve :8000 (production server) with a worker and beat (Ctrl-C stops)
 	$(BIN)/python manage.py run_stack
 
@@ -37,6 +43,8 @@ bench: install  ## Benchmarks and drills (some need ../shared; run alone: the dr
 	$(BIN)/python bench/ab.py
 	$(BIN)/python bench/search.py
 	$(BIN)/python bench/new_tenant.py
+	$(MAKE) var/peers-venv/.installed
+	$(BIN)/python bench/peers.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/scale.py

@@ -132,7 +132,7 @@ def covid_faq_short() -> Dataset:
     return _faq_records("covid-faq-short", records, queries, qrels, id_field="faq_id")
 
 
-def banking77() -> Dataset:
+def banking77(per_intent: int = 5) -> Dataset:
     folder = DATA / "faq" / "banking77"
     rng = random.Random(77)
     by_intent: dict = defaultdict(list)
@@ -141,7 +141,7 @@ def banking77() -> Dataset:
             by_intent[row["category"]].append(row["text"])
     records, members = [], defaultdict(list)
     for intent in sorted(by_intent):
-        for text in rng.sample(by_intent[intent], 5):
+        for text in rng.sample(by_intent[intent], per_intent):
             ident = f"b{len(records)}"
             records.append({"text": text, "intent": intent, "example_id": ident})
             members[intent].append(ident)

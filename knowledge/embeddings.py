@@ -63,6 +63,7 @@ class LocalProvider:
         self.max_tokens = 254  # 256 word pieces minus [CLS] and [SEP]
         self._model = None
         self._query_encoder = False  # False: not tried yet; None: PyTorch
+        self._document_encoder = False
         self._lock = threading.Lock()
 
     @property
@@ -90,6 +91,12 @@ class LocalProvider:
         texts = list(texts)
         if len(texts) == 1:
             return [self._embed_one(texts[0])]
+        encoder = self.document_encoder
+        if encoder is not None:
+            try:
+                return encoder.encode_batch(texts, batch_size=32)
+            except Exception:  # e.g. out of memory in the runtime: PyTorch gives the same vectors
+                logger.warning("ONNX document encoding failed; this batch uses PyTorch", exc_info=True)
         vectors = self.model.encode(
             texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
@@ -116,6 +123,26 @@ class LocalProvider:
                         else None
                     )
         return self._query_encoder
+
+    @property
+    def document_encoder(self):
+        """ONNX Runtime's int8 graph for batches (documents) when ``EMBEDDING_DOCUMENT_RUNTIME``
+        is ``onnx-int8`` and the graph agrees with PyTorch; else None (PyTorch)."""
+        if self._document_encoder is False:
+            encoder = None
+            if settings.EMBEDDING_DOCUMENT_RUNTIME == "onnx-int8":
+                from knowledge.onnx_encoder import onnx_document_encoder
+
+                encoder = onnx_document_encoder(
+                    self.model,
+                    weights_dir=self.weights,
+                    cache_dir=Path(settings.VAR_DIR) / "models",
+                    threads=settings.EMBEDDING_TORCH_THREADS,
+                )
+            with self._lock:
+                if self._document_encoder is False:
+                    self._document_encoder = encoder
+        return self._document_encoder
 
     def _embed_one(self, text: str) -> list[float]:
         """One text (a search query): ONNX Runtime when available (same vector, about 2.5x faster

@@ -1,11 +1,16 @@
-"""Search queries encoded by ONNX Runtime instead of PyTorch eager mode.
+"""Texts encoded by ONNX Runtime instead of PyTorch eager mode: search queries and documents.
 
 A search embeds one short text per request; on a CPU PyTorch spends most of that time in
 per-operator dispatch (about 16 ms for a MiniLM query here), ONNX Runtime's fused kernels take
-about 6 ms for the same numbers. The graph is exported once per model from the local weights
-(``torch.onnx.export``, nothing downloaded) into ``var/models/`` and checked against PyTorch
-before use: a model whose pipeline is not transformer → mean pooling → normalise, a failed
-export or a check that disagrees leaves the caller on PyTorch.
+about 6 ms for the same numbers. Documents go in length-sorted, padded batches through the same
+graph with its matrix products quantised to int8 per channel (``quantize_dynamic``): measured
+here, 2.2x PyTorch's texts/s on FAQ-length texts and 1.0-1.1x on 256-token abstracts (the float
+graph is slower than PyTorch on those: 23 against 31 a second), vectors within cosine 0.99 of
+PyTorch's on average, held-out nDCG@10 -0.001 (BANKING77) and +0.001 (SciFact). The graph is
+exported once per model from the local weights (``torch.onnx.export``, nothing downloaded) into
+``var/models/`` and checked against PyTorch before use: a model whose pipeline is not
+transformer → mean pooling → normalise, a failed export or a check that disagrees leaves the
+caller on PyTorch.
 """
 
 from __future__ import annotations
@@ -21,7 +26,16 @@ logger = logging.getLogger(__name__)
 
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 CHECK_TEXT = "How do I reset my password if I no longer have access to my email?"
-MIN_AGREEMENT = 0.9999  # cosine between the ONNX and the PyTorch vector of CHECK_TEXT
+# Texts of unlike lengths for the batch check (padding must not change a vector).
+CHECK_BATCH = (
+    CHECK_TEXT,
+    "Refund",
+    "Our store opens at 9am on weekdays and 10am on Saturdays; on Sundays and public holidays we are "
+    "closed, but orders placed online are still shipped the next working day. " * 6,
+    "Can I change the delivery address after the parcel has left the warehouse?",
+)
+MIN_AGREEMENT = 0.9999  # cosine between the ONNX and the PyTorch vector of each check text
+MIN_AGREEMENT_INT8 = 0.97  # the quantised graph: 0.98-0.99 on the check texts, 0.995 on average
 
 _export_lock = threading.Lock()
 
@@ -54,6 +68,26 @@ def _graph_path(model, weights_dir: Path, cache_dir: Path) -> Path:
             stamp.append(f"{name}:{stat.st_size}:{stat.st_mtime_ns}")
     digest = hashlib.sha1("\n".join(stamp).encode()).hexdigest()[:16]
     return cache_dir / f"{weights_dir.name}-{digest}.onnx"
+
+
+def _quantized(graph: Path) -> Path:
+    """``graph`` with its MatMul weights quantised to int8, one scale per output channel (the
+    per-tensor default moves MiniLM's vectors too far: cosine 0.94); cached beside it."""
+    target = graph.with_name(graph.stem + "-int8pc.onnx")
+    if not target.exists():
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        handle, temporary = tempfile.mkstemp(dir=graph.parent, suffix=".onnx.tmp")
+        os.close(handle)
+        try:
+            quantize_dynamic(
+                str(graph), temporary, per_channel=True, op_types_to_quantize=["MatMul"], weight_type=QuantType.QInt8
+            )
+            os.replace(temporary, target)
+        finally:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    return target
 
 
 def _export(model, target: Path) -> None:
@@ -95,8 +129,9 @@ def _export(model, target: Path) -> None:
             os.unlink(temporary)
 
 
-class OnnxQueryEncoder:
-    """Encodes one text at a time; thread-safe (ONNX Runtime sessions are)."""
+class OnnxEncoder:
+    """Encodes one text (``encode``) or many (``encode_batch``); thread-safe (ONNX Runtime
+    sessions are)."""
 
     def __init__(self, *, graph: Path, tokenizer, max_length: int, threads: int):
         import onnxruntime
@@ -118,24 +153,55 @@ class OnnxQueryEncoder:
         feed = {name: features[name].astype(np.int64) for name in INPUTS}
         return self.session.run(None, feed)[0][0].tolist()
 
-
-def onnx_query_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: int) -> OnnxQueryEncoder | None:
-    """An ONNX encoder that gives ``model``'s vectors, or None (then the caller keeps PyTorch)."""
-    try:
+    def encode_batch(self, texts: list[str], batch_size: int = 32) -> list[list[float]]:
+        """Vectors in the order of ``texts``; encoded in batches of like lengths (sorted by
+        word pieces), each padded only to its own longest text."""
         import numpy as np
+
+        ids = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)["input_ids"]
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(texts), 0), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            picked = order[start : start + batch_size]
+            features = self.tokenizer(
+                [texts[i] for i in picked],
+                truncation=True,
+                max_length=self.max_length,
+                padding=True,
+                return_tensors="np",
+            )
+            vectors = self.session.run(None, {name: features[name].astype(np.int64) for name in INPUTS})[0]
+            if out.shape[1] == 0:
+                out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[picked] = vectors
+        return out.tolist()
+
+
+def _usable(model) -> bool:
+    try:
         import onnxruntime  # noqa: F401
     except ImportError:
+        return False
+    return _pipeline_supported(model) and "token_type_ids" in model.tokenizer.model_input_names
+
+
+def _exported(model, weights_dir: Path, cache_dir: Path, *, quantize: bool) -> Path:
+    graph = _graph_path(model, weights_dir, cache_dir)
+    with _export_lock:
+        if not graph.exists():
+            _export(model, graph)
+        return _quantized(graph) if quantize else graph
+
+
+def onnx_query_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: int) -> OnnxEncoder | None:
+    """An ONNX encoder that gives ``model``'s vectors, or None (then the caller keeps PyTorch)."""
+    if not _usable(model):
         return None
-    if not _pipeline_supported(model) or "token_type_ids" not in model.tokenizer.model_input_names:
-        return None
+    import numpy as np
+
     try:
-        graph = _graph_path(model, weights_dir, cache_dir)
-        with _export_lock:
-            if not graph.exists():
-                _export(model, graph)
-        encoder = OnnxQueryEncoder(
-            graph=graph, tokenizer=model.tokenizer, max_length=model.max_seq_length, threads=threads
-        )
+        graph = _exported(model, weights_dir, cache_dir, quantize=False)
+        encoder = OnnxEncoder(graph=graph, tokenizer=model.tokenizer, max_length=model.max_seq_length, threads=threads)
         reference = model.encode([CHECK_TEXT], normalize_embeddings=True, show_progress_bar=False)[0]
         agreement = float(np.dot(np.asarray(encoder.encode(CHECK_TEXT)), reference))
     except Exception:
@@ -143,5 +209,27 @@ def onnx_query_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: in
         return None
     if agreement < MIN_AGREEMENT:
         logger.warning("ONNX query encoder disagrees with PyTorch (cosine %.6f); queries use PyTorch", agreement)
+        return None
+    return encoder
+
+
+def onnx_document_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: int) -> OnnxEncoder | None:
+    """An ONNX encoder for batches of documents (the int8 graph), checked on texts of unlike
+    lengths in one padded batch against PyTorch; None leaves the caller on PyTorch."""
+    if not _usable(model):
+        return None
+    import numpy as np
+
+    try:
+        graph = _exported(model, weights_dir, cache_dir, quantize=True)
+        encoder = OnnxEncoder(graph=graph, tokenizer=model.tokenizer, max_length=model.max_seq_length, threads=threads)
+        texts = list(CHECK_BATCH)
+        reference = model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+        agreement = float(np.min(np.sum(np.asarray(encoder.encode_batch(texts)) * reference, axis=1)))
+    except Exception:
+        logger.warning("ONNX document encoder unavailable; documents use PyTorch", exc_info=True)
+        return None
+    if agreement < MIN_AGREEMENT_INT8:
+        logger.warning("ONNX document encoder disagrees with PyTorch (cosine %.6f); documents use PyTorch", agreement)
         return None
     return encoder

@@ -25,6 +25,17 @@ def _vector(text: str) -> np.ndarray:
     return np.asarray(provider_for("local:all-MiniLM-L6-v2").embed([text, text + " "])[0])
 
 
+def _assert_embedded_as(stored, expected: str, bare: str) -> None:
+    """``stored`` is the vector of ``expected`` (the chunk with its context), not of ``bare`` (its
+    text alone). Documents are encoded by the int8 graph, whose activation scales are taken per
+    batch: the same text in another batch is within cosine ~0.997, not bit for bit."""
+    stored = np.asarray(stored)
+    agreement = float(np.dot(stored, _vector(expected)))
+    assert agreement > 0.99
+    if bare != expected:
+        assert agreement > float(np.dot(stored, _vector(bare)))
+
+
 def test_every_chunk_of_a_long_faq_answer_is_embedded_with_its_question(bundle, api):
     rows = [{"question": "How can I follow my delivery?", "answer": LONG_ANSWER},
             {"question": "What payment methods do you take?", "answer": "Cards and bank transfer."}]  # fmt: skip
@@ -41,7 +52,7 @@ def test_every_chunk_of_a_long_faq_answer_is_embedded_with_its_question(bundle, 
         vector = vectors[chunk.pk]
         expected = embedding_text(chunk.text, chunk.context)
         assert vector.input_hash == input_hash(expected)
-        assert float(np.dot(np.asarray(vector.embedding), _vector(expected))) > 0.999
+        _assert_embedded_as(vector.embedding, expected, chunk.text)
     assert embedding_text(answer[-1].text, answer[-1].context) == f"Q: How can I follow my delivery?\n{answer[-1].text}"
     # a later part of the answer is found by the question it answers, and comes back with it
     found = api.post(
@@ -92,7 +103,7 @@ def test_chunks_stored_before_contexts_are_re_embedded_in_place(bundle):
             assert vector.pk == ids[chunk.pk]  # updated in place
             expected = embedding_text(chunk.text, chunk.context)
             assert vector.input_hash == input_hash(expected)
-            assert float(np.dot(np.asarray(vector.embedding), _vector(expected))) > 0.999
+            _assert_embedded_as(vector.embedding, expected, chunk.text)
     call_command("reembed_chunks", stdout=(out := __import__("io").StringIO()))
     assert json.loads(out.getvalue()) == {"chatbots": 0, "contexts": 0, "embeddings": 0}
 
