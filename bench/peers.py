@@ -14,7 +14,8 @@ database of its own (their best case: no other tenant's rows). Then the held-out
 questions: the first half before any ``ANALYZE``, the second half after ``ANALYZE`` of every
 table, each question asked of the product over HTTP (``POST /api/search``, semantic, one
 keep-alive client, client wall time) and of both peers in-process (their call's wall time),
-interleaved, in rotating order. Last, the analysed tenant uploads the same FAQ (an analysed
+interleaved, in rotating order, 50 ms apart (PyTorch's threads spin-wait after a call and would
+slow whoever comes next). Last, the analysed tenant uploads the same FAQ (an analysed
 tenant's ingestion) and the peers ingest it into a second collection. Raw ``model.encode`` of
 the same texts (PyTorch, batch 32) is the ingestion baseline of the same run.
 
@@ -122,6 +123,23 @@ def _timed_upload(stack, key: str, chatbot_id: int, name: str, body: bytes, befo
     return time.perf_counter() - began, totals
 
 
+def _analyze(owner) -> None:
+    """ANALYZE the knowledge tables once the worker's index builds are done (the chatbot's own HNSW
+    index is built CONCURRENTLY after a big upload: an ANALYZE beside it deadlocks)."""
+    import psycopg
+
+    for _ in range(600):
+        if not owner.execute("SELECT 1 FROM pg_stat_progress_create_index").fetchone():
+            try:
+                for table in KNOWLEDGE_TABLES:
+                    owner.execute(f"ANALYZE {table}")
+                return
+            except psycopg.errors.DeadlockDetected:
+                pass
+        time.sleep(0.5)
+    raise RuntimeError("the knowledge tables could not be analysed")
+
+
 def _embedded_rows(owner, chatbot_id: int) -> tuple[list[str], list[str]]:
     """What the product embedded for the chatbot's FAQ (text with its context) and each row's id."""
     from knowledge.chunking import embedding_text
@@ -143,6 +161,9 @@ def _queries(peers: Peers, product: Product, queries, qrels, collection: str, k:
         order = ["product", *PEERS]
         order = order[number % 3 :] + order[: number % 3]  # nobody always goes first
         for name in order:
+            # an idle gap: PyTorch's OpenMP threads spin for a while after each call, on the cores
+            # the next system's call would use
+            time.sleep(0.05)
             if name == "product":
                 took, ids = product.query(text, k)
             else:
@@ -215,8 +236,7 @@ def _run(args, corpus: Path) -> dict:
         big_chunks = owner.execute("SELECT count(*) FROM knowledge_chunk").fetchone()[0]
         report["analysed_tenant"] = {"documents": len(lines), "chunks": big_chunks,
                                      "ingest_seconds": round(time.perf_counter() - began, 1)}  # fmt: skip
-        for table in KNOWLEDGE_TABLES:
-            owner.execute(f"ANALYZE {table}")
+        _analyze(owner)
         warm = Product(args.port, stack.key, stack.chatbot)
         for text in ("warm up the web workers", "and their query encoder", "before anything is timed", "ok"):
             warm.query(text, 10)
@@ -248,8 +268,7 @@ def _run(args, corpus: Path) -> dict:
         product = Product(args.port, new["api_key"], new["chatbot_id"])
         report["search"] = {"new tenant, before ANALYZE": _queries(peers, product, faq.queries[:half], faq.qrels,
                                                                     "new_tenant")}  # fmt: skip
-        for table in KNOWLEDGE_TABLES:
-            owner.execute(f"ANALYZE {table}")
+        _analyze(owner)
         peers.send({"op": "analyze"})
         report["search"]["after ANALYZE"] = _queries(peers, product, faq.queries[half:], faq.qrels, "new_tenant")
 
