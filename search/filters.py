@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from tenants import inputs
 from tenants.errors import DomainError
 
-OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte")
+TEXT_OPERATORS = ("contains", "not_contains", "starts_with", "ends_with")  # case-insensitive
+OPERATORS = ("eq", "ne", "in", "nin", "gt", "gte", "lt", "lte", *TEXT_OPERATORS, "exists")
 RESERVED = ("field", "op", "value", "and", "or")  # not metadata names in the shorthand
 MAX_CONDITIONS = 500
 MAX_DEPTH = 32
@@ -40,6 +41,7 @@ def _scalar(description: str) -> dict:
 _NAME = {"type": "string", "minLength": 1, "maxLength": MAX_NAME}
 _LIST = {"type": "array", "minItems": 1, "maxItems": MAX_LIST, "items": _scalar("a plain value")}
 _ORDERED = {"anyOf": [{"type": "string", "maxLength": MAX_TEXT}, {"type": "number"}]}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT}
 _NODES = {
     "type": "array",
     "minItems": 1,
@@ -63,11 +65,15 @@ OPENAPI_COMPONENTS = {
     "MetadataFilter": {
         "description": 'A condition {"field", "op", "value"}, a group {"and": [...]} or {"or": [...]}, or the '
         'shorthand {"product": "web", "year": {"gte": 2020}} (fields joined by and). Operators: eq, ne, in, nin, '
-        "gt, gte, lt, lte; chunk metadata wins over document metadata; numbers stored as text compare as numbers.",
+        "gt, gte, lt, lte; contains, not_contains, starts_with, ends_with (text, case-insensitive; contains also "
+        "finds an element of a list); exists (true: the field holds a value other than null or an empty string, "
+        "false: it does not); chunk metadata wins over document metadata; numbers stored as text compare as numbers.",
         "anyOf": [
             _condition_schema(("eq", "ne"), _scalar("compared for equality"), value_required=False),
             _condition_schema(("in", "nin"), _LIST, value_required=True),
             _condition_schema(("gt", "gte", "lt", "lte"), _ORDERED, value_required=True),
+            _condition_schema(TEXT_OPERATORS, _TEXT, value_required=True),
+            _condition_schema(("exists",), {"type": "boolean"}, value_required=True),
             {"type": "object", "properties": {"and": _NODES}, "required": ["and"], "additionalProperties": False},
             {"type": "object", "properties": {"or": _NODES}, "required": ["or"], "additionalProperties": False},
             {"$ref": "#/components/schemas/MetadataShorthand"},
@@ -88,6 +94,8 @@ OPENAPI_COMPONENTS = {
                         **{op: _scalar(op) for op in ("eq", "ne")},
                         **{op: _LIST for op in ("in", "nin")},
                         **{op: _ORDERED for op in ("gt", "gte", "lt", "lte")},
+                        **{op: _TEXT for op in TEXT_OPERATORS},
+                        "exists": {"type": "boolean"},
                     },
                     "additionalProperties": False,
                 },
@@ -198,6 +206,12 @@ def _condition(name, op, value, counter: list[int]) -> dict:
     elif op in ("gt", "gte", "lt", "lte"):
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise _bad(f"'{op}' on {name!r} compares with a number or a string.")
+    elif op in TEXT_OPERATORS:
+        if not isinstance(value, str) or not value:
+            raise _bad(f"'{op}' on {name!r} takes a non-empty string.")
+    elif op == "exists":
+        if not isinstance(value, bool):
+            raise _bad(f"'exists' on {name!r} takes true or false.")
     elif isinstance(value, (dict, list)):
         raise _bad(f"'{op}' on {name!r} compares with a plain value (string, number, boolean or null).")
     if any(isinstance(v, str) and len(v) > MAX_TEXT for v in (value if isinstance(value, list) else [value])):
@@ -227,6 +241,23 @@ def _compile(node: dict, params: list) -> str:
         params.extend([name, name, [json.dumps(v) for v in value]])
         test = f"{item} = ANY(%s::jsonb[])"
         return test if op == "in" else f"NOT coalesce({test}, false)"
+    if op == "exists":
+        params.extend([name, name])
+        test = f"coalesce({item} NOT IN ('null'::jsonb, '\"\"'::jsonb), false)"
+        return test if value else f"NOT {test}"
+    if op in TEXT_OPERATORS:
+        # strpos/left/right, never LIKE: the value is data, not a pattern
+        string = f"lower({text})"
+        if op in ("starts_with", "ends_with"):
+            side = "left" if op == "starts_with" else "right"
+            params.extend([name, name, name, name, value, value])
+            return f"(jsonb_typeof({item}) = 'string' AND {side}({string}, char_length(%s)) = lower(%s))"
+        params.extend([name, name, name, name, value, name, name, name, name, value])
+        test = (
+            f"(jsonb_typeof({item}) = 'string' AND strpos({string}, lower(%s)) > 0 "
+            f"OR jsonb_typeof({item}) = 'array' AND {item} @> jsonb_build_array(%s::text))"
+        )
+        return test if op == "contains" else f"NOT coalesce({test}, false)"
     symbol = _COMPARE[op]
     if isinstance(value, str):
         params.extend([name, name, name, name, value])

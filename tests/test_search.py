@@ -260,6 +260,14 @@ def test_failed_and_other_tenants_content_is_never_returned(api, bundle, other_b
         ({"metadata": {"product": {"nin": ["printer", "mesh"]}}}, 2),
         ({"metadata": {"year": {"gte": 2024}}}, 2),
         ({"metadata": {"year": {"lt": 2023}}}, 2),  # "2021" stored as text still compares as a number
+        ({"metadata": {"product": {"contains": "OUT"}}}, 2),  # text operators ignore case
+        ({"metadata": {"product": {"not_contains": "r"}}}, 1),
+        ({"metadata": {"tier": {"starts_with": "Off"}}}, 2),
+        ({"metadata": {"product": {"ends_with": "er"}}}, 4),
+        ({"metadata": {"product": {"starts_with": "%"}}}, 0),  # data, not a LIKE pattern
+        ({"metadata": {"tier": {"exists": True}}}, 5),
+        ({"metadata": {"tier": {"exists": False}}}, 0),
+        ({"metadata": {"discontinued": {"exists": False}}}, 5),
         (
             {
                 "metadata": {
@@ -772,6 +780,8 @@ FILTERS_ACCEPTED = [
     {"product": {"in": ["printer", "mesh"]}, "year": {"gte": 2024, "lt": 2026}},
     {"and": [{"field": "tier", "op": "eq", "value": "home"}, {"or": [{"year": 2024}, {"year": {"lte": "2021"}}]}]},
     {"product": True, "discontinued": None},
+    {"product": {"contains": "out", "not_contains": "x"}, "tier": {"exists": True}},
+    {"field": "product", "op": "starts_with", "value": "ro"},
 ]
 FILTERS_REFUSED = [
     {},
@@ -789,6 +799,9 @@ FILTERS_REFUSED = [
     {"product": {}},
     {"product": "x" * 1001},
     {"field": "", "op": "eq", "value": 1},
+    {"product": {"contains": ""}},
+    {"product": {"ends_with": 5}},
+    {"tier": {"exists": "yes"}},
 ]
 
 

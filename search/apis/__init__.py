@@ -1,6 +1,7 @@
 """The search app's REST API, a package by concern: ``search`` (search, hybrid search, feedback,
 analytics, log export) and ``optimize`` (optimization runs and the chatbot's search tuning)."""
 
+from search.apis.dify import DifyRetrievalApi
 from search.apis.optimize import OptimizationApi, OptimizationRunApi, optimization_run_payload, tuning_payload
 from search.apis.search import (
     ConversationTurnSerializer,
@@ -30,6 +31,7 @@ from search.apis.search import (
 from search.presenters import hit_payload, search_payload
 
 __all__ = [
+    "DifyRetrievalApi",
     "ConversationTurnSerializer",
     "DailySearchSerializer",
     "FeedbackSummarySerializer",
