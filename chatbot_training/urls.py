@@ -23,6 +23,7 @@ api_patterns = [
 
 urlpatterns = [
     path("api/", include(api_patterns)),
+    path("v1/", include("search.urls_v1")),  # the OpenAI-compatible interface
     path("admin/", admin.site.urls),
     path("healthz", monitoring_views.healthz, name="healthz"),
     path("readyz", monitoring_views.readyz, name="readyz"),

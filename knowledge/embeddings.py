@@ -44,6 +44,10 @@ class EmbeddingProvider(Protocol):
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]: ...
 
+    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        """Each text as a search embeds its query (``/v1/embeddings``: the vectors search uses)."""
+        ...
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]: ...
 
 
@@ -101,6 +105,9 @@ class LocalProvider:
             texts, batch_size=32, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
         )
         return vectors.tolist()
+
+    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        return [self._embed_one(text) for text in texts]  # the query path, not the int8 batches
 
     @property
     def query_encoder(self):
@@ -222,6 +229,9 @@ class OpenAIProvider:
             logger.debug("openai embedded %d texts in %.2fs", len(batch), time.monotonic() - began)
         return vectors
 
+    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.embed(texts)  # the same vectors one at a time or batched
+
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return wordpiece_count(texts)  # see knowledge/tokens.py
 
@@ -237,6 +247,9 @@ class AdapterProvider:
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
         return self.adapter.apply(self.base.embed(texts)).tolist()
+
+    def embed_queries(self, texts: Sequence[str]) -> list[list[float]]:
+        return self.adapter.apply(self.base.embed_queries(texts)).tolist()
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         return self.base.count_tokens(texts)

@@ -1,0 +1,8 @@
+"""The OpenAI-compatible interface under ``/v1``: ``OpenAI(base_url="http://host/v1",
+api_key=<our key>)`` works unchanged. A package by concern: ``errors`` (OpenAI's error shape for
+every answer under /v1), ``embeddings`` (``/v1/embeddings`` and ``/v1/models``). Each operation is a
+thin adapter: its own wire format in, the product's services underneath, OpenAI's shape out."""
+
+from search.apis.openai.embeddings import EmbeddingsApi, ModelApi, ModelListApi
+
+__all__ = ["EmbeddingsApi", "ModelApi", "ModelListApi"]

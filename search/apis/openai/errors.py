@@ -1,0 +1,39 @@
+"""OpenAI's error shape, ``{"error": {"message", "type", "param", "code"}}``, with the statuses the
+official client maps to its exception classes (400 BadRequestError, 401 AuthenticationError, 403
+PermissionDeniedError, 404 NotFoundError, 409 ConflictError, 422 UnprocessableEntityError, 429
+RateLimitError). The product's own handler decides status and message (one mechanism); this only
+reshapes its body."""
+
+from __future__ import annotations
+
+from tenants.apis import TenantApi
+from tenants.errors import api_exception_handler
+
+TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error", 429: "rate_limit_error"}
+CODES = {401: "invalid_api_key", 403: "insufficient_permissions", 404: "not_found", 429: "rate_limit_exceeded"}
+
+
+def openai_exception_handler(exc, context):
+    response = api_exception_handler(exc, context)
+    if response is None or not isinstance(response.data, dict) or "error" not in response.data:
+        return response
+    ours = response.data["error"]
+    status = response.status_code
+    kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    response.data = {
+        "error": {
+            "message": ours.get("message", ""),
+            "type": kind,
+            "param": ours.get("field"),
+            "code": CODES.get(status) or ours.get("code"),
+        }
+    }
+    return response
+
+
+class OpenAIApi(TenantApi):
+    """Base of the /v1 operations: the tenant API (key, scopes, tenant scope, rate limit) with
+    OpenAI's error shape."""
+
+    def get_exception_handler(self):
+        return openai_exception_handler

@@ -1,0 +1,11 @@
+"""The OpenAI-compatible interface (``search/apis/openai/``), mounted at ``/v1``."""
+
+from django.urls import path
+
+from search.apis import openai
+
+urlpatterns = [
+    path("embeddings", openai.EmbeddingsApi.as_view(), name="v1-embeddings"),
+    path("models", openai.ModelListApi.as_view(), name="v1-models"),
+    path("models/<path:model_id>", openai.ModelApi.as_view(), name="v1-model"),
+]
