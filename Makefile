@@ -45,6 +45,7 @@ bench: install  ## Benchmarks and drills (some need ../shared; run alone: the dr
 	$(BIN)/python bench/new_tenant.py
 	$(MAKE) var/peers-venv/.installed
 	$(BIN)/python bench/peers.py
+	$(BIN)/python bench/openai_compat.py
 	$(BIN)/python bench/optimize.py
 	$(BIN)/python bench/hostile.py
 	$(BIN)/python bench/scale.py

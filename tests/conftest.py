@@ -142,6 +142,24 @@ def api(bundle):
 
 
 @pytest.fixture
+def openai_clients(live_server):
+    """Official ``openai`` clients on the live server's /v1 (``make(key)``), closed afterwards: a
+    kept-alive connection would keep a server thread, and its database session, alive."""
+    import openai
+
+    made = []
+
+    def make(key: str):
+        client = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=key, max_retries=0, timeout=60)
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.close()
+
+
+@pytest.fixture
 def run_jobs(django_capture_on_commit_callbacks):
     """Run the on-commit callbacks of the block (the enqueue), which with eager Celery calls the
     ingestion task function directly."""

@@ -11,8 +11,8 @@ TEXTS = ["How do I reset my password?", "Wo ist mein Paket? Es sollte gestern an
 
 
 @pytest.fixture
-def client(live_server, bundle):
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=bundle.api_key, max_retries=0, timeout=60)
+def client(openai_clients, bundle):
+    return openai_clients(bundle.api_key)
 
 
 def _search_vector(bundle, text: str) -> np.ndarray:
@@ -97,7 +97,7 @@ def test_bad_requests_are_openai_shaped_400s_naming_the_param(client, kwargs, pa
     assert raised.value.type == "invalid_request_error" and raised.value.message
 
 
-def test_keys_and_scopes_map_to_the_clients_exceptions(client, live_server, bundle, other_bundle, settings):
+def test_keys_and_scopes_map_to_the_clients_exceptions(client, openai_clients, bundle, other_bundle, settings):
     from tenants.services import api_key_create
     from tests.conftest import as_tenant
 
@@ -106,13 +106,13 @@ def test_keys_and_scopes_map_to_the_clients_exceptions(client, live_server, bund
     assert raised.value.param == "model"
     with pytest.raises(openai.NotFoundError):
         client.embeddings.create(model=f"chatbot-{other_bundle.chatbot.pk}", input="x")
-    stranger = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="ct_not_a_key", max_retries=0)
+    stranger = openai_clients("ct_not_a_key")
     with pytest.raises(openai.AuthenticationError) as raised:
         stranger.embeddings.create(model="all-MiniLM-L6-v2", input="x")
     assert raised.value.status_code == 401 and raised.value.code == "invalid_api_key"
     with as_tenant(bundle):
         writer = api_key_create(tenant=bundle.tenant, name="writer", scopes=["write"])
-    limited = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=writer.raw_key, max_retries=0)
+    limited = openai_clients(writer.raw_key)
     with pytest.raises(openai.PermissionDeniedError) as raised:
         limited.embeddings.create(model="all-MiniLM-L6-v2", input="x")
     assert "search" in raised.value.message

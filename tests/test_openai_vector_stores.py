@@ -13,8 +13,8 @@ from tests.test_dify import ROWS
 
 
 @pytest.fixture
-def client(live_server, bundle):
-    return openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=bundle.api_key, max_retries=0, timeout=60)
+def client(openai_clients, bundle):
+    return openai_clients(bundle.api_key)
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def test_bad_searches_are_400s_naming_the_param(client, bundle, kwargs, param):
     assert raised.value.param == param and raised.value.message
 
 
-def test_searches_are_logged_and_scoped(client, live_server, bundle, other_bundle, products):
+def test_searches_are_logged_and_scoped(client, openai_clients, bundle, other_bundle, products):
     from search.models import SearchLog
     from tenants.services import api_key_create
     from tests.conftest import as_tenant
@@ -129,7 +129,7 @@ def test_searches_are_logged_and_scoped(client, live_server, bundle, other_bundl
         reader = api_key_create(tenant=bundle.tenant, name="reader", scopes=["read"])
     with pytest.raises(openai.NotFoundError):
         list(client.vector_stores.search(f"vs_{other_bundle.chatbot.pk}", query="x"))
-    limited = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key=reader.raw_key, max_retries=0)
+    limited = openai_clients(reader.raw_key)
     assert limited.vector_stores.retrieve(f"vs_{bundle.chatbot.pk}").id == f"vs_{bundle.chatbot.pk}"
     with pytest.raises(openai.PermissionDeniedError):
         list(limited.vector_stores.search(f"vs_{bundle.chatbot.pk}", query="x"))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.parsers import JSONParser
@@ -211,7 +212,7 @@ class EmbeddingsApi(OpenAIApi):
                 "user": serializers.CharField(required=False),
             },
         ),  # fmt: skip
-        responses={200: serializers.JSONField()},
+        responses={200: OpenApiTypes.OBJECT},
         tags=["openai"],
     )
     def post(self, request):
@@ -222,7 +223,7 @@ class EmbeddingsApi(OpenAIApi):
 class ModelListApi(OpenAIApi):
     scopes = {"get": ("search", "read")}
 
-    @extend_schema(operation_id="openai_models_list", responses={200: serializers.JSONField()}, tags=["openai"])
+    @extend_schema(operation_id="openai_models_list", responses={200: OpenApiTypes.OBJECT}, tags=["openai"])
     def get(self, request):
         entries = models_available(tenant=self.tenant, api_key=self.api_key)
         return Response({"object": "list", "data": [model_payload(e) for e in entries]})

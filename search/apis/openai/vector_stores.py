@@ -15,8 +15,8 @@ what was searched). A list of queries is searched as one text.
 from __future__ import annotations
 
 from django.db.models import Count, Max, Sum
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
-from rest_framework import serializers
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 
@@ -176,7 +176,7 @@ def search_results_payload(result) -> dict:
 class VectorStoreListApi(OpenAIApi):
     scopes = {"get": "read"}
 
-    @extend_schema(operation_id="openai_vector_stores_list", responses={200: serializers.JSONField()},
+    @extend_schema(operation_id="openai_vector_stores_list", responses={200: OpenApiTypes.OBJECT},
                    tags=["openai"])  # fmt: skip
     def get(self, request):
         params = query_params(request)
@@ -202,7 +202,7 @@ class VectorStoreListApi(OpenAIApi):
 class VectorStoreApi(OpenAIApi):
     scopes = {"get": "read"}
 
-    @extend_schema(operation_id="openai_vector_stores_retrieve", responses={200: serializers.JSONField()},
+    @extend_schema(operation_id="openai_vector_stores_retrieve", responses={200: OpenApiTypes.OBJECT},
                    tags=["openai"])  # fmt: skip
     def get(self, request, vector_store_id: str):
         chatbot = self._chatbot(vector_store_id)
@@ -220,8 +220,8 @@ class VectorStoreSearchApi(OpenAIApi):
     parser_classes = [JSONParser]
     throttle_classes = []  # the pipeline counts the key's rate limit itself
 
-    @extend_schema(operation_id="openai_vector_stores_search", request=serializers.JSONField(),
-                   responses={200: serializers.JSONField()}, tags=["openai"])  # fmt: skip
+    @extend_schema(operation_id="openai_vector_stores_search", request=OpenApiTypes.OBJECT,
+                   responses={200: OpenApiTypes.OBJECT}, tags=["openai"])  # fmt: skip
     def post(self, request, vector_store_id: str):
         chatbot_id = chatbot_id_of(vector_store_id)
         try:
