@@ -1,4 +1,6 @@
-"""Chatbot searches answered in front of Django: a thin WSGI adapter over the search pipeline.
+"""Chatbot searches answered in front of Django: a thin WSGI adapter over the search pipeline,
+for ``POST /api/search`` and OpenAI's ``POST /v1/vector_stores/{id}/search`` (``_route``: each
+entry point's own parser and presenter around the same access, pipeline and framing).
 
 ``POST /api/search`` is the hot path: a cached answer should cost a cache lookup, an uncached
 one the embedding and the SQL, not a full Django/DRF request around them. ``FastPathWSGI`` wraps
@@ -17,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import re
 
 from django.conf import settings
 from django.http import HttpResponse
@@ -31,24 +34,52 @@ from tenants.scoping import no_tenant_context
 logger = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
+VECTOR_STORE_SEARCH = re.compile(r"/v1/vector_stores/([A-Za-z0-9_]{1,40})/search")
 
 
-def search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | None:
-    """``(status, JSON body, Retry-After)`` for a search request (``meta``: WSGI environ or
-    ``request.META``): 200 with the results, or 429 when the key is over its plan's rate limit;
-    None when the full path must answer it. Starts with no tenant scope, like any request."""
+def search_answer(meta: dict, body: bytes, path: str = "/api/search") -> tuple[int, bytes, int | None] | None:
+    """``(status, JSON body, Retry-After)`` for a search request to ``path`` (``meta``: WSGI
+    environ or ``request.META``): 200 with the results, or 429 when the key is over its plan's
+    rate limit; None when the full path must answer it. Starts with no tenant scope, like any
+    request."""
+    route = _route(path)
+    if route is None:
+        return None
     with no_tenant_context():
-        return _search_answer(meta, body)
+        return _search_answer(meta, body, *route)
 
 
-def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | None:
+def _openai_throttled(throttled: Throttled) -> dict:
+    from search.apis.openai.errors import openai_error_body
+
+    return openai_error_body(429, throttled.message)
+
+
+def _route(path: str):
+    """How a search entry point's body is parsed and its result rendered: ``POST /api/search``, and
+    OpenAI's ``POST /v1/vector_stores/{id}/search`` (``search/apis/openai/vector_stores.py``)."""
+    if path == "/api/search":
+        return search_arguments_parse, search_payload, lambda t: error_body(t.code, t.message)
+    found = VECTOR_STORE_SEARCH.fullmatch(path)
+    if found is None:
+        return None
+    from search.apis.openai import vector_stores
+
+    def parse(data):
+        chatbot_id = vector_stores.chatbot_id_of(found.group(1))
+        return search_arguments_parse(vector_stores.vector_store_search_body(data, chatbot_id=chatbot_id))
+
+    return parse, vector_stores.search_results_payload, _openai_throttled
+
+
+def _search_answer(meta: dict, body: bytes, parse, render, throttled_body) -> tuple[int, bytes, int | None] | None:
     parts = meta.get("HTTP_AUTHORIZATION", "").split()
     if len(parts) != 2 or parts[0].lower() != "bearer":
         return None
     if not meta.get("CONTENT_TYPE", "").startswith("application/json") or len(body) > MAX_BODY:
         return None
     try:
-        args = search_arguments_parse(json.loads(body, parse_constant=_no_constant))
+        args = parse(json.loads(body, parse_constant=_no_constant))
     except (ValueError, RecursionError, DomainError):  # the full path answers it, with the same message
         return None
     access = search_access_get(chatbot_id=args.chatbot_id, raw_key=parts[1])
@@ -57,10 +88,10 @@ def _search_answer(meta: dict, body: bytes) -> tuple[int, bytes, int | None] | N
     try:
         result = services.search_answer(principal=access.principal, args=args, chatbot=access.chatbot)
     except Throttled as throttled:
-        return 429, _json(error_body(throttled.code, throttled.message)), throttled.retry_after
+        return 429, _json(throttled_body(throttled)), throttled.retry_after
     except DomainError:  # refused scope, restricted chatbot: the full path answers it in full
         return None
-    return 200, _json(search_payload(result)), None
+    return 200, _json(render(result)), None
 
 
 def _no_constant(name: str):
@@ -110,11 +141,11 @@ class SearchFastPathMiddleware:
         secure = _secure(request.META)
         if (
             request.method == "POST"
-            and request.path_info == "/api/search"
+            and _route(request.path_info) is not None
             and (secure or not settings.SECURE_SSL_REDIRECT)  # else Django redirects it
         ):
             try:
-                answer = search_answer(request.META, request.body)
+                answer = search_answer(request.META, request.body, request.path_info)
             except Exception:
                 logger.warning("search fast path gave up; the full path takes over", exc_info=True)
                 answer = None
@@ -140,7 +171,7 @@ class FastPathWSGI:
         secure = _secure(environ)
         if (
             environ.get("REQUEST_METHOD") == "POST"
-            and environ.get("PATH_INFO") == "/api/search"
+            and _route(environ.get("PATH_INFO", "")) is not None
             and (secure or not settings.SECURE_SSL_REDIRECT)  # else Django redirects it
         ):
             try:
@@ -152,7 +183,7 @@ class FastPathWSGI:
                 environ["wsgi.input"] = io.BytesIO(body)
                 answer = None
                 try:
-                    answer = search_answer(environ, body)
+                    answer = search_answer(environ, body, environ["PATH_INFO"])
                 except Exception:  # e.g. the database went away: Django answers (and reconnects)
                     logger.warning("search fast path gave up; the full path takes over", exc_info=True)
                 if answer is not None:

@@ -133,3 +133,30 @@ def test_searches_are_logged_and_scoped(client, openai_clients, bundle, other_bu
     assert limited.vector_stores.retrieve(f"vs_{bundle.chatbot.pk}").id == f"vs_{bundle.chatbot.pk}"
     with pytest.raises(openai.PermissionDeniedError):
         list(limited.vector_stores.search(f"vs_{bundle.chatbot.pk}", query="x"))
+
+
+def test_the_fast_path_answers_vector_store_searches_as_the_view_does(client, bundle, products, settings):
+    """``search.fastpath`` answers the common request before Django (as for /api/search); what it
+    cannot answer plainly (a bad body, a refused key) it leaves to the view."""
+    from search import fastpath
+
+    path = f"/v1/vector_stores/vs_{bundle.chatbot.pk}/search"
+    meta = {"HTTP_AUTHORIZATION": f"Bearer {bundle.api_key}", "CONTENT_TYPE": "application/json"}
+    body = {"query": "how do I reset the router?", "max_num_results": 3, "ranking_options": {"ranker": "none"}}
+    status, content, _ = fastpath.search_answer(meta, json.dumps(body).encode(), path)
+    fast = json.loads(content)
+    view = client.vector_stores.search(f"vs_{bundle.chatbot.pk}", **body)  # answered from the cache now
+    assert status == 200 and fast["object"] == "vector_store.search_results.page"
+    assert [d["content"][0]["text"] for d in fast["data"]] == [h.content[0].text for h in view]
+    assert fast["data"][0]["attributes"]["product"] == "router" and fast["data"][0]["filename"] == "products.jsonl"
+    assert fastpath.search_answer(meta, b'{"query": "x", "max_num_results": 99}', path) is None
+    assert fastpath.search_answer({**meta, "HTTP_AUTHORIZATION": "Bearer ct_nope"}, b'{"query": "x"}', path) is None
+    assert fastpath.search_answer(meta, b'{"query": "x"}', "/v1/vector_stores/vs_999999/search") is None
+    settings.API_RATE_LIMITS = {name: 1 for name in settings.API_RATE_LIMITS}
+    status, content, retry_after = fastpath.search_answer(meta, b'{"query": "anything else"}', path)
+    error = json.loads(content)["error"]
+    assert (
+        status == 429
+        and retry_after >= 1
+        and (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
+    )

@@ -10,7 +10,7 @@ from search.filters import SearchFilters
 NO_FILTERS = SearchFilters()
 
 RESULT_COLUMNS = """c.id, c.document_id, d.title, c.text, d.content_type, d.category, c.metadata, c.page,
-    c.heading_path, coalesce(c.context, '')"""
+    c.heading_path, coalesce(c.context, ''), d.metadata, d.original_filename"""
 
 
 @dataclass
@@ -27,6 +27,10 @@ class Hit:
     score: float
     ranks: dict = field(default_factory=dict)
     context: str = ""  # what the chunk was embedded with (its FAQ question, document title and headings)
+    # the document's own metadata and file name (the OpenAI adapter's attributes and filename; the
+    # product's payload shows the chunk's metadata only)
+    document_metadata: dict = field(default_factory=dict)
+    filename: str = ""
 
 
 def _json(value, default):
@@ -49,7 +53,9 @@ def _hits(rows) -> list[Hit]:
             page=r[7],
             heading=_json(r[8], []),
             context=r[9],
-            score=float(r[10]),
+            document_metadata=_json(r[10], {}),
+            filename=r[11] or "",
+            score=float(r[12]),
         )
         for r in rows
     ]

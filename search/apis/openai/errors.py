@@ -13,21 +13,18 @@ TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_re
 CODES = {401: "invalid_api_key", 403: "insufficient_permissions", 404: "not_found", 429: "rate_limit_exceeded"}
 
 
+def openai_error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict:
+    kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": CODES.get(status) or code}}
+
+
 def openai_exception_handler(exc, context):
     response = api_exception_handler(exc, context)
     if response is None or not isinstance(response.data, dict) or "error" not in response.data:
         return response
     ours = response.data["error"]
-    status = response.status_code
-    kind = TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
-    response.data = {
-        "error": {
-            "message": ours.get("message", ""),
-            "type": kind,
-            "param": ours.get("field"),
-            "code": CODES.get(status) or ours.get("code"),
-        }
-    }
+    message, field, code = ours.get("message", ""), ours.get("field"), ours.get("code")
+    response.data = openai_error_body(response.status_code, message, field, code)
     return response
 
 

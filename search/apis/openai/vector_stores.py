@@ -151,22 +151,14 @@ def _param(exc: DomainError) -> DomainError:
 
 
 def search_results_payload(result) -> dict:
-    documents = {
-        d.pk: d
-        for d in Document.objects.filter(pk__in={h.document_id for h in result.results}).only(
-            "pk", "original_filename", "metadata"
-        )
-    }
     data = []
     for hit in result.results:
-        document = documents.get(hit.document_id)
-        attributes = {**(document.metadata if document else {}), **(hit.metadata or {})}
         score = 0.0 if hit.score is None else min(1.0, max(0.0, float(hit.score)))
         data.append({
             "file_id": file_id(hit.document_id),
-            "filename": document.original_filename if document else hit.title,
+            "filename": hit.filename or hit.title,
             "score": round(score, 6),
-            "attributes": attributes,
+            "attributes": {**hit.document_metadata, **(hit.metadata or {})},
             "content": [{"type": "text", "text": hit.content}],
         })  # fmt: skip
     return {"object": "vector_store.search_results.page", "search_query": [result.effective_query], "data": data,
