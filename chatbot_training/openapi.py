@@ -38,6 +38,10 @@ ERRORS = {
 }
 
 
+# Operations whose body is stated as a raw schema (another product's wire format): the body is
+# required (Dify's endpoint check, a POST with no body, must get 400).
+BODY_REQUIRED = ("dify_retrieval", "openai_embeddings_create", "openai_vector_stores_search")
+
 # A search's answer names the query that feedback is sent about (OpenAPI links: clients and
 # schemathesis's stateful tests follow them).
 LINKS = {
@@ -59,6 +63,8 @@ def add_error_responses(result, generator, request, public):
         for method, operation in path.items():
             if method not in ("get", "post", "put", "patch", "delete"):
                 continue
+            if operation.get("operationId") in BODY_REQUIRED and "requestBody" in operation:
+                operation["requestBody"]["required"] = True
             links = LINKS.get(operation.get("operationId"))
             if links and "200" in operation.get("responses", {}):
                 operation["responses"]["200"]["links"] = links

@@ -181,6 +181,16 @@ def test_difys_endpoint_check_gets_400_and_errors_have_difys_codes(bundle, other
         ({"metadata_condition": condition("and", (["a", "b"], "is", "r"))}, "name"),
         ({"metadata_condition": condition("and", ("product", "in", []))}, "list of values"),
         ({"metadata_condition": "product = r"}, "metadata_condition"),
+        ({"metadata_condition": {"logical_operator": "and", "conditions": "x"}}, "conditions"),
+        ({"metadata_condition": {"logical_operator": "", "conditions": []}}, "logical_operator"),
+        ({"metadata_condition": {"conditions": [], "extra": 1}}, "Unknown key"),
+        ({"metadata_condition": {"conditions": [{"name": "a", "comparison_operator": "is"}]}}, "needs a value"),
+        (
+            {"metadata_condition": {"conditions": [{"name": "a", "comparison_operator": "is", "value": 1, "x": 2}]}},
+            "Unknown key",
+        ),  # fmt: skip
+        ({"metadata_condition": condition("and", ("year", ">", "1e5"))}, "number"),
+        ({"metadata_condition": condition("and", ("product", "in", ["a", ""]))}, "list of values"),
         ({"unexpected": 1}, "Unknown field"),
     ],
 )

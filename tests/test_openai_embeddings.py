@@ -88,6 +88,8 @@ def test_a_fine_tuned_version_is_listed_and_embeds_with_its_own_weights(client, 
         ({"model": "all-MiniLM-L6-v2", "input": "x", "dimensions": 128}, "dimensions"),
         ({"model": "all-MiniLM-L6-v2", "input": "x", "extra_body": {"colour": "red"}}, "colour"),
         ({"model": "all-MiniLM-L6-v2", "input": "x", "encoding_format": "int8"}, "encoding_format"),
+        ({"model": "all-MiniLM-L6-v2", "input": "x", "extra_body": {"user": None}}, "user"),
+        ({"model": "all-MiniLM-L6-v2", "input": "x", "extra_body": {"dimensions": None}}, "dimensions"),
     ],
 )
 def test_bad_requests_are_openai_shaped_400s_naming_the_param(client, kwargs, param):

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from datetime import UTC, datetime
 
 from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.authentication import get_authorization_header
+from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -61,14 +63,17 @@ def _knowledge_id(value) -> int:
     raise DifyError(404, 2001, "The knowledge does not exist.")
 
 
+NUMERIC = re.compile(r"\s*-?[0-9]+(\.[0-9]+)?\s*")
+
+
 def _number(value, name: str) -> float:
-    """A number, or a numeric string (Dify sends what was typed)."""
+    """A number, or a numeric string (Dify sends what was typed): digits, an optional sign and
+    decimals, as ``REQUEST_SCHEMA`` states."""
     if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise _bad(f"{name} compares with a number; got {value!r}.") from None
-        value = int(value) if math.isfinite(value) and value.is_integer() else value
+        if not NUMERIC.fullmatch(value):
+            raise _bad(f"{name} compares with a number; got {value!r}.")
+        value = float(value)
+        value = int(value) if value.is_integer() else value
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _bad(f"{name} compares with a number; got {value!r}.")
     return value
@@ -84,7 +89,11 @@ def _name(condition: dict) -> str:
 
 
 def _values(value) -> list:
-    if isinstance(value, list) and value and all(isinstance(v, (str, int, float)) for v in value):
+    if (
+        isinstance(value, list)
+        and value
+        and all((isinstance(v, str) and v) or (isinstance(v, (int, float)) and not isinstance(v, bool)) for v in value)
+    ):
         return value
     if isinstance(value, str) and value.strip():
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -94,7 +103,9 @@ def _values(value) -> list:
 def _moment(value, name: str, op: str) -> dict:
     """before / after: a Unix timestamp (what Dify's time fields hold) or a date string; metadata
     may hold either, so a timestamp is also compared as an ISO date string."""
-    if isinstance(value, str) and value.strip() and not value.strip().lstrip("-").replace(".", "", 1).isdigit():
+    if isinstance(value, str) and value.strip() and not NUMERIC.fullmatch(value):
+        if len(value) > 1000:
+            raise _bad(f"{name}: a date of at most 1000 characters.")
         return {"field": name, "op": op, "value": value.strip()}
     stamp = _number(value, name)
     try:
@@ -108,7 +119,12 @@ def _condition(condition) -> dict:
     """One of Dify's conditions as a node of the filter language."""
     if not isinstance(condition, dict):
         raise _bad("metadata_condition.conditions must be a list of objects.")
+    extra = sorted(set(condition) - {"name", "comparison_operator", "value"})
+    if extra:
+        raise _bad(f"Unknown key {extra[0]!r} in a condition: it takes name, comparison_operator and value.")
     name, op, value = _name(condition), condition.get("comparison_operator"), condition.get("value")
+    if op not in ("empty", "not empty") and "value" not in condition:
+        raise _bad(f"{op!r} on {name!r} needs a value.")
     node = {"field": name}
     if op in ("contains", "not contains", "start with", "end with"):
         if not isinstance(value, str) or not value:
@@ -145,10 +161,15 @@ def metadata_filter(condition) -> dict | None:
         return None
     if not isinstance(condition, dict):
         raise _bad("metadata_condition must be an object.")
-    operator = condition.get("logical_operator") or "and"
-    if operator not in ("and", "or"):
+    extra = sorted(set(condition) - {"logical_operator", "conditions"})
+    if extra:
+        raise _bad(f"Unknown key {extra[0]!r} in metadata_condition: it takes logical_operator and conditions.")
+    operator = condition.get("logical_operator")
+    if operator not in ("and", "or", None):
         raise _bad("metadata_condition.logical_operator must be 'and' or 'or'.")
-    conditions = condition.get("conditions") or []
+    operator = operator or "and"
+    conditions = condition.get("conditions")
+    conditions = [] if conditions is None else conditions
     if not isinstance(conditions, list) or len(conditions) > MAX_CONDITIONS:
         raise _bad(f"metadata_condition.conditions must be a list of at most {MAX_CONDITIONS} conditions.")
     nodes = [_condition(c) for c in conditions]
@@ -210,6 +231,118 @@ def _error(exc: DifyError, retry_after: int | None = None) -> Response:
     return response
 
 
+_TEXT = {"type": "string", "minLength": 1, "maxLength": 1000}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200}
+_NUMBER_TEXT = {"type": "string", "pattern": "^\\s*-?[0-9]+(\\.[0-9]+)?\\s*$"}
+
+
+def _condition_schema(operators: list, value: dict | None) -> dict:
+    properties = {
+        "name": {"anyOf": [_NAME, {"type": "array", "minItems": 1, "maxItems": 1, "items": _NAME}]},
+        "comparison_operator": {"enum": operators},
+    }
+    properties["value"] = value if value is not None else {}
+    return {"type": "object", "required": ["name", "comparison_operator", *(["value"] if value else [])],
+            "properties": properties, "additionalProperties": False}  # fmt: skip
+
+
+# Dify's body as the server accepts it (the contract schemathesis checks): one branch per kind of
+# comparison, since what a value may be depends on its operator.
+REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["knowledge_id", "query"],
+    "additionalProperties": False,
+    "properties": {
+        "knowledge_id": {
+            "anyOf": [{"type": "string", "minLength": 1}, {"type": "integer"}],
+            "description": "A chatbot id.",
+        },  # fmt: skip
+        "query": {"type": "string", "minLength": 1, "maxLength": limits.QUERY_MAX_CHARS, "pattern": "\\S"},
+        "retrieval_setting": {
+            "type": "object",
+            "properties": {
+                "top_k": {
+                    "anyOf": [{"type": "integer", "minimum": 1, "maximum": limits.MAX_RESULTS[1]}, {"type": "null"}]
+                },  # fmt: skip
+                "score_threshold": {"anyOf": [{"type": "number", "minimum": 0, "maximum": 1}, {"type": "null"}]},
+            },
+        },
+        "metadata_condition": {
+            "anyOf": [
+                {"type": "null"},
+                {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "logical_operator": {"enum": ["and", "or", None]},
+                        "conditions": {
+                            "anyOf": [
+                                {"type": "null"},
+                                {
+                                    "type": "array",
+                                    "maxItems": MAX_CONDITIONS,
+                                    "items": {
+                                        "oneOf": [
+                                            _condition_schema(
+                                                ["contains", "not contains", "start with", "end with"], _TEXT
+                                            ),  # fmt: skip
+                                            _condition_schema(
+                                                ["is", "is not"],
+                                                {
+                                                    "anyOf": [
+                                                        {"type": "string", "maxLength": 1000},
+                                                        {"type": "number"},
+                                                        {"type": "boolean"},
+                                                        {"type": "null"},
+                                                    ]
+                                                },
+                                            ),  # fmt: skip
+                                            _condition_schema(
+                                                ["in", "not in"],
+                                                {
+                                                    "anyOf": [
+                                                        {
+                                                            "type": "array",
+                                                            "minItems": 1,
+                                                            "maxItems": 500,
+                                                            "items": {"anyOf": [_TEXT, {"type": "number"}]},
+                                                        },
+                                                        {"type": "string", "maxLength": 1000, "pattern": "[^,\\s]"},
+                                                    ]
+                                                },
+                                            ),
+                                            _condition_schema(["empty", "not empty"], None),
+                                            _condition_schema(
+                                                ["=", "≠", ">", "<", "≥", "≤"],
+                                                {"anyOf": [{"type": "number"}, _NUMBER_TEXT]},
+                                            ),
+                                            _condition_schema(
+                                                ["before", "after"],
+                                                {
+                                                    "anyOf": [
+                                                        {
+                                                            "type": "number",
+                                                            "minimum": -62135596800,
+                                                            "maximum": 253402300799,
+                                                        },  # years 1 to 9999
+                                                        {**_NUMBER_TEXT, "maxLength": 30},
+                                                        {**_TEXT, "pattern": "[^\\s0-9.-]"},
+                                                    ]
+                                                },
+                                            ),
+                                        ]  # fmt: skip
+                                    },
+                                },
+                            ]
+                        },
+                    },
+                },
+            ]
+        },
+    },
+}
+
+
 _DIFY_ERROR = inline_serializer(
     "DifyError", {"error_code": serializers.IntegerField(), "error_msg": serializers.CharField()}
 )
@@ -222,23 +355,13 @@ class DifyRetrievalApi(APIView):
     permission_classes = []
     throttle_classes = []  # the pipeline counts the key's rate limit itself
 
+    parser_classes = [JSONParser]  # the body is read here; this states its media type
+
     @extend_schema(
         operation_id="dify_retrieval",
-        request=inline_serializer(
-            "DifyRetrievalRequest",
-            {
-                "knowledge_id": serializers.CharField(help_text="A chatbot id."),
-                "query": serializers.CharField(),
-                "retrieval_setting": inline_serializer(
-                    "DifyRetrievalSetting",
-                    {
-                        "top_k": serializers.IntegerField(min_value=1, max_value=limits.MAX_RESULTS[1]),
-                        "score_threshold": serializers.FloatField(min_value=0, max_value=1),
-                    },  # fmt: skip
-                ),
-                "metadata_condition": serializers.JSONField(required=False, help_text="Dify's metadata_condition."),
-            },
-        ),
+        description="Dify's External Knowledge API. `Authorization: Bearer <key>` is required; Dify's own error "
+        "codes answer a missing or malformed header (1001) and a refused key (1002) with 403, not 401.",
+        request={"application/json": REQUEST_SCHEMA},
         responses={
             200: inline_serializer(
                 "DifyRetrievalResponse",
@@ -261,7 +384,7 @@ class DifyRetrievalApi(APIView):
             429: OpenApiResponse(_DIFY_ERROR),
         },
         tags=["dify"],
-        auth=[{"ApiKeyAuth": []}],
+        auth=[],
     )
     def post(self, request):
         try:
