@@ -42,6 +42,7 @@ def chatbot_detail(request, chatbot_id: int):
             "totals": document_totals(tenant=membership.tenant, chatbot=chatbot),
             "content_types": Document.ContentType.choices,
             "can_write": membership.can_write,
+            "base_url": request.build_absolute_uri("/").rstrip("/"),  # what other tools call
         },
     )
 

@@ -169,3 +169,15 @@ def test_admin_lists_every_model(bundle):
         url = f"/admin/{model._meta.app_label}/{model._meta.model_name}/"
         assert client.get(url).status_code == 200, url
     assert bundle.chatbot.name in client.get("/admin/tenants/chatbot/").content.decode()  # every tenant's rows
+
+
+def test_the_chatbot_page_says_how_other_tools_connect(owner, bundle):
+    """The ids and URLs the OpenAI client and Dify need, for this chatbot, on its page; each of
+    them answers (the OpenAI and Dify tests drive them fully)."""
+    page = owner.get(f"/chatbots/{bundle.chatbot.pk}/").content.decode()
+    pk = bundle.chatbot.pk
+    assert 'base_url="http://testserver/v1"' in page and f'vector_stores.search("vs_{pk}"' in page
+    assert f'model="chatbot-{pk}"' in page and "http://testserver/api/dify" in page
+    key = {"HTTP_AUTHORIZATION": f"Bearer {bundle.api_key}"}
+    assert owner.get(f"/v1/vector_stores/vs_{pk}", **key).json()["id"] == f"vs_{pk}"
+    assert owner.get(f"/v1/models/chatbot-{pk}", **key).json()["id"] == f"chatbot-{pk}"
