@@ -193,43 +193,36 @@ def _exported(model, weights_dir: Path, cache_dir: Path, *, quantize: bool) -> P
         return _quantized(graph) if quantize else graph
 
 
-def onnx_query_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: int) -> OnnxEncoder | None:
-    """An ONNX encoder that gives ``model``'s vectors, or None (then the caller keeps PyTorch)."""
+def _checked(model, *, weights_dir: Path, cache_dir: Path, threads: int, quantize: bool) -> OnnxEncoder | None:
+    """The exported (``quantize``: int8) graph's encoder if it gives PyTorch's vectors: one text
+    through ``encode`` for the query graph, texts of unlike lengths in one padded batch through
+    ``encode_batch`` for the document graph. None leaves the caller on PyTorch."""
     if not _usable(model):
         return None
     import numpy as np
 
+    what, floor = ("document", MIN_AGREEMENT_INT8) if quantize else ("query", MIN_AGREEMENT)
     try:
-        graph = _exported(model, weights_dir, cache_dir, quantize=False)
+        graph = _exported(model, weights_dir, cache_dir, quantize=quantize)
         encoder = OnnxEncoder(graph=graph, tokenizer=model.tokenizer, max_length=model.max_seq_length, threads=threads)
-        reference = model.encode([CHECK_TEXT], normalize_embeddings=True, show_progress_bar=False)[0]
-        agreement = float(np.dot(np.asarray(encoder.encode(CHECK_TEXT)), reference))
+        texts = list(CHECK_BATCH) if quantize else [CHECK_TEXT]
+        reference = model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
+        vectors = encoder.encode_batch(texts) if quantize else [encoder.encode(CHECK_TEXT)]
+        agreement = float(np.min(np.sum(np.asarray(vectors) * reference, axis=1)))
     except Exception:
-        logger.warning("ONNX query encoder unavailable; queries use PyTorch", exc_info=True)
+        logger.warning("ONNX %s encoder unavailable; %ss use PyTorch", what, what, exc_info=True)
         return None
-    if agreement < MIN_AGREEMENT:
-        logger.warning("ONNX query encoder disagrees with PyTorch (cosine %.6f); queries use PyTorch", agreement)
+    if agreement < floor:
+        logger.warning("ONNX %s encoder disagrees with PyTorch (cosine %.6f); %ss use PyTorch", what, agreement, what)
         return None
     return encoder
+
+
+def onnx_query_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: int) -> OnnxEncoder | None:
+    """An ONNX encoder that gives ``model``'s vectors, or None (then the caller keeps PyTorch)."""
+    return _checked(model, weights_dir=weights_dir, cache_dir=cache_dir, threads=threads, quantize=False)
 
 
 def onnx_document_encoder(model, *, weights_dir: Path, cache_dir: Path, threads: int) -> OnnxEncoder | None:
-    """An ONNX encoder for batches of documents (the int8 graph), checked on texts of unlike
-    lengths in one padded batch against PyTorch; None leaves the caller on PyTorch."""
-    if not _usable(model):
-        return None
-    import numpy as np
-
-    try:
-        graph = _exported(model, weights_dir, cache_dir, quantize=True)
-        encoder = OnnxEncoder(graph=graph, tokenizer=model.tokenizer, max_length=model.max_seq_length, threads=threads)
-        texts = list(CHECK_BATCH)
-        reference = model.encode(texts, normalize_embeddings=True, show_progress_bar=False)
-        agreement = float(np.min(np.sum(np.asarray(encoder.encode_batch(texts)) * reference, axis=1)))
-    except Exception:
-        logger.warning("ONNX document encoder unavailable; documents use PyTorch", exc_info=True)
-        return None
-    if agreement < MIN_AGREEMENT_INT8:
-        logger.warning("ONNX document encoder disagrees with PyTorch (cosine %.6f); documents use PyTorch", agreement)
-        return None
-    return encoder
+    """An ONNX encoder for batches of documents (the int8 graph), or None (PyTorch)."""
+    return _checked(model, weights_dir=weights_dir, cache_dir=cache_dir, threads=threads, quantize=True)

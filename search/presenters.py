@@ -5,6 +5,11 @@ dashboard playground, the fast path). Other wire formats (OpenAI's, Dify's) rend
 from __future__ import annotations
 
 
+def unit_score(hit) -> float:
+    """A hit's cosine as the 0–1 relevance other products' formats expect (OpenAI's, Dify's)."""
+    return 0.0 if hit.score is None else round(min(1.0, max(0.0, float(hit.score))), 6)
+
+
 def hit_payload(hit, mode: str) -> dict:
     body = {
         "chunk_id": hit.chunk_id,

@@ -34,6 +34,7 @@ from rest_framework.views import APIView
 
 from search import limits
 from search.arguments import search_arguments_parse
+from search.presenters import unit_score
 from search.services import search_answer
 from tenants.authentication import ApiKeyAuthentication
 from tenants.errors import DomainError, NotFound, PermissionDenied, Throttled
@@ -219,8 +220,7 @@ def records(result) -> list[dict]:
             metadata["page"] = hit.page
         if hit.heading:
             metadata["heading"] = hit.heading
-        score = 0.0 if hit.score is None else min(1.0, max(0.0, float(hit.score)))
-        out.append({"content": hit.content, "score": round(score, 6), "title": hit.title or "", "metadata": metadata})
+        out.append({"content": hit.content, "score": unit_score(hit), "title": hit.title or "", "metadata": metadata})
     return out
 
 

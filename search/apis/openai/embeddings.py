@@ -29,7 +29,7 @@ from rest_framework.response import Response
 
 from knowledge.embeddings import LOCAL_MODELS, ProviderError, ProviderUnavailable, provider_for, provider_for_space
 from knowledge.models import EmbeddingSpace
-from search.apis.openai.errors import OpenAIApi
+from search.apis.openai.errors import OpenAIApi, openai_fail, openai_object
 from search.services.serving import serving_for
 from tenants.errors import DomainError, NotFound
 from tenants.selectors import chatbot_list
@@ -53,48 +53,40 @@ class EmbeddingRequest:
     dimensions: int | None = None
 
 
-def _fail(field: str, message: str):
-    raise DomainError(message, field=field)
-
-
 def embedding_request_parse(body) -> EmbeddingRequest:
     """The one parser of ``POST /v1/embeddings`` (OpenAI's fields; token arrays refused: they are
     another tokenizer's ids)."""
-    if not isinstance(body, dict):
-        raise DomainError("The request body must be a JSON object.")
-    unknown = sorted(set(body) - set(FIELDS))
-    if unknown:
-        _fail(unknown[0], f"Unrecognized request argument supplied: {unknown[0]}")
+    body = openai_object(body, FIELDS)
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
-        _fail("model", "you must provide a model parameter")
+        openai_fail("model", "you must provide a model parameter")
     given = body.get("input")
     texts = [given] if isinstance(given, str) else given
     if not isinstance(texts, list) or not texts:
-        _fail("input", "'input' must be a string or a non-empty array of strings.")
+        openai_fail("input", "'input' must be a string or a non-empty array of strings.")
     if len(texts) > MAX_INPUTS:
-        _fail("input", f"'input' takes at most {MAX_INPUTS} items; got {len(texts)}.")
+        openai_fail("input", f"'input' takes at most {MAX_INPUTS} items; got {len(texts)}.")
     for index, text in enumerate(texts):
         if isinstance(text, (int, list)) and not isinstance(text, bool):
-            _fail("input", "Token arrays are not supported: send text (this server uses its model's own tokenizer).")
+            openai_fail("input", "Token arrays are not supported: send text (this server uses its own tokenizer).")
         if not isinstance(text, str) or not text.strip():
-            _fail("input", f"'input[{index}]' must be a non-empty string.")
+            openai_fail("input", f"'input[{index}]' must be a non-empty string.")
         if len(text) > MAX_INPUT_CHARS:
-            _fail("input", f"'input[{index}]' is longer than {MAX_INPUT_CHARS} characters.")
+            openai_fail("input", f"'input[{index}]' is longer than {MAX_INPUT_CHARS} characters.")
     if "encoding_format" in body and body["encoding_format"] is None:
-        _fail("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
+        openai_fail("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
     encoding = body.get("encoding_format", "float")
     if encoding not in ("float", "base64"):
-        _fail("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
+        openai_fail("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
     if "dimensions" in body and body["dimensions"] is None:
-        _fail("dimensions", "'dimensions' must be a positive integer.")
+        openai_fail("dimensions", "'dimensions' must be a positive integer.")
     dimensions = body.get("dimensions")
     if isinstance(dimensions, float) and dimensions.is_integer():
         dimensions = int(dimensions)
     if dimensions is not None and (isinstance(dimensions, bool) or not isinstance(dimensions, int) or dimensions < 1):
-        _fail("dimensions", "'dimensions' must be a positive integer.")
+        openai_fail("dimensions", "'dimensions' must be a positive integer.")
     if "user" in body and not isinstance(body["user"], str):
-        _fail("user", "'user' must be a string.")
+        openai_fail("user", "'user' must be a string.")
     return EmbeddingRequest(model=model.strip(), texts=[t.replace("\x00", "") for t in texts],
                             encoding_format=encoding, dimensions=dimensions)  # fmt: skip
 
@@ -171,7 +163,7 @@ def embeddings_create(*, request: EmbeddingRequest, tenant, api_key) -> dict:
     try:
         provider = provider_for_space(entry.space) if entry.space is not None else provider_for(entry.model_key)
         if request.dimensions is not None and request.dimensions != provider.dimensions:
-            _fail("dimensions", f"The model `{request.model}` makes {provider.dimensions}-dimensional vectors; "
+            openai_fail("dimensions", f"The model `{request.model}` makes {provider.dimensions}-dimensional vectors; "
                                 "'dimensions' cannot change that.")  # fmt: skip
         vectors = provider.embed_queries(request.texts)
         tokens = sum(provider.count_tokens(request.texts))

@@ -7,7 +7,7 @@ reshapes its body."""
 from __future__ import annotations
 
 from tenants.apis import TenantApi
-from tenants.errors import api_exception_handler
+from tenants.errors import DomainError, api_exception_handler
 
 TYPES = {401: "invalid_request_error", 403: "permission_error", 404: "invalid_request_error", 429: "rate_limit_error"}
 CODES = {401: "invalid_api_key", 403: "insufficient_permissions", 404: "not_found", 429: "rate_limit_exceeded"}
@@ -34,3 +34,17 @@ class OpenAIApi(TenantApi):
 
     def get_exception_handler(self):
         return openai_exception_handler
+
+
+def openai_fail(field: str, message: str):
+    raise DomainError(message, field=field)
+
+
+def openai_object(body, fields: tuple[str, ...]) -> dict:
+    """A /v1 request body: a JSON object of ``fields`` only (OpenAI's wording for the others)."""
+    if not isinstance(body, dict):
+        raise DomainError("The request body must be a JSON object.")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        openai_fail(unknown[0], f"Unrecognized request argument supplied: {unknown[0]}")
+    return body

@@ -22,9 +22,10 @@ from rest_framework.response import Response
 
 from knowledge.models import Document
 from search import limits
-from search.apis.openai.errors import OpenAIApi
+from search.apis.openai.errors import OpenAIApi, openai_fail, openai_object
 from search.arguments import search_arguments_parse
 from search.models import SearchLog
+from search.presenters import unit_score
 from search.services import search_answer
 from tenants.errors import DomainError, NotFound
 from tenants.models import Chatbot
@@ -54,10 +55,6 @@ def file_id(document_id: int) -> str:
     return f"file-doc-{document_id}"
 
 
-def _fail(field: str, message: str):
-    raise DomainError(message, field=field)
-
-
 def vector_store_payload(chatbot: Chatbot) -> dict:
     documents = Document.objects.filter(chatbot=chatbot)
     counts = {"in_progress": 0, "completed": 0, "failed": 0, "cancelled": 0}
@@ -85,54 +82,50 @@ def vector_store_payload(chatbot: Chatbot) -> dict:
 def _filter(node, path: str = "filters") -> dict:
     """OpenAI's ComparisonFilter / CompoundFilter as a node of the filter language."""
     if not isinstance(node, dict):
-        _fail(path, f"'{path}' must be a ComparisonFilter or a CompoundFilter object.")
+        openai_fail(path, f"'{path}' must be a ComparisonFilter or a CompoundFilter object.")
     kind = node.get("type")
     if kind in ("and", "or"):
         extra = sorted(set(node) - {"type", "filters"})
         if extra:
-            _fail(path, f"Unknown parameter: '{path}.{extra[0]}'.")
+            openai_fail(path, f"Unknown parameter: '{path}.{extra[0]}'.")
         children = node.get("filters")
         if not isinstance(children, list) or not children:
-            _fail(path, f"'{path}.filters' must be a non-empty array of filters.")
+            openai_fail(path, f"'{path}.filters' must be a non-empty array of filters.")
         return {kind: [_filter(child, f"{path}.filters[{i}]") for i, child in enumerate(children)]}
     if kind not in COMPARISONS:
-        _fail(path, f"'{path}.type' must be one of {', '.join(COMPARISONS)}, and or or; got {kind!r}.")
+        openai_fail(path, f"'{path}.type' must be one of {', '.join(COMPARISONS)}, and or or; got {kind!r}.")
     extra = sorted(set(node) - {"type", "key", "value"})
     if extra:
-        _fail(path, f"Unknown parameter: '{path}.{extra[0]}'.")
+        openai_fail(path, f"Unknown parameter: '{path}.{extra[0]}'.")
     if not isinstance(node.get("key"), str) or not node["key"]:
-        _fail(path, f"'{path}.key' must be an attribute name.")
+        openai_fail(path, f"'{path}.key' must be an attribute name.")
     if "value" not in node:
-        _fail(path, f"'{path}.value' is required.")
+        openai_fail(path, f"'{path}.value' is required.")
     return {"field": node["key"], "op": kind, "value": node["value"]}
 
 
 def vector_store_search_body(body, *, chatbot_id: int) -> dict:
     """``POST /v1/vector_stores/{id}/search`` as the body of ``POST /api/search``."""
-    if not isinstance(body, dict):
-        raise DomainError("The request body must be a JSON object.")
-    unknown = sorted(set(body) - set(SEARCH_FIELDS))
-    if unknown:
-        _fail(unknown[0], f"Unknown parameter: '{unknown[0]}'.")
+    body = openai_object(body, SEARCH_FIELDS)
     query = body.get("query")
     if isinstance(query, list):
         if not query or len(query) > 10 or not all(isinstance(q, str) for q in query):
-            _fail("query", "'query' must be a string or an array of 1 to 10 strings.")
+            openai_fail("query", "'query' must be a string or an array of 1 to 10 strings.")
         query = " ".join(query)
     if not isinstance(query, str):
-        _fail("query", "'query' must be a string or an array of strings.")
+        openai_fail("query", "'query' must be a string or an array of strings.")
     count = body.get("max_num_results", 10)
     if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= limits.MAX_RESULTS[1]:
-        _fail("max_num_results", f"'max_num_results' must be an integer from 1 to {limits.MAX_RESULTS[1]}.")
+        openai_fail("max_num_results", f"'max_num_results' must be an integer from 1 to {limits.MAX_RESULTS[1]}.")
     ranking = body.get("ranking_options") or {}
     if not isinstance(ranking, dict) or set(ranking) - {"ranker", "score_threshold"}:
-        _fail("ranking_options", "'ranking_options' takes 'ranker' and 'score_threshold'.")
+        openai_fail("ranking_options", "'ranking_options' takes 'ranker' and 'score_threshold'.")
     ranker = ranking.get("ranker", "auto")
     if ranker not in RANKERS:
-        _fail("ranking_options.ranker", f"'ranker' must be one of {', '.join(RANKERS)}.")
+        openai_fail("ranking_options.ranker", f"'ranker' must be one of {', '.join(RANKERS)}.")
     rewrite = body.get("rewrite_query", False)
     if not isinstance(rewrite, bool):
-        _fail("rewrite_query", "'rewrite_query' must be a boolean.")
+        openai_fail("rewrite_query", "'rewrite_query' must be a boolean.")
     search = {"query": query, "chatbot_id": chatbot_id, "max_results": count, "mode": RANKERS[ranker]}
     if ranking.get("score_threshold") is not None:
         search["similarity_threshold"] = ranking["score_threshold"]  # its range: the one parser's
@@ -153,11 +146,10 @@ def _param(exc: DomainError) -> DomainError:
 def search_results_payload(result) -> dict:
     data = []
     for hit in result.results:
-        score = 0.0 if hit.score is None else min(1.0, max(0.0, float(hit.score)))
         data.append({
             "file_id": file_id(hit.document_id),
             "filename": hit.filename or hit.title,
-            "score": round(score, 6),
+            "score": unit_score(hit),
             "attributes": {**hit.document_metadata, **(hit.metadata or {})},
             "content": [{"type": "text", "text": hit.content}],
         })  # fmt: skip
